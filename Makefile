@@ -1,0 +1,39 @@
+# Two entry points a newcomer needs: `make demo` and `make test`. Both build .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+LOCK := requirements/dev.lock
+
+.PHONY: demo test lint venv synth bench lock clean
+
+$(BIN)/uv:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check uv
+
+$(VENV)/.installed: $(BIN)/uv $(LOCK) pyproject.toml
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python $(LOCK)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(BIN)/totesys-etl demo
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: venv
+	$(BIN)/python -m benchmarks.run
+
+lock: $(BIN)/uv
+	$(BIN)/uv pip compile --quiet pyproject.toml --extra dev --extra cdk --python-version 3.11 -o requirements/dev.lock
+	$(BIN)/uv pip compile --quiet pyproject.toml --python-version 3.12 --python-platform aarch64-manylinux_2_28 -o requirements/lambda-arm64.lock
+	$(BIN)/uv pip compile --quiet pyproject.toml --python-version 3.12 --python-platform x86_64-manylinux_2_28 -o requirements/lambda-x86_64.lock
+
+clean:
+	rm -rf $(VENV) cdk.out .pytest_cache .ruff_cache

@@ -1,0 +1,197 @@
+"""One data-lake interface over S3 (`s3://bucket/prefix`) and local folders (path or `file://`).
+
+File I/O goes through `pyarrow.fs`, so Parquet readers and writers stream straight to
+either backend. The one thing `pyarrow.fs` cannot do is an atomic create-if-absent, which
+watermarks and manifests need to stay correct under concurrent runs: that single
+operation uses S3's conditional `PutObject` (`If-None-Match: *`) or a local hard link.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline.errors import ConfigurationError, CorruptBatchError
+
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 3}
+
+
+def _s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+@dataclass
+class Lake:
+    """A lake zone rooted at `url`. Keys are `/`-separated paths relative to the root."""
+
+    url: str
+    fs: pafs.FileSystem = field(init=False, repr=False)
+    root: str = field(init=False)
+    bucket: str | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        url = self.url.rstrip("/")
+        if url.startswith("s3://"):
+            bucket, _, prefix = url[5:].partition("/")
+            if not bucket:
+                raise ConfigurationError(f"lake URL {self.url!r} names no bucket")
+            endpoint = _s3_endpoint()
+            self.fs = pafs.S3FileSystem(
+                endpoint_override=endpoint,
+                region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+                scheme="http" if endpoint and endpoint.startswith("http://") else "https",
+                allow_bucket_creation=False,
+            )
+            self.bucket = bucket
+            self.root = f"{bucket}/{prefix}".rstrip("/")
+        elif "://" in url and not url.startswith("file://"):
+            raise ConfigurationError(
+                f"unsupported lake URL {self.url!r}: use s3://bucket/prefix, file:///path or a path"
+            )
+        else:
+            path = Path(url.removeprefix("file://")).expanduser().resolve()
+            path.mkdir(parents=True, exist_ok=True)
+            self.fs = pafs.LocalFileSystem()
+            self.root = path.as_posix()
+
+    # -- paths -----------------------------------------------------------------------
+    def path(self, key: str) -> str:
+        """The backend path of `key` (what pyarrow readers take together with `fs`)."""
+        return f"{self.root}/{key.lstrip('/')}"
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.path(key)}" if self.bucket else self.path(key)
+
+    @property
+    def is_local(self) -> bool:
+        return self.bucket is None
+
+    def _makedirs(self, key: str) -> None:
+        if self.is_local:
+            Path(self.path(key)).parent.mkdir(parents=True, exist_ok=True)
+
+    # -- bytes and JSON --------------------------------------------------------------
+    def exists(self, key: str) -> bool:
+        return self.fs.get_file_info(self.path(key)).type == pafs.FileType.File
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            with self.fs.open_input_stream(self.path(key)) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise CorruptBatchError(f"lake file {self.uri(key)} does not exist") from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write (or replace) `key` atomically: readers see the old or the new bytes."""
+        if self.is_local:
+            target = Path(self.path(key))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(target)
+        else:
+            with self.fs.open_output_stream(self.path(key)) as f:
+                f.write(data)
+
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        """Create `key` only if it does not exist yet. True if this call created it."""
+        if self.is_local:
+            target = Path(self.path(key))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+            tmp.write_bytes(data)
+            try:
+                os.link(tmp, target)
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                tmp.unlink()
+        import boto3
+        from botocore.exceptions import ClientError
+
+        object_key = self.path(key).split("/", 1)[1]
+        try:
+            boto3.client("s3", endpoint_url=_s3_endpoint()).put_object(
+                Bucket=self.bucket, Key=object_key, Body=data, IfNoneMatch="*"
+            )
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {
+                "PreconditionFailed",
+                "ConditionalRequestConflict",
+            }:
+                return False
+            raise
+
+    def read_json(self, key: str) -> Any:
+        try:
+            return json.loads(self.read_bytes(key))
+        except json.JSONDecodeError as exc:
+            raise CorruptBatchError(f"lake file {self.uri(key)} is not valid JSON: {exc}") from None
+
+    def write_json(self, key: str, obj: Any) -> None:
+        self.write_bytes(key, _json_bytes(obj))
+
+    def create_json(self, key: str, obj: Any) -> bool:
+        return self.create_bytes(key, _json_bytes(obj))
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_file(self.path(key))
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys under `prefix` (recursive, sorted), relative to the lake root."""
+        base = self.path(prefix).rstrip("/")
+        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+        start = len(self.root) + 1
+        return sorted(
+            info.path[start:]
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File and not info.base_name.startswith(".")
+        )
+
+    # -- Parquet ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def parquet_writer(
+        self, key: str, schema: pa.Schema, **options: Any
+    ) -> Iterator[pq.ParquetWriter]:
+        """Stream record batches into one Parquet file (zstd unless told otherwise)."""
+        self._makedirs(key)
+        opts = {**PARQUET_OPTIONS, **options}
+        with pq.ParquetWriter(self.path(key), schema, filesystem=self.fs, **opts) as writer:
+            yield writer
+
+    def write_parquet(self, key: str, table: pa.Table, **options: Any) -> None:
+        self._makedirs(key)
+        pq.write_table(table, self.path(key), filesystem=self.fs, **{**PARQUET_OPTIONS, **options})
+
+    def read_parquet(self, keys: list[str], schema: pa.Schema | None = None) -> pa.Table:
+        """Read the listed files into one table; a missing or broken file is a typed error."""
+        tables = []
+        for key in keys:
+            try:
+                tables.append(pq.read_table(self.path(key), filesystem=self.fs, schema=schema))
+            except (FileNotFoundError, OSError, pa.ArrowInvalid) as exc:
+                raise CorruptBatchError(
+                    f"cannot read lake file {self.uri(key)}: {exc}. Re-run the step that wrote it."
+                ) from exc
+        if not tables:
+            if schema is None:
+                raise ValueError("read_parquet of no files needs a schema")
+            return schema.empty_table()
+        return pa.concat_tables(tables, promote_options="default")
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, indent=1, sort_keys=True, default=str).encode()

@@ -1,0 +1,69 @@
+"""Shared fixtures: a real PostgreSQL server for the whole session, a fresh database per test.
+
+Server choice (DESIGN.md section 8): `TEST_PG_DSN` if set, else testcontainers when a
+Docker engine answers, else a throwaway local cluster. With `REQUIRE_POSTGRES=1` (CI) a
+missing server fails the run instead of skipping the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from pipeline import pgserver
+
+SNAPSHOT_DIR = os.path.join(
+    os.path.dirname(__file__), "..", "..", "shared", "data", "totesys-snapshot-2024-11"
+)
+
+
+def _no_server(reason: str) -> None:
+    if os.environ.get("REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"REQUIRE_POSTGRES=1 but no PostgreSQL server is available: {reason}")
+    pytest.skip(f"no PostgreSQL server available: {reason}")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """Superuser DSN of a PostgreSQL server that lives for the whole test session."""
+    if dsn := os.environ.get("TEST_PG_DSN"):
+        yield dsn
+        return
+    try:
+        with pgserver.throwaway_postgres() as dsn:
+            yield dsn
+    except pgserver.PostgresUnavailableError as exc:
+        _no_server(str(exc))
+
+
+@pytest.fixture
+def make_database(pg_server: str) -> Iterator[Callable[[str], str]]:
+    """Factory: `make_database("source")` creates a fresh, empty database and returns its DSN."""
+    created: list[str] = []
+
+    def make(label: str = "db") -> str:
+        name = f"t_{label}_{uuid.uuid4().hex[:10]}"
+        created.append(name)
+        return pgserver.create_database(pg_server, name, replace=False)
+
+    yield make
+    for name in created:
+        pgserver.drop_database(pg_server, name)
+
+
+@pytest.fixture
+def pg_dsn(make_database: Callable[[str], str]) -> str:
+    """DSN of a fresh, empty database for this test."""
+    return make_database("db")
+
+
+@pytest.fixture
+def snapshot_dir() -> str:
+    """The real totesys snapshot (read-only reference data outside the repo)."""
+    path = os.path.abspath(SNAPSHOT_DIR)
+    if not os.path.isdir(path):
+        pytest.skip(f"reference snapshot not found at {path}")
+    return path
