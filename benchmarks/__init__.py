@@ -1,0 +1,1 @@
+"""Reproducible performance measurements (not tests): run with `python -m benchmarks.<name>`."""

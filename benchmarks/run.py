@@ -1,0 +1,252 @@
+"""End-to-end benchmark: totesys-etl against the physical limit and the alternatives.
+
+One command, one PostgreSQL, one run: seeds N sales orders (with their transactions and
+payments) with the simulator, then measures side by side
+
+1. the raw limits: `COPY (query) TO STDOUT` of every source table and binary `COPY FROM`
+   of the warehouse rows into same-shape tables (sequential sum = the raw limit);
+2. totesys-etl full load, per step (extract, transform, load) in its own process with its
+   peak RSS;
+3. totesys-etl incremental: a no-change run and a run after `--delta` changed rows;
+4. the original project's style (pandas transform + row-by-row INSERT) on a subset,
+   extrapolated linearly to N (said so in the output);
+5. dlt (`sql_database`, pyarrow backend, into the same PostgreSQL) when installed.
+
+    python -m benchmarks.run [--sales-orders 2000000] [--json benchmarks/results/e2e.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pipeline import pgserver
+from pipeline.catalog import TABLES
+from pipeline.warehouse_schema import WAREHOUSE_TABLES
+
+SNAPSHOT_SALES_ORDERS = 11_187
+
+
+def _count(dsn: str, table: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        q = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+        return conn.execute(q).fetchone()[0]  # type: ignore[index]
+
+
+def raw_copy_out(source_dsn: str) -> dict[str, float]:
+    """COPY every source table (catalog columns) to STDOUT in binary and discard it."""
+    rows, start = 0, time.perf_counter()
+    with psycopg.connect(source_dsn) as conn, conn.cursor() as cur:
+        for table in TABLES.values():
+            cols = sql.SQL(", ").join(sql.Identifier(c) for c in table.column_names)
+            query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT BINARY)").format(
+                cols, sql.Identifier(table.name)
+            )
+            with cur.copy(query) as copy:
+                for _ in copy:
+                    pass
+            rows += cur.rowcount
+    return {"rows": rows, "seconds": time.perf_counter() - start}
+
+
+def raw_copy_in(warehouse_dsn: str) -> dict[str, float]:
+    """Binary COPY FROM of the loaded warehouse rows into empty same-shape tables."""
+    rows, seconds = 0, 0.0
+    with psycopg.connect(warehouse_dsn) as conn, conn.cursor() as cur:
+        for name, table in WAREHOUSE_TABLES.items():
+            cols = sql.SQL(", ").join(sql.Identifier(c) for c in table.column_names)
+            ident, clone = sql.Identifier(name), sql.Identifier(f"raw_{name}")
+            buf = bytearray()
+            with cur.copy(
+                sql.SQL("COPY {} ({}) TO STDOUT (FORMAT BINARY)").format(ident, cols)
+            ) as copy:
+                for block in copy:
+                    buf += block
+            cur.execute(
+                sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING INDEXES)").format(
+                    clone, ident
+                )
+            )
+            conn.commit()
+            start = time.perf_counter()
+            with cur.copy(
+                sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(clone, cols)
+            ) as copy:
+                copy.write(bytes(buf))
+            conn.commit()
+            seconds += time.perf_counter() - start
+            rows += cur.rowcount
+            cur.execute(sql.SQL("DROP TABLE {}").format(clone))
+            conn.commit()
+    return {"rows": rows, "seconds": seconds}
+
+
+def run_step(step: str, run_id: str, env: dict[str, str], urls: dict[str, str]) -> dict[str, Any]:
+    """Run one step in a child process; return its result, wall time and peak RSS."""
+    cmd = [
+        sys.executable, "-m", "benchmarks.e2e_steps", step, "--run-id", run_id,
+        "--ingest-url", urls["ingest"], "--processed-url", urls["processed"],
+    ]  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env)
+    stdout = proc.stdout.read() if proc.stdout else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"step {step} failed with exit code {proc.returncode}")
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "result": json.loads(stdout),
+    }
+
+
+def run_pipeline_steps(label: str, env: dict[str, str], urls: dict[str, str]) -> dict[str, Any]:
+    steps = {s: run_step(s, f"bench-{label}", env, urls) for s in ("extract", "transform", "load")}
+    return {"steps": steps, "seconds": sum(s["seconds"] for s in steps.values())}
+
+
+def change_rows(source_dsn: str, n: int) -> None:
+    """Bump `last_updated` (and a value) on n sales orders, as business edits would."""
+    with psycopg.connect(source_dsn) as conn:
+        conn.execute(
+            "UPDATE sales_order SET units_sold = units_sold + 1, "
+            "last_updated = (SELECT max(last_updated) FROM sales_order) + interval '1 second' "
+            "WHERE sales_order_id IN (SELECT sales_order_id FROM sales_order "
+            "ORDER BY sales_order_id LIMIT %s)",
+            (n,),
+        )
+
+
+def measure(args: argparse.Namespace, admin_dsn: str, workdir: Path) -> dict[str, Any]:
+    from benchmarks.baselines import dlt_baseline, pandas_baseline
+    from pipeline.simulator.seed import seed
+
+    source = pgserver.create_database(admin_dsn, "bench_totesys")
+    warehouse = pgserver.create_database(admin_dsn, "bench_warehouse")
+    scale = args.sales_orders / SNAPSHOT_SALES_ORDERS
+    t0 = time.perf_counter()
+    counts = seed(source, scale=scale, seed=1)
+    seed_s = time.perf_counter() - t0
+    source_rows = sum(counts.values())
+    print(f"seeded {source_rows:,} rows (scale {scale:.1f}) in {seed_s:.1f} s", flush=True)
+
+    env = {**os.environ, "TOTESYS_DSN": source, "WAREHOUSE_DSN": warehouse}
+    urls = {"ingest": str(workdir / "ingestion"), "processed": str(workdir / "processed")}
+
+    raw_out = raw_copy_out(source)
+    full = run_pipeline_steps("full", env, urls)
+    raw_in = raw_copy_in(warehouse)
+    no_change = run_pipeline_steps("nochange", env, urls)
+    change_rows(source, args.delta)
+    delta = run_pipeline_steps("delta", env, urls)
+
+    baseline = pandas_baseline(source, admin_dsn, rows_limit=args.baseline_rows)
+    baseline_full_s = baseline["seconds_per_source_row"] * source_rows
+    dlt = None if args.no_dlt else dlt_baseline(source, admin_dsn, workdir)
+
+    raw_s = raw_out["seconds"] + raw_in["seconds"]
+    return {
+        "sales_orders": args.sales_orders,
+        "source_rows": source_rows,
+        "seed_seconds": seed_s,
+        "raw": {"copy_out": raw_out, "copy_in": raw_in, "seconds": raw_s},
+        "full": full,
+        "no_change": no_change,
+        "delta": {"rows_changed": args.delta, **delta},
+        "pandas_baseline": {**baseline, "extrapolated_seconds": baseline_full_s},
+        "dlt": dlt,
+        "ratios": {
+            "ours_vs_raw_limit": raw_s / full["seconds"],
+            "ours_vs_pandas_baseline": baseline_full_s / full["seconds"],
+            "ours_vs_dlt": (dlt["seconds"] / full["seconds"]) if dlt else None,
+        },
+    }
+
+
+def print_table(r: dict[str, Any]) -> None:
+    n = r["source_rows"]
+    print(
+        f"\n== totesys-etl end-to-end benchmark: {r['sales_orders']:,} sales orders, "
+        f"{n:,} source rows"
+    )
+    print(f"{'measurement':<44}{'seconds':>10}{'rows/s':>14}{'peak RSS MB':>13}")
+
+    def line(name: str, seconds: float, rows: int | None = None, rss: float | None = None) -> None:
+        rate = f"{(rows or n) / seconds:,.0f}" if seconds else "-"
+        print(f"{name:<44}{seconds:>10.2f}{rate:>14}{(f'{rss:.0f}' if rss else '-'):>13}")
+
+    line(
+        "raw COPY TO STDOUT (all source tables)",
+        r["raw"]["copy_out"]["seconds"],
+        r["raw"]["copy_out"]["rows"],
+    )
+    line(
+        "raw binary COPY FROM (warehouse rows)",
+        r["raw"]["copy_in"]["seconds"],
+        r["raw"]["copy_in"]["rows"],
+    )
+    line("raw limit (out + in, sequential)", r["raw"]["seconds"])
+    for step, s in r["full"]["steps"].items():
+        line(f"totesys-etl full: {step}", s["seconds"], None, s["peak_rss_mb"])
+    line("totesys-etl full: total", r["full"]["seconds"])
+    line("totesys-etl incremental, no change", r["no_change"]["seconds"])
+    line(
+        f"totesys-etl incremental, {r['delta']['rows_changed']:,} changed rows",
+        r["delta"]["seconds"],
+    )
+    b = r["pandas_baseline"]
+    line(f"pandas + row-by-row (extrapolated from {b['rows']:,})", b["extrapolated_seconds"])
+    if r["dlt"]:
+        line(
+            "dlt sql_database (pyarrow) -> postgres (EL only)",
+            r["dlt"]["seconds"],
+            r["dlt"]["rows"],
+        )
+    else:
+        print("dlt: not installed (pip install -e '.[bench]')")
+    print()
+    for k, v in r["ratios"].items():
+        print(f"{k:<28}{'-' if v is None else f'{v:.2f}x'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--sales-orders", type=int, default=2_000_000)
+    p.add_argument("--delta", type=int, default=10_000, help="changed rows for the delta run")
+    p.add_argument("--baseline-rows", type=int, default=20_000, help="pandas baseline subset")
+    p.add_argument("--admin-dsn", default=os.environ.get("BENCH_PG_DSN"))
+    p.add_argument("--no-dlt", action="store_true")
+    p.add_argument("--json", default="benchmarks/results/e2e.json")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="totesys-bench-") as tmp:
+        if args.admin_dsn:
+            result = measure(args, args.admin_dsn, Path(tmp))
+        else:
+            cluster = pgserver.LocalCluster(fast=False).start()
+            try:
+                result = measure(args, cluster.dsn, Path(tmp))
+            finally:
+                cluster.stop()
+    print_table(result)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+    print(f"\nwritten {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

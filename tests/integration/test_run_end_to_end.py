@@ -1,0 +1,93 @@
+"""Issue 6: the local runner end to end (seed, run, simulate, run, run again)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pipeline.cli import main
+from pipeline.runner import RunSettings, run_pipeline
+from pipeline.simulator.seed import seed
+from pipeline.simulator.simulate import simulate
+from tests.warehouse_compare import assert_equivalent_to_clean_pass, warehouse_contents
+
+pytestmark = pytest.mark.postgres
+
+
+def _settings(source: str, warehouse: str, lake: Path) -> RunSettings:
+    return RunSettings(
+        source_dsn=source,
+        warehouse_dsn=warehouse,
+        ingest_url=str(lake / "ingestion"),
+        processed_url=str(lake / "processed"),
+    )
+
+
+def _clean_pass(source: str, make_database: Callable[[str], str], lake: Path) -> dict:
+    warehouse = make_database("clean")
+    report = run_pipeline(_settings(source, warehouse, lake))
+    assert report.succeeded, report.to_dict()
+    return warehouse_contents(warehouse)
+
+
+def test_seed_run_simulate_run_again_equals_clean_passes(
+    make_database: Callable[[str], str], tmp_path: Path
+) -> None:
+    source, warehouse = make_database("source"), make_database("warehouse")
+    seed(source, scale=0.05, seed=3)
+    settings = _settings(source, warehouse, tmp_path / "lake")
+
+    first = run_pipeline(settings)
+    assert first.succeeded, first.to_dict()
+    assert first.tables["sales_order"]["rows"] > 0
+    assert_equivalent_to_clean_pass(
+        warehouse_contents(warehouse), _clean_pass(source, make_database, tmp_path / "c1")
+    )
+
+    simulate(source, days=4, seed=11)
+    second = run_pipeline(settings)
+    assert second.succeeded, second.to_dict()
+    assert second.load and second.load["rows"].get("fact_sales_order", 0) > 0
+    after_second = warehouse_contents(warehouse)
+    assert_equivalent_to_clean_pass(
+        after_second, _clean_pass(source, make_database, tmp_path / "c2")
+    )
+
+    third = run_pipeline(settings)
+    assert third.succeeded, third.to_dict()
+    assert sum((third.load or {}).get("rows", {}).values()) == 0
+    assert warehouse_contents(warehouse) == after_second
+
+
+def test_failing_table_exits_non_zero_loads_others_and_rerun_succeeds(
+    make_database: Callable[[str], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, warehouse = make_database("source"), make_database("warehouse")
+    seed(source, scale=0.02, seed=5)
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("ALTER TABLE design RENAME COLUMN file_name TO file_name_old")
+    args = [
+        "run", "--json", "--source-dsn", source, "--warehouse-dsn", warehouse,
+        "--ingest-url", str(tmp_path / "i"), "--processed-url", str(tmp_path / "p"),
+    ]  # fmt: skip
+    assert main(args) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"] == "failed"
+    assert out["tables"]["design"]["status"] == "failed"
+    assert "SchemaDriftError" in out["tables"]["design"]["error"]
+    assert out["rerun"] == "totesys-etl run --tables design"
+    assert out["tables"]["currency"]["status"] != "failed"
+    assert out["loaded"].get("dim_currency", 0) > 0
+
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("ALTER TABLE design RENAME COLUMN file_name_old TO file_name")
+    assert main([*args, "--tables", "design"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"] == "succeeded"
+    assert_equivalent_to_clean_pass(
+        warehouse_contents(warehouse), _clean_pass(source, make_database, tmp_path / "clean")
+    )
