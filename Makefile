@@ -28,6 +28,7 @@ test: lint
 	$(BIN)/python -m pytest
 
 bench: venv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[bench]'
 	$(BIN)/python -m benchmarks.run
 
 lock: $(BIN)/uv
