@@ -29,7 +29,7 @@ def _print_json(obj: Any) -> None:
 def _cmd_seed(args: argparse.Namespace) -> int:
     from pipeline.simulator.seed import seed
 
-    counts = seed(args.dsn, scale=args.scale, seed=args.seed, force=args.force)
+    counts = seed(args.dsn, scale=args.scale, seed=args.seed, force=args.force, start=args.start)
     _print_json(counts) if args.json else _print_counts("seeded", counts)
     return 0
 
@@ -176,6 +176,15 @@ def _positive_scale(text: str) -> float:
     return value
 
 
+def _timestamp(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO date or timestamp such as 2022-11-03T14:20:49, got {text!r}"
+        ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="totesys-etl",
@@ -195,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=42, help="random seed (same seed, same data)")
     p.add_argument("--force", action="store_true", help="replace an already seeded database")
+    p.add_argument(
+        "--start",
+        type=_timestamp,
+        default=None,
+        help="first moment of the history, ISO format (default: 2022-11-03T14:20:49.962)",
+    )
     p.add_argument("--json", action="store_true", help="print the row counts as JSON")
 
     p = command("simulate", _cmd_simulate, "advance totesys business activity by N days")

@@ -60,3 +60,45 @@ class CorruptBatchError(PermanentError):
 
 class LoadConflictError(TransientError):
     """Another load holds the warehouse lock; retry later."""
+
+
+class AlreadySeededError(PermanentError):
+    """`seed` found totesys tables in the target database and was not told to replace them."""
+
+
+class NotSeededError(PermanentError):
+    """`simulate` needs a seeded totesys database (run `totesys-etl seed` first)."""
+
+
+class SimulatorInputError(PermanentError):
+    """A simulator parameter is out of range (scale, days, start)."""
+
+
+class TransformBusyError(TransientError):
+    """Another transform holds the processed zone's lease; retry after it finishes."""
+
+    def __init__(self, holder: str, until: str) -> None:
+        super().__init__(
+            f"another transform (run {holder!r}) holds the lease until {until}; retry later"
+        )
+        self.holder = holder
+
+
+class MigrationError(PermanentError):
+    """The warehouse schema history does not match this code's migrations."""
+
+
+class ReferentialIntegrityError(DataQualityError):
+    """A fact row points at a dimension key that does not exist in the warehouse."""
+
+    def __init__(self, table: str, column: str, key: str, referenced: str, batch: str) -> None:
+        super().__init__(
+            f"processed batch {batch}: {table}.{column} = {key} has no row in {referenced}; "
+            "nothing of the batch was loaded. Re-run the transform so the batch carries the "
+            "dimension row, or fix the source row."
+        )
+        self.table = table
+        self.column = column
+        self.key = key
+        self.referenced = referenced
+
