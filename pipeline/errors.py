@@ -101,4 +101,3 @@ class ReferentialIntegrityError(DataQualityError):
         self.column = column
         self.key = key
         self.referenced = referenced
-

@@ -1,0 +1,272 @@
+"""`transform(run_id, ...)`: new ingestion batches -> star-schema Parquet + run manifest.
+
+Commit protocol (docs/CONTRACTS.md, processed zone): outputs, quarantine files and state
+snapshots are written under run-specific keys, then `_state/head.json`, then the run
+manifest with `create_json` (the commit record). A crash anywhere before the manifest
+leaves the previous committed state in force, and a re-run rewrites the same keys.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from pipeline.lake import Lake
+from pipeline.transform import state as st
+from pipeline.transform.current import LOOKUP_TABLES, empty_state, merge
+from pipeline.transform.dim_date import build_dim_date, referenced_dates
+from pipeline.transform.dimensions import build_dimensions
+from pipeline.transform.facts import FACTS, empty_pending, empty_seen, transform_fact
+from pipeline.transform.inputs import (
+    Batch,
+    check_row_count,
+    list_manifest_keys,
+    read_batches,
+    scan_batches,
+)
+from pipeline.transform.lease import Lease, leased
+from pipeline.transform.output import write_quarantine, write_warehouse_table
+from pipeline.transform.quality import RULE, annotate, key_rules, quarantine_frame, row_rules
+from pipeline.transform.result import TransformResult
+from pipeline.warehouse_schema import WAREHOUSE_TABLES
+
+log = logging.getLogger(__name__)
+
+CONSUMED = "consumed"
+MAX_ROWS_PER_RUN = 8_000_000  # measured: 8M sales rows peak at 1.5 GB RSS (Lambda: 3008 MB)
+_EMPTY_CONSUMED = pl.DataFrame(schema={"key": pl.String, "run_id": pl.String})
+
+
+def transform(run_id: str, *, ingest_url: str, processed_url: str) -> TransformResult:
+    """Consume every committed, not yet consumed ingestion batch, in commit order."""
+    started = time.monotonic()
+    ingest, processed = Lake(ingest_url), Lake(processed_url)
+    result = _replay(processed, run_id) or _nothing_to_do(ingest, processed, run_id)
+    if result is None:
+        with leased(processed, run_id) as lease:
+            result = _replay(processed, run_id)
+            if result is None:
+                base = st.committed_state(processed)
+                batches, more = take_batches(pending_batches(ingest, processed, base))
+                result = (
+                    _execute(ingest, processed, run_id, base, batches, lease, more=more)
+                    if batches
+                    else TransformResult(run_id, "nothing_to_do")
+                )
+    log.info(
+        "transform %s",
+        result.status,
+        extra={
+            "step": "transform",
+            "run_id": run_id,
+            "status": result.status,
+            "inputs": len(result.inputs),
+            "rows_in": sum(result.rows_in.values()),
+            "rows_out": sum(result.rows_out.values()),
+            "quarantined": sum(result.quarantined.values()),
+            "duplicates": sum(result.duplicates.values()),
+            "duration_s": round(time.monotonic() - started, 3),
+        },
+    )
+    return result
+
+
+def _replay(processed: Lake, run_id: str) -> TransformResult | None:
+    key = st.manifest_key(run_id)
+    if not processed.exists(key):
+        return None
+    return TransformResult.from_manifest(processed.read_json(key), key)
+
+
+def _nothing_to_do(ingest: Lake, processed: Lake, run_id: str) -> TransformResult | None:
+    """Answer an idle run without taking the lease (nothing is written)."""
+    if pending_batches(ingest, processed, st.committed_state(processed)):
+        return None
+    return TransformResult(run_id, "nothing_to_do")
+
+
+def pending_batches(ingest: Lake, processed: Lake, base: st.StatePointers) -> list[Batch]:
+    """Committed ingestion batches that no committed transform run has consumed."""
+    consumed = st.read_state(processed, base, CONSUMED, _EMPTY_CONSUMED)
+    done = set(consumed["key"].to_list())
+    return read_batches(ingest, [k for k in list_manifest_keys(ingest) if k not in done])
+
+
+def take_batches(batches: list[Batch]) -> tuple[list[Batch], bool]:
+    """The oldest batches up to `TRANSFORM_MAX_ROWS` rows (at least one), so a long backlog
+    is worked off over several runs in bounded memory; True if some were left for later."""
+    limit = int(os.environ.get("TRANSFORM_MAX_ROWS", MAX_ROWS_PER_RUN))
+    taken, rows = [], 0
+    for batch in batches:
+        if taken and rows + batch.rows > limit:
+            return taken, True
+        taken.append(batch)
+        rows += batch.rows
+    return taken, False
+
+
+def _execute(
+    ingest: Lake,
+    processed: Lake,
+    run_id: str,
+    base: st.StatePointers,
+    batches: list[Batch],
+    lease: Lease,
+    *,
+    more: bool,
+) -> TransformResult:
+    by_table: dict[str, list[tuple[int, Batch]]] = defaultdict(list)
+    for ordinal, batch in enumerate(batches):
+        by_table[batch.table].append((ordinal, batch))
+    work = _Work(ingest, processed, base, by_table, TransformResult(run_id, "ok"))
+    work.result.inputs = [b.key for b in batches]
+    work.result.more = more
+    states, changed = work.lookups()
+    dims = build_dimensions(states, changed)
+    for table, bad in dims.quarantine.items():
+        work.quarantine[table].append(bad)
+    outputs: dict[str, pl.DataFrame] = {**dims.rows, **work.facts(dims.valid_keys)}
+    outputs["dim_date"] = build_dim_date(
+        referenced_dates({f.name: outputs[f.name] for f in FACTS if outputs[f.name].height})
+    )
+    return _commit(
+        processed, run_id, base, work.result, outputs, work.quarantine, work.new_state, lease
+    )
+
+
+@dataclass
+class _Work:
+    """One run's inputs and what it has produced so far (counts, quarantine, new state)."""
+
+    ingest: Lake
+    processed: Lake
+    base: st.StatePointers
+    by_table: dict[str, list[tuple[int, Batch]]]
+    result: TransformResult
+    quarantine: dict[str, list[pl.DataFrame]] = field(default_factory=lambda: defaultdict(list))
+    new_state: dict[str, pl.DataFrame] = field(default_factory=dict)  # state kind -> frame
+    now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+    def lookups(self) -> tuple[dict[str, pl.DataFrame], dict[str, pl.DataFrame]]:
+        """Check new lookup rows and fold them into the current state: (states, changed)."""
+        states, changed = {}, {}
+        for table in LOOKUP_TABLES:
+            current = st.read_state(
+                self.processed, self.base, f"current/{table}", empty_state(table)
+            )
+            states[table], changed[table] = current, current.clear()
+            if table not in self.by_table:
+                continue
+            rules = key_rules(table) + row_rules(table)
+            raw = scan_batches(self.ingest, table, self.by_table[table])
+            checked = annotate(raw, rules).collect()
+            check_row_count(table, self.by_table[table], checked.height)
+            bad = checked.filter(pl.col(RULE).is_not_null())
+            self.quarantine[table].append(quarantine_frame(table, bad, rules))
+            merged = merge(table, current, checked.filter(pl.col(RULE).is_null()))
+            states[table], changed[table] = merged.state, merged.changed
+            self.new_state[f"current/{table}"] = merged.state
+            self.result.rows_in[table] = checked.height
+            self.result.duplicates[table] = merged.duplicates
+        return states, changed
+
+    def facts(self, valid_keys: dict[str, pl.Series]) -> dict[str, pl.DataFrame]:
+        """Fact rows of new batches and of pending rows whose dimensions may have arrived."""
+        out = {}
+        for spec in FACTS:
+            source = spec.source
+            seen = st.read_state(self.processed, self.base, f"seen/{source}", empty_seen(source))
+            pending = st.read_state(
+                self.processed, self.base, f"pending/{source}", empty_pending(source)
+            )
+            if source not in self.by_table and pending.height == 0:
+                out[spec.name] = pl.DataFrame()
+                continue
+            raw = scan_batches(self.ingest, source, self.by_table.get(source, []))
+            fact = transform_fact(
+                spec, raw, seen=seen, pending=pending, valid_keys=valid_keys, now=self.now
+            )
+            out[spec.name] = fact.rows
+            self.quarantine[source].append(fact.quarantine)
+            self.new_state[f"seen/{source}"] = fact.seen
+            self.new_state[f"pending/{source}"] = fact.pending
+            if source in self.by_table:
+                check_row_count(source, self.by_table[source], fact.rows_in)
+                self.result.rows_in[source] = fact.rows_in
+                self.result.duplicates[source] = fact.duplicates
+            self.result.pending[source] = fact.pending_counts
+        return out
+
+
+def _committed_at(processed: Lake, base: st.StatePointers) -> str:
+    """Now, but never before the previous run's `committed_at`: the load applies batches in
+    that order, and a host whose clock lags must not reorder SCD1 dimension updates."""
+    now = dt.datetime.now(dt.UTC)
+    if base.run_id:
+        previous = processed.read_json(st.manifest_key(base.run_id))["committed_at"]
+        now = max(now, dt.datetime.fromisoformat(previous) + dt.timedelta(microseconds=1))
+    return now.isoformat(timespec="microseconds")
+
+
+def _commit(
+    processed: Lake,
+    run_id: str,
+    base: st.StatePointers,
+    result: TransformResult,
+    outputs: dict[str, pl.DataFrame],
+    quarantine: dict[str, list[pl.DataFrame]],
+    new_state: dict[str, pl.DataFrame],
+    lease: Lease,
+) -> TransformResult:
+    """Write data, quarantine and state; then the head; then the manifest (commit point)."""
+    written = {
+        name: write_warehouse_table(processed, name, run_id, outputs.get(name, pl.DataFrame()))
+        for name in WAREHOUSE_TABLES
+    }
+    quarantine_files = {}
+    for table, frames in sorted(quarantine.items()):
+        rejected = [f for f in frames if f.height]
+        result.quarantined[table] = sum(f.height for f in rejected)
+        if rejected:
+            bad = pl.concat(rejected, how="vertical_relaxed")
+            quarantine_files[table] = write_quarantine(processed, table, run_id, bad)
+    pointers = st.StatePointers(run_id, dict(base.files))
+    for kind, frame in new_state.items():
+        pointers.files[kind] = st.write_state(processed, run_id, kind, frame)
+    consumed = pl.concat(
+        [
+            st.read_state(processed, base, CONSUMED, _EMPTY_CONSUMED),
+            pl.DataFrame(
+                {"key": result.inputs, "run_id": [run_id] * len(result.inputs)},
+                schema=_EMPTY_CONSUMED.schema,
+            ),
+        ]
+    )
+    pointers.files[CONSUMED] = st.write_state(processed, run_id, CONSUMED, consumed)
+    result.rows_out = {name: int(w["rows"]) for name, w in written.items()}
+    manifest = {
+        "run_id": run_id,
+        "inputs": result.inputs,
+        "outputs": written,
+        "rows_in": result.rows_in,
+        "quarantined": result.quarantined,
+        "quarantine_files": quarantine_files,
+        "duplicates": result.duplicates,
+        "pending": result.pending,
+        "more": result.more,
+        "state": pointers.to_json(),
+        "committed_at": _committed_at(processed, base),
+    }
+    lease.assert_held()
+    st.write_head(processed, pointers, base)
+    key = st.manifest_key(run_id)
+    if not processed.create_json(key, manifest):  # the same run id committed meanwhile
+        return TransformResult.from_manifest(processed.read_json(key), key)
+    result.manifest = key
+    return result
