@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmarks: a throwaway server, bulk test data, timing and RSS.
+"""Shared helpers for the benchmarks: bulk test data and timing.
 
 Data is generated inside PostgreSQL with `generate_series` so that building millions of
 rows takes seconds and measures the server, not a Python loop.
@@ -7,8 +7,6 @@ rows takes seconds and measures the server, not a Python loop.
 from __future__ import annotations
 
 import contextlib
-import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -90,38 +88,6 @@ def timed() -> Iterator[Timing]:
         yield result
     finally:
         result.seconds = time.perf_counter() - start
-
-
-class RssSampler:
-    """Peak resident set size of this process, sampled every few milliseconds in a thread.
-
-    `resource.getrusage` only reports the lifetime peak of the process, so a measurement
-    taken after the data was generated would include earlier phases; sampling isolates one.
-    """
-
-    def __init__(self, interval_s: float = 0.005) -> None:
-        import psutil
-
-        self._process = psutil.Process(os.getpid())
-        self._interval = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.peak_bytes = 0
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
-            time.sleep(self._interval)
-
-    def __enter__(self) -> RssSampler:
-        self.peak_bytes = self._process.memory_info().rss
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
 
 
 def best_of(repeat: int, func: Callable[[], object]) -> float:

@@ -1,0 +1,194 @@
+"""Extract benchmark: `extract_table` against the raw COPY limit of the same server, same run.
+
+    python -m benchmarks.extract_bench [--rows 2000000] [--dsn DSN] [--json]
+
+Builds `--rows` sales orders (in a throwaway local cluster unless `--dsn` names a
+superuser DSN; a fresh database is created and dropped there), then measures:
+
+1. raw: `COPY (SELECT <catalog columns> FROM sales_order ORDER BY last_updated,
+   sales_order_id) TO STDOUT`, text and binary, consumed and discarded (psycopg);
+2. adbc fetch: the same query through ADBC into Arrow batches, discarded (the decode cost);
+3. extract: `pipeline.extract.extract_table` (full extract into a temporary local lake),
+   in a child process so its peak RSS (`ru_maxrss`, imports included, as in a Lambda)
+   is its own.
+
+Targets: extract >= 0.5x the raw rows/s, peak RSS < 600 MB. The machine may be shared:
+each measurement is the best of `--repeat` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from benchmarks.common import best_of, create_sales_orders, timed
+from pipeline import pgserver
+from pipeline.catalog import TABLES
+
+TABLE = TABLES["sales_order"]
+TARGET_RATIO = 0.5
+TARGET_RSS_MB = 600
+
+
+def _query() -> sql.Composed:
+    return sql.SQL("SELECT {} FROM {} ORDER BY {}, {}").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in TABLE.column_names),
+        sql.Identifier(TABLE.name),
+        sql.Identifier(TABLE.cursor),
+        sql.Identifier(TABLE.primary_key),
+    )
+
+
+def raw_copy(dsn: str, binary: bool) -> None:
+    """The physical limit: the server serialises, the client receives and discards."""
+    statement = sql.SQL("COPY ({}) TO STDOUT {}").format(
+        _query(), sql.SQL("(FORMAT binary)" if binary else "")
+    )
+    with psycopg.connect(dsn) as conn, conn.cursor().copy(statement) as copy:
+        for _ in copy:
+            pass
+
+
+def adbc_fetch(dsn: str) -> None:
+    from adbc_driver_postgresql import dbapi
+
+    with dbapi.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(_query().as_string(None))
+        for _ in cur.fetch_record_batch():
+            pass
+
+
+def _warm_up(dsn: str) -> None:
+    """Load the ADBC driver once, so the first timed fetch does not pay for it."""
+    from adbc_driver_postgresql import dbapi
+
+    with dbapi.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        cur.fetchall()
+
+
+def extract_in_child(dsn: str) -> dict[str, Any]:
+    """Run one full extract in a fresh interpreter; returns its seconds, rows and peak RSS."""
+    with tempfile.TemporaryDirectory(prefix="extract-bench-") as lake:
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.extract_bench", "--child", lake],
+            input=dsn,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _child(lake: str) -> None:
+    from pipeline.extract import extract_table
+
+    dsn = sys.stdin.read()
+    with timed() as t:
+        result = extract_table(TABLE.name, "bench", lake_url=lake, source_dsn=dsn)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"seconds": t.seconds, "rows": result.rows, "peak_rss_mb": peak_mb,
+                      "files": len(result.files)}))  # fmt: skip
+
+
+@contextlib.contextmanager
+def _database(dsn: str | None) -> Iterator[str]:
+    """A fresh database on the given server, or on a throwaway local cluster."""
+    with contextlib.ExitStack() as stack:
+        if dsn is None:
+            cluster = pgserver.LocalCluster().start()
+            stack.callback(cluster.stop)
+            dsn = cluster.dsn
+        name = f"extract_bench_{uuid.uuid4().hex[:8]}"
+        db = pgserver.create_database(dsn, name)
+        stack.callback(pgserver.drop_database, dsn, name)
+        yield db
+
+
+def measure(rows: int, dsn: str | None, repeat: int) -> dict[str, Any]:
+    with _database(dsn) as db:
+        with timed() as build:
+            create_sales_orders(db, rows)
+        _warm_up(db)
+        raw_text = best_of(repeat, lambda: raw_copy(db, binary=False))
+        raw_binary = best_of(repeat, lambda: raw_copy(db, binary=True))
+        adbc = best_of(repeat, lambda: adbc_fetch(db))
+        runs = [extract_in_child(db) for _ in range(repeat)]
+    extract = min(runs, key=lambda r: r["seconds"])
+    assert extract["rows"] == rows, extract
+    raw = min(raw_text, raw_binary)
+    return {
+        "rows": rows,
+        "build_s": round(build.seconds, 2),
+        "raw_copy_text_s": round(raw_text, 3),
+        "raw_copy_binary_s": round(raw_binary, 3),
+        "adbc_fetch_s": round(adbc, 3),
+        "extract_s": round(extract["seconds"], 3),
+        "raw_rows_per_s": round(rows / raw),
+        "adbc_rows_per_s": round(rows / adbc),
+        "extract_rows_per_s": round(rows / extract["seconds"]),
+        "ratio_to_raw": round(raw / extract["seconds"], 3),
+        "extract_peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs), 1),
+        "extract_files": extract["files"],
+        "targets": {"ratio_to_raw": TARGET_RATIO, "peak_rss_mb": TARGET_RSS_MB},
+        "ok": raw / extract["seconds"] >= TARGET_RATIO
+        and max(r["peak_rss_mb"] for r in runs) < TARGET_RSS_MB,
+    }
+
+
+def _print_table(r: dict[str, Any]) -> None:
+    n = r["rows"]
+    print(f"extract benchmark: {n:,} sales_order rows (built in {r['build_s']} s)")
+    print(f"{'path':<34}{'seconds':>9}{'rows/s':>12}{'x raw':>8}")
+    raw = min(r["raw_copy_text_s"], r["raw_copy_binary_s"])
+    for label, seconds in (
+        ("raw COPY TO STDOUT (text)", r["raw_copy_text_s"]),
+        ("raw COPY TO STDOUT (binary)", r["raw_copy_binary_s"]),
+        ("ADBC fetch to Arrow, discarded", r["adbc_fetch_s"]),
+        ("extract_table -> Parquet (zstd)", r["extract_s"]),
+    ):
+        print(f"{label:<34}{seconds:>9.2f}{n / seconds:>12,.0f}{raw / seconds:>8.2f}")
+    print(
+        f"extract peak RSS: {r['extract_peak_rss_mb']:.0f} MB (target < {TARGET_RSS_MB}); "
+        f"ratio to raw: {r['ratio_to_raw']:.2f} (target >= {TARGET_RATIO}); "
+        f"{'OK' if r['ok'] else 'BELOW TARGET'}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--dsn", help="superuser DSN of a server to use (default: throwaway)")
+    parser.add_argument("--repeat", type=int, default=2, help="best of N for every path")
+    parser.add_argument("--json", action="store_true", help="also print the result as JSON")
+    parser.add_argument("--child", metavar="LAKE", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(args.child)
+        return 0
+    # A plain SIGTERM would skip the clean-up and leave the throwaway cluster running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    started = time.perf_counter()
+    result = measure(args.rows, args.dsn, args.repeat)
+    result["total_s"] = round(time.perf_counter() - started, 1)
+    _print_table(result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
