@@ -36,5 +36,9 @@ lock: $(BIN)/uv
 	$(BIN)/uv pip compile --quiet pyproject.toml --python-version 3.12 --python-platform aarch64-manylinux_2_28 -o requirements/lambda-arm64.lock
 	$(BIN)/uv pip compile --quiet pyproject.toml --python-version 3.12 --python-platform x86_64-manylinux_2_28 -o requirements/lambda-x86_64.lock
 
+synth: venv
+	npm ci --silent
+	JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20 CDK_DISABLE_CLI_TELEMETRY=true npx cdk synth --quiet
+
 clean:
 	rm -rf $(VENV) cdk.out .pytest_cache .ruff_cache

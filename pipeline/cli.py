@@ -144,6 +144,14 @@ def _cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_init_warehouse(args: argparse.Namespace) -> int:
+    from pipeline.warehouse import migrate
+
+    applied = migrate(args.dsn)
+    _print_json({"applied": applied})
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
@@ -277,9 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
     databases(p, source=False)
     p.add_argument("--run-id", default=None, help="run id (default: a new sortable id)")
 
+    p = command("init-warehouse", _cmd_init_warehouse, "create or upgrade the warehouse schema")
+    p.add_argument(
+        "--dsn",
+        default=_env("WAREHOUSE_DSN"),
+        help="warehouse DSN (default: $WAREHOUSE_DSN, else $WAREHOUSE_SECRET_ARN)",
+    )
+
     p = command("demo", _cmd_demo, "end-to-end demo on a throwaway PostgreSQL (nothing to set up)")
     p.add_argument("--keep", action="store_true", help="keep the databases and lake afterwards")
-    p.add_argument("--days", type=int, default=3, help="days of business to simulate (3)")
+    p.add_argument("--days", type=int, default=5, help="days of business to simulate (5)")
     p.add_argument("--scale", type=_positive_scale, default=1.0, help="size of the seeded data")
 
     return parser

@@ -28,7 +28,10 @@ def run_progress(stages: list[str]) -> Iterator[ProgressCallback]:
         def plain(stage: str, event: str, detail: dict[str, Any]) -> None:
             if event == "started":
                 return
-            extra = f" rows={detail['rows']}" if "rows" in detail else ""
+            rows = detail.get("rows")
+            if isinstance(rows, dict):
+                rows = sum(rows.values())
+            extra = f" rows={rows}" if rows is not None else ""
             error = f" error={detail['error']}" if detail.get("error") else ""
             print(f"{stage}: {event}{extra}{error}", flush=True)
 

@@ -84,7 +84,7 @@ def _start_server(keep: bool) -> tuple[str, Any]:
     return cluster.dsn, cluster
 
 
-def run_demo(*, keep: bool = False, days: int = 3, scale: float = 1.0) -> int:
+def run_demo(*, keep: bool = False, days: int = 5, scale: float = 1.0) -> int:
     from pipeline.simulator.seed import seed
     from pipeline.simulator.simulate import simulate
 

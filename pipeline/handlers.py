@@ -1,0 +1,175 @@
+"""AWS Lambda entry points: thin adapters between Step Functions payloads and the steps.
+
+Each handler reads its settings from the environment (set by the CDK stack), calls one
+step function from `pipeline` (the same code the local runner and CLI call), records
+Powertools metrics and returns a small JSON pointer (docs/CONTRACTS.md). Long lists
+(file keys, consumed manifests) are replaced by their counts so a state's payload stays
+far below Step Functions' 256 KiB whatever the backlog (RELIABILITY R15).
+
+Errors are re-raised unchanged: the Lambda runtime reports the exception class name as
+the error type, which is the name Step Functions' Retry/Catch rules match on
+(`SourceUnavailableError`, `SchemaDriftError`, ...). Nothing here ever logs a DSN or a
+secret value: only secret ARNs, table names, run ids and counts.
+
+Events:
+    extract   {"table", "run_id", "since"?, "until"?}   ("" or null = incremental)
+    transform {"run_id", "tables"?}                      (tables: informative only)
+    load      {"run_id"}
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+from pipeline.errors import ConfigurationError
+
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "totesys-etl")
+NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "TotesysEtl")
+
+logger = Logger(service=SERVICE)
+
+if os.environ.get("AWS_LAMBDA_RUNTIME_API"):  # only inside Lambda: leave test logging alone
+    from pipeline.logs import configure
+
+    configure(json_lines=True)
+
+
+# -- helpers ---------------------------------------------------------------------------
+def _env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigurationError(f"environment variable {name} is not set on this function")
+    return value
+
+
+def _optional(event: Mapping[str, Any], key: str) -> Any:
+    """An optional event field: missing, null and "" all mean "not given"."""
+    value = event.get(key)
+    return None if value in (None, "") else value
+
+
+def _required(event: Mapping[str, Any], key: str) -> Any:
+    value = _optional(event, key)
+    if value is None:
+        raise ConfigurationError(f"event field {key!r} is required (got keys {sorted(event)})")
+    return value
+
+
+def _emit(name: str, unit: MetricUnit, value: float, **dimensions: str) -> None:
+    """One EMF metric line (thread-safe: no shared Metrics object between invocations)."""
+    with single_metric(
+        name=name,
+        unit=unit,
+        value=value,
+        namespace=NAMESPACE,
+        default_dimensions={"service": SERVICE, **dimensions},
+    ):
+        pass
+
+
+def _counts_only(result: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """Replace list fields by `<key>_count`: pointers stay small whatever the backlog."""
+    out = dict(result)
+    for key in keys:
+        if isinstance(out.get(key), list | tuple):
+            out[f"{key}_count"] = len(out.pop(key))
+    return out
+
+
+@contextmanager
+def _timed(step: str, **fields: Any) -> Iterator[dict[str, Any]]:
+    """Log start and end (with duration and the counts put in the yielded dict), emit
+    `<Step>Duration`; on failure log the error class (messages are password-free by
+    contract, but the class name is all an operator needs to find the alert)."""
+    started = time.perf_counter()
+    summary: dict[str, Any] = {}
+    logger.info(f"{step} started", extra=fields)
+    try:
+        yield summary
+    except Exception as exc:
+        logger.error(f"{step} failed", extra={**fields, "error": type(exc).__name__})
+        raise
+    finally:
+        seconds = time.perf_counter() - started
+        dims = {"table": str(fields["table"])} if "table" in fields else {}
+        _emit(f"{step.capitalize()}Duration", MetricUnit.Milliseconds, seconds * 1000, **dims)
+    logger.info(f"{step} finished", extra={**fields, **summary, "duration_s": round(seconds, 3)})
+
+
+# -- handlers --------------------------------------------------------------------------
+@logger.inject_lambda_context(clear_state=True)
+def extract_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Extract one table (or its next chunk) into the ingestion zone."""
+    from pipeline.extract import extract_table
+
+    table = str(_required(event, "table"))
+    run_id = str(_required(event, "run_id"))
+    max_rows = os.environ.get("EXTRACT_MAX_ROWS")
+    logger.append_keys(table=table, run_id=run_id)
+    with _timed("extract", table=table, run_id=run_id) as summary:
+        result = extract_table(
+            table,
+            run_id,
+            lake_url=_env("INGEST_URL"),
+            since=_optional(event, "since"),
+            until=_optional(event, "until"),
+            max_rows=int(max_rows) if max_rows else None,
+        ).to_dict()
+        summary.update(rows=result.get("rows"), more=bool(result.get("more")))
+    _emit("RowsExtracted", MetricUnit.Count, result.get("rows", 0), table=table)
+    out = _counts_only(result, "files")
+    # The state machine reads these on every path: always present, even when not continuing.
+    out["more"] = bool(result.get("more", False))
+    out.setdefault("next_run_id", None)
+    out.setdefault("manifest", None)
+    return out
+
+
+@logger.inject_lambda_context(clear_state=True)
+def transform_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Transform every committed, not yet transformed ingestion batch into the stars."""
+    from pipeline.transform import transform
+
+    run_id = str(_required(event, "run_id"))
+    logger.append_keys(run_id=run_id)
+    with _timed("transform", run_id=run_id) as summary:
+        result = transform(
+            run_id, ingest_url=_env("INGEST_URL"), processed_url=_env("PROCESSED_URL")
+        ).to_dict()
+        summary.update(status=result.get("status"), quarantined=result.get("quarantined"))
+    for table, rows in (result.get("quarantined") or {}).items():
+        _emit("RowsQuarantined", MetricUnit.Count, rows, table=table)
+    rows_out = result.get("rows_out")
+    if isinstance(rows_out, Mapping):
+        for table, rows in rows_out.items():
+            _emit("RowsTransformed", MetricUnit.Count, rows, table=table)
+    out = _counts_only(result, "inputs")
+    out.setdefault("manifest", None)
+    out.setdefault("quarantined", {})
+    out["more"] = bool(result.get("more", False))
+    return out
+
+
+@logger.inject_lambda_context(clear_state=True)
+def load_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Apply every processed batch not yet in the warehouse ledger, in order."""
+    from pipeline.load import load
+
+    run_id = str(_required(event, "run_id"))
+    logger.append_keys(run_id=run_id)
+    with _timed("load", run_id=run_id) as summary:
+        result = load(run_id, processed_url=_env("PROCESSED_URL")).to_dict()
+        summary.update(status=result.get("status"), rows=result.get("rows"))
+    rows = result.get("rows")
+    if isinstance(rows, Mapping):
+        for table, n in rows.items():
+            _emit("RowsLoaded", MetricUnit.Count, n, table=table)
+    out = _counts_only(result, "batches")
+    return out

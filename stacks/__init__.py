@@ -1,0 +1,1 @@
+"""CDK infrastructure for totesys-etl: constructs only, no runtime logic (that is `pipeline/`)."""

@@ -1,0 +1,59 @@
+"""The data lake: an ingestion bucket (raw Parquet) and a processed bucket (star schemas).
+
+Both are private, encrypted, TLS-only and versioned (a bad write can be rolled back;
+noncurrent versions expire so versioning does not grow the bill forever), and are
+retained when the stack is deleted: the lake is the pipeline's record of what it saw.
+A third bucket receives their S3 server access logs.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+NONCURRENT_VERSION_DAYS = 30
+ACCESS_LOG_DAYS = 365
+
+
+class DataLake(Construct):
+    """Ingestion and processed zones plus their access-log bucket."""
+
+    def __init__(self, scope: Construct, construct_id: str) -> None:
+        super().__init__(scope, construct_id)
+        self.access_logs = s3.Bucket(
+            self,
+            "AccessLogs",
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            # Log delivery only supports SSE-S3 on the target bucket.
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_PREFERRED,
+            removal_policy=RemovalPolicy.RETAIN,
+            lifecycle_rules=[
+                s3.LifecycleRule(id="expire-access-logs", expiration=Duration.days(ACCESS_LOG_DAYS))
+            ],
+        )
+        self.ingestion = self._zone("Ingestion", "ingestion/")
+        self.processed = self._zone("Processed", "processed/")
+
+    def _zone(self, construct_id: str, log_prefix: str) -> s3.Bucket:
+        return s3.Bucket(
+            self,
+            construct_id,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            versioned=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            removal_policy=RemovalPolicy.RETAIN,
+            server_access_logs_bucket=self.access_logs,
+            server_access_logs_prefix=log_prefix,
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="expire-noncurrent-versions",
+                    noncurrent_version_expiration=Duration.days(NONCURRENT_VERSION_DAYS),
+                    abort_incomplete_multipart_upload_after=Duration.days(7),
+                ),
+            ],
+        )

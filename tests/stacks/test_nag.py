@@ -1,0 +1,114 @@
+"""cdk-nag AwsSolutions (R19): zero unacknowledged findings, every acknowledgement reasoned."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.stacks.synth import Assembly, synthesize
+
+ACK = "aws:cdk:acknowledged-rules"
+
+
+def acknowledgements(assembly: Assembly) -> dict[str, dict[str, str]]:
+    """Construct path -> {rule id: reason}, from the stack's metadata."""
+    metadata = json.loads((assembly.outdir / "TotesysEtl.metadata.json").read_text())
+    out: dict[str, dict[str, str]] = {}
+    for path, entries in metadata.items():
+        for entry in entries:
+            if entry["type"] == ACK:
+                out.setdefault(path, {}).update(entry["data"])
+    return out
+
+
+def test_synth_passes_aws_solutions_with_no_violation(assembly):
+    reports = assembly.validation_report.get("pluginReports", [])
+    assert all(r["conclusion"] == "success" and not r["violations"] for r in reports), reports
+
+
+def test_every_acknowledgement_is_scoped_and_has_a_written_reason(assembly):
+    acks = acknowledgements(assembly)
+    nag = {
+        (path, rule): reason
+        for path, rules in acks.items()
+        for rule, reason in rules.items()
+        if rule.startswith("AwsSolutions::")
+    }
+    assert nag, "expected the IAM5 wildcard acknowledgements"
+    for (path, rule), reason in nag.items():
+        assert len(reason) > 40, f"{path} {rule}: reason too thin"
+        # Only the documented wildcard findings; a blanket rule id is not acceptable.
+        assert rule.startswith("AwsSolutions::AwsSolutions-IAM5[Resource::"), rule
+        assert path.endswith("Role"), path
+
+
+def test_a_new_unreasoned_finding_fails_the_synth(tmp_path):
+    """The checks really run: a bucket without access logs or a TLS-only policy is rejected."""
+    from aws_cdk import aws_s3 as s3
+
+    from app import build_app
+
+    app = build_app(outdir=str(tmp_path))
+    stack = app.node.find_child("TotesysEtl")
+    s3.Bucket(stack, "Careless")
+    with pytest.raises(RuntimeError, match="ValidationFailed"):
+        app.synth()
+    report = json.loads((tmp_path / "validation-report.json").read_text())
+    rules = {
+        v["ruleName"]
+        for r in report["pluginReports"]
+        for v in r["violations"]
+        if any("Careless" in c["constructPath"] for c in v["violatingConstructs"])
+    }
+    assert {"AwsSolutions-S1", "AwsSolutions-S10"} <= rules
+
+
+def test_vpc_and_x86_variant_synthesizes_clean_with_the_vpc_policy_acknowledged():
+    variant = synthesize(
+        {
+            "vpcId": "vpc-0123456789abcdef0",
+            "subnetIds": "subnet-0aaa1111bbbb2222c,subnet-0ddd3333eeee4444f",
+            "securityGroupIds": '["sg-0123456789abcdef0"]',
+            "architecture": "x86_64",
+            "alertEmail": "data-team@example.com",
+            "sourceSecret": "arn:aws:secretsmanager:eu-west-2:111122223333:secret:totesys-AbCdEf",
+        }
+    )
+    reports = variant.validation_report.get("pluginReports", [])
+    assert all(r["conclusion"] == "success" for r in reports), reports
+    for fn in variant.resources("AWS::Lambda::Function").values():
+        props = fn["Properties"]
+        assert props["Architectures"] == ["x86_64"]
+        assert props["VpcConfig"]["SubnetIds"] == [
+            "subnet-0aaa1111bbbb2222c",
+            "subnet-0ddd3333eeee4444f",
+        ]
+        assert props["VpcConfig"]["SecurityGroupIds"] == ["sg-0123456789abcdef0"]
+    manifest = json.loads((variant.outdir / "TotesysEtl.assets.json").read_text())
+    [image] = manifest["dockerImages"].values()
+    assert image["source"]["platform"] == "linux/amd64"
+    assert image["source"]["dockerBuildArgs"] == {"LOCK_FILE": "requirements/lambda-x86_64.lock"}
+    [subscription] = variant.resources("AWS::SNS::Subscription").values()
+    assert subscription["Properties"]["Endpoint"] == "data-team@example.com"
+    # A complete secret ARN is granted exactly, without the `-??????` suffix wildcard.
+    text = json.dumps(variant.template)
+    assert "secret:totesys-AbCdEf" in text and "secret:totesys-AbCdEf-??????" not in text
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
+        ({"vpcId": "vpc-1"}, "needs subnetIds"),
+        ({"subnetIds": "subnet-1"}, "need vpcId"),
+        ({"architecture": "arm"}, "architecture"),
+        ({"extractConcurrency": 0}, "extractConcurrency"),
+    ],
+)
+def test_inconsistent_context_is_rejected_with_a_clear_message(context, message):
+    from aws_cdk import App
+
+    from stacks.config import PipelineConfig
+
+    with pytest.raises(ValueError, match=message):
+        PipelineConfig.from_context(App(context=context).node)

@@ -1,0 +1,60 @@
+"""The files around the CDK app: cdk.json, the pinned CLI and the CI/CD workflows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from stacks.config import DEFAULTS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_cdk_json_runs_app_py_and_documents_the_code_defaults():
+    cdk = json.loads((ROOT / "cdk.json").read_text())
+    assert "app.py" in cdk["app"]
+    for key, value in cdk["context"].items():
+        assert key in DEFAULTS, f"cdk.json context {key} is not a setting"
+        assert DEFAULTS[key] == value, f"cdk.json says {key}={value}, code says {DEFAULTS[key]}"
+
+
+def test_the_cdk_cli_is_pinned_exactly_and_locked():
+    package = json.loads((ROOT / "package.json").read_text())
+    version = package["devDependencies"]["aws-cdk"]
+    assert version[0].isdigit(), "pin an exact version, not a range"
+    lock = json.loads((ROOT / "package-lock.json").read_text())
+    assert lock["packages"]["node_modules/aws-cdk"]["version"] == version
+
+
+def test_ci_lints_tests_with_postgres_required_and_synthesizes():
+    ci = yaml.safe_load((ROOT / ".github/workflows/ci.yml").read_text())
+    job = ci["jobs"]["test"]
+    assert "postgres" in job["services"]
+    runs = "\n".join(step.get("run", "") for step in job["steps"])
+    assert "make lint" in runs and "pytest" in runs and "npx cdk synth" in runs
+    [tests] = [s for s in job["steps"] if "pytest" in s.get("run", "")]
+    assert tests["env"]["REQUIRE_POSTGRES"] == "1"
+
+
+def test_deploy_assumes_a_role_by_oidc_with_no_stored_keys():
+    text = (ROOT / ".github/workflows/deploy.yml").read_text()
+    deploy = yaml.safe_load(text)
+    job = deploy["jobs"]["deploy"]
+    assert job["needs"] == "ci"
+    assert job["permissions"]["id-token"] == "write"
+    [creds] = [
+        s
+        for s in job["steps"]
+        if s.get("uses", "").startswith("aws-actions/configure-aws-credentials")
+    ]
+    assert "role-to-assume" in creds["with"]
+    assert "aws-access-key-id" not in text and "secrets." not in text
+    assert any(
+        "cdk deploy" in s.get("run", "") and "--require-approval never" in s["run"]
+        for s in job["steps"]
+    )
+    # `on:` parses as True in YAML 1.1.
+    triggers = deploy[True]
+    assert triggers["push"]["branches"] == ["main"] and triggers["push"]["tags"] == ["v*"]

@@ -1,0 +1,143 @@
+"""Fixtures: one in-process moto server per session; per test, fresh AWS state with the
+synthesized state machine, the lake buckets, the alert topic and the Lambda router."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.stacks.synth import Assembly, default_assembly
+from tests.statemachine import harness
+
+
+@pytest.fixture(scope="session")
+def assembly() -> Assembly:
+    return default_assembly()
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    mp = pytest.MonkeyPatch()
+    for key, value in {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ENDPOINT_URL_S3": url,
+        "MOTO_PORT": str(port),  # where moto's Step Functions interpreter sends its calls
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": harness.REGION,
+        "AWS_REGION": harness.REGION,
+    }.items():
+        mp.setenv(key, value)
+    try:
+        yield url
+    finally:
+        mp.undo()
+        server.stop()
+
+
+@dataclass
+class PipelineAws:
+    """The deployed pipeline, in moto: what a test drives and inspects."""
+
+    url: str
+    sfn: Any
+    machine_arn: str
+    topic_arn: str
+    env: dict[str, str]
+    router: harness.LambdaRouter
+    recorder: harness.RetryRecorder
+
+    def run(self, execution_input: dict[str, Any], name: str | None = None) -> harness.Execution:
+        # Always named: moto reuses the name "None" for unnamed executions.
+        name = name or f"run-{uuid.uuid4().hex[:12]}"
+        return harness.run_execution(self.sfn, self.machine_arn, name, execution_input)
+
+    def notifications(self) -> list[dict[str, Any]]:
+        """Messages published to the alert topic (subject + parsed JSON body)."""
+        from moto.sns.models import sns_backends
+
+        topic = sns_backends[harness.ACCOUNT][harness.REGION].topics[self.topic_arn]
+        return [
+            {"subject": subject, "message": json.loads(message)}
+            for _id, message, subject, *_ in topic.sent_notifications
+        ]
+
+    def put_database_secrets(self, source_dsn: str, warehouse_dsn: str) -> list[str]:
+        """Create the two secrets the stack's functions name, in the RDS JSON shape.
+
+        Returns the passwords they hold, for the R18 checks: a server without password
+        authentication (CI's trust auth) still gets a distinctive one, which it ignores.
+        """
+        import boto3
+
+        client = boto3.client("secretsmanager")
+        passwords = []
+        for env_key, dsn in (
+            ("TOTESYS_SECRET_ARN", source_dsn),
+            ("WAREHOUSE_SECRET_ARN", warehouse_dsn),
+        ):
+            value = secret_value(dsn)
+            passwords.append(value["password"])
+            client.create_secret(Name=self.env[env_key], SecretString=json.dumps(value))
+        return passwords
+
+    def lake_url(self, env_key: str) -> str:
+        return self.env[env_key]
+
+
+def secret_value(dsn: str) -> dict[str, Any]:
+    from psycopg.conninfo import conninfo_to_dict
+
+    d = conninfo_to_dict(dsn)
+    return {
+        "host": d.get("host") or "localhost",
+        "port": int(d.get("port") or 5432),
+        "username": d.get("user"),
+        "password": d.get("password") or f"pw-{uuid.uuid4().hex}",
+        "dbname": d.get("dbname"),
+    }
+
+
+@pytest.fixture
+def pipeline_aws(
+    assembly: Assembly, moto_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[PipelineAws]:
+    import boto3
+    from moto.moto_api._internal.models import moto_api_backend
+
+    from pipeline import credentials
+
+    moto_api_backend.reset()  # the server runs in this process: same backends
+    credentials._secret_dsn.cache_clear()  # secrets are per test (fresh databases)
+    env = harness.function_environment(assembly)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    s3 = boto3.client("s3")
+    for key in ("INGEST_URL", "PROCESSED_URL"):
+        s3.create_bucket(Bucket=env[key].removeprefix("s3://"))
+    topic_arn = boto3.client("sns").create_topic(Name=harness.topic_logical_id(assembly))[
+        "TopicArn"
+    ]
+    router = harness.LambdaRouter(harness.function_handlers(assembly))
+    recorder = harness.RetryRecorder()
+    with harness.patched_moto(router, recorder):
+        # Created after patching: moto picks its executing Step Functions backend by config.
+        sfn = boto3.client("stepfunctions")
+        machine_arn = sfn.create_state_machine(
+            name="totesys-etl",
+            definition=json.dumps(harness.state_machine_definition(assembly)),
+            roleArn=f"arn:aws:iam::{harness.ACCOUNT}:role/totesys-etl-states",
+        )["stateMachineArn"]
+        yield PipelineAws(moto_url, sfn, machine_arn, topic_arn, env, router, recorder)

@@ -1,0 +1,78 @@
+"""The Lambda adapters on their own: settings, event validation and what they return."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from pipeline import handlers
+from pipeline.errors import ConfigurationError
+from tests.statemachine.fakes import FakeSteps
+from tests.statemachine.harness import FakeContext
+
+
+@pytest.fixture
+def steps(monkeypatch: pytest.MonkeyPatch) -> FakeSteps:
+    fake = FakeSteps(files_per_call=3)
+    for name, module in fake.modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setenv("INGEST_URL", "s3://ingest")
+    monkeypatch.setenv("PROCESSED_URL", "s3://processed")
+    monkeypatch.delenv("EXTRACT_MAX_ROWS", raising=False)
+    return fake
+
+
+def context(name: str) -> FakeContext:
+    return FakeContext(name, f"arn:aws:lambda:eu-west-2:111122223333:function:{name}")
+
+
+def test_extract_maps_the_event_onto_the_step_and_returns_a_pointer(steps, monkeypatch):
+    monkeypatch.setenv("EXTRACT_MAX_ROWS", "5000")
+    out = handlers.extract_handler(
+        {"table": "staff", "run_id": "r1", "since": "", "until": None}, context("extract")
+    )
+    [(_, call)] = steps.calls
+    assert call == {
+        "table": "staff",
+        "run_id": "r1",
+        "lake_url": "s3://ingest",
+        "since": None,
+        "until": None,
+        "max_rows": 5000,
+    }
+    assert out["files_count"] == 3 and "files" not in out
+    assert out["more"] is False and out["next_run_id"] is None
+    assert out["manifest"] == "_manifests/staff/r1.json"
+
+
+@pytest.mark.parametrize("missing", ["table", "run_id"])
+def test_extract_rejects_an_event_without_table_or_run_id(steps, missing):
+    event = {"table": "staff", "run_id": "r1"}
+    del event[missing]
+    with pytest.raises(ConfigurationError, match=missing):
+        handlers.extract_handler(event, context("extract"))
+    assert steps.calls == []
+
+
+def test_a_missing_lake_setting_is_a_configuration_error_naming_it(steps, monkeypatch):
+    monkeypatch.delenv("PROCESSED_URL")
+    with pytest.raises(ConfigurationError, match="PROCESSED_URL"):
+        handlers.load_handler({"run_id": "r1"}, context("load"))
+
+
+def test_step_errors_leave_the_handler_unchanged(steps):
+    from pipeline.errors import SchemaDriftError
+
+    steps.fail = {"staff": SchemaDriftError("staff", "email_address", "column was dropped")}
+    with pytest.raises(SchemaDriftError):
+        handlers.extract_handler({"table": "staff", "run_id": "r1"}, context("extract"))
+
+
+def test_transform_and_load_return_counts_instead_of_lists(steps):
+    transformed = handlers.transform_handler({"run_id": "r1"}, context("transform"))
+    loaded = handlers.load_handler({"run_id": "r1"}, context("load"))
+    assert transformed["inputs_count"] == 5_500 and "inputs" not in transformed
+    assert transformed["more"] is False
+    assert loaded["batches_count"] == 500 and "batches" not in loaded
+    assert [s for s, _ in steps.calls] == ["transform", "load"]

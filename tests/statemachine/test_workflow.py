@@ -1,0 +1,206 @@
+"""The synthesized state machine, run in moto with the real handlers over fake steps.
+
+These tests pin the workflow's behaviour (fan-out, continuation, retries, catch, alerts,
+payload budget) independently of the step implementations; test_scenarios.py runs the
+same machine over the real steps and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from pipeline.catalog import TABLE_NAMES
+from pipeline.errors import CorruptBatchError, SchemaDriftError, SourceUnavailableError
+from tests.statemachine.fakes import FakeSteps
+
+KIB = 1024
+
+
+@pytest.fixture
+def steps(monkeypatch: pytest.MonkeyPatch) -> FakeSteps:
+    fake = FakeSteps()
+    for name, module in fake.modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return fake
+
+
+def test_every_table_is_extracted_then_transformed_and_loaded_under_the_execution_name(
+    pipeline_aws, steps
+):
+    execution = pipeline_aws.run({}, name="scheduled-abc123")
+
+    assert execution.status == "SUCCEEDED", execution.cause
+    assert sorted(c["table"] for c in steps.extracts()) == sorted(TABLE_NAMES)
+    assert {c["run_id"] for c in steps.extracts()} == {"scheduled-abc123"}
+    assert [(s, a["run_id"]) for s, a in steps.calls if s != "extract"] == [
+        ("transform", "scheduled-abc123"),
+        ("load", "scheduled-abc123"),
+    ]
+    assert execution.output["succeeded"] == list(TABLE_NAMES)
+    assert execution.output["failed_tables"] == []
+    assert pipeline_aws.notifications() == []
+
+
+def test_largest_realistic_run_keeps_every_state_payload_under_10_kib(pipeline_aws, steps):
+    """R15: 2,000 part files per extract, 5,500 consumed manifests, 500 loaded batches."""
+    steps.chunks = {"sales_order": 3, "payment": 2}
+    execution = pipeline_aws.run({})
+
+    assert execution.status == "SUCCEEDED", execution.cause
+    sizes = execution.payload_sizes()
+    assert len(sizes) > 50
+    assert max(sizes) < 10 * KIB
+    # The handlers return counts instead of the long lists.
+    extract_result = pipeline_aws.router.calls("extract_handler")[0].result
+    assert extract_result["files_count"] == steps.files_per_call
+    assert "files" not in extract_result
+    assert pipeline_aws.router.calls("transform_handler")[0].result["inputs_count"] == 5_500
+
+
+def test_a_table_needing_more_invocations_continues_under_the_next_run_id(pipeline_aws, steps):
+    steps.chunks = {"sales_order": 3}
+    execution = pipeline_aws.run({"tables": ["sales_order"]}, name="big-run")
+
+    assert execution.status == "SUCCEEDED", execution.cause
+    assert [c["run_id"] for c in steps.extracts("sales_order")] == [
+        "big-run",
+        "big-run~1",
+        "big-run~2",
+    ]
+    map_exit = [
+        e
+        for e in execution.history
+        if e.get("stateExitedEventDetails", {}).get("name") == "ExtractTables"
+    ]
+    extracted = json.loads(map_exit[0]["stateExitedEventDetails"]["output"])["extracted"]
+    assert extracted == [
+        {"table": "sales_order", "status": "ok", "rows": 3000, "extracted_table": "sales_order"}
+    ]
+
+
+def test_input_tables_choose_what_is_extracted(pipeline_aws, steps):
+    execution = pipeline_aws.run({"tables": ["staff", "currency"]})
+
+    assert execution.status == "SUCCEEDED", execution.cause
+    assert sorted(c["table"] for c in steps.extracts()) == ["currency", "staff"]
+
+
+def test_an_empty_table_list_runs_transform_and_load_only(pipeline_aws, steps):
+    execution = pipeline_aws.run({"tables": []})
+
+    assert execution.status == "SUCCEEDED", execution.cause
+    assert steps.extracts() == []
+    assert [s for s, _ in steps.calls] == ["transform", "load"]
+
+
+def test_backfill_window_reaches_extract_and_empty_means_incremental(pipeline_aws, steps):
+    window = {"since": "2026-11-01T00:00:00", "until": "2026-11-02T00:00:00"}
+    pipeline_aws.run({"tables": ["design"], **window})
+    pipeline_aws.run({"tables": ["design"]})
+
+    backfill, incremental = steps.extracts("design")
+    assert (backfill["since"], backfill["until"]) == (window["since"], window["until"])
+    assert (incremental["since"], incremental["until"]) == (None, None)
+
+
+def test_a_permanent_table_failure_loads_the_rest_alerts_with_the_rerun_input_and_fails(
+    pipeline_aws, steps
+):
+    steps.fail = {"staff": SchemaDriftError("staff", "email_address", "column was dropped")}
+    execution = pipeline_aws.run({}, name="run-with-drift")
+
+    assert execution.status == "FAILED"
+    assert execution.error == "TablesFailed"
+    assert '{"tables":["staff"]}' in execution.cause
+    assert len(steps.extracts("staff")) == 1  # permanent: never retried
+    transform = [a for s, a in steps.calls if s == "transform"]
+    assert len(transform) == 1 and transform[0]["run_id"] == "run-with-drift"
+    assert len([s for s, _ in steps.calls if s == "load"]) == 1
+
+    [alert] = pipeline_aws.notifications()
+    message = alert["message"]
+    assert message["failed_tables"] == ["staff"]
+    assert message["rerun_input"] == {"tables": ["staff"]}
+    assert message["run_id"] == "run-with-drift"
+    assert message["execution_arn"].endswith(":run-with-drift")
+    [failure] = message["failures"]
+    assert failure["table"] == "staff" and failure["error"] == "SchemaDriftError"
+    assert "email_address" in failure["cause"]
+
+
+def test_transient_errors_are_retried_with_exponential_backoff_and_full_jitter(pipeline_aws, steps):
+    attempts: dict[str, int] = {}
+
+    def flaky(table: str, run_id: str) -> None:
+        attempts[table] = attempts.get(table, 0) + 1
+        if table == "currency" and attempts[table] <= 2:
+            raise SourceUnavailableError("source db:5432 is unreachable: connection refused")
+
+    steps.before_extract = flaky
+    execution = pipeline_aws.run({"tables": ["currency"]})
+
+    assert execution.status == "SUCCEEDED", execution.cause
+    assert attempts["currency"] == 3
+    assert [c.error for c in pipeline_aws.router.calls("extract_handler")] == [
+        "SourceUnavailableError",
+        "SourceUnavailableError",
+        None,
+    ]
+    # 10 s, then 10 s x 2; each drawn with full jitter from [0, delay] (recorder takes the max).
+    assert pipeline_aws.recorder.jitter_bounds == [10, 20]
+    assert pipeline_aws.recorder.delays == [10, 20]
+
+
+def test_transient_errors_that_persist_fail_only_that_table_after_the_retry_budget(
+    pipeline_aws, steps
+):
+    steps.fail = {"payment": SourceUnavailableError("source unreachable")}
+    execution = pipeline_aws.run({"tables": ["payment", "design"]})
+
+    assert execution.status == "FAILED"
+    assert len(steps.extracts("payment")) == 5  # first attempt + 4 retries
+    assert pipeline_aws.recorder.delays == [10, 20, 40, 80]
+    [alert] = pipeline_aws.notifications()
+    assert alert["message"]["rerun_input"] == {"tables": ["payment"]}
+
+
+def test_a_transform_failure_is_reported_and_nothing_is_loaded(pipeline_aws, steps, monkeypatch):
+    def broken(run_id: str, **kwargs):
+        raise CorruptBatchError("lake file s3://ingest/x.parquet does not exist")
+
+    monkeypatch.setattr(sys.modules["pipeline.transform"], "transform", broken)
+    execution = pipeline_aws.run({"tables": ["design"]}, name="run-transform-broken")
+
+    assert execution.status == "FAILED"
+    assert execution.error == "CorruptBatchError"
+    assert [s for s, _ in steps.calls] == ["extract"]
+    [alert] = pipeline_aws.notifications()
+    assert alert["subject"] == "totesys-etl: transform or load failed"
+    assert alert["message"]["error"] == "CorruptBatchError"
+    assert alert["message"]["rerun_input"] == {"tables": []}
+
+
+def test_handlers_emit_rows_and_durations_per_table_in_the_dashboard_namespace(
+    pipeline_aws, steps, capfd
+):
+    execution = pipeline_aws.run({"tables": ["staff", "design"]})
+    assert execution.status == "SUCCEEDED", execution.cause
+
+    metrics: dict[tuple[str, str | None], float] = {}
+    for line in capfd.readouterr().out.splitlines():
+        if not line.startswith('{"_aws"'):
+            continue
+        emf = json.loads(line)
+        [directive] = emf["_aws"]["CloudWatchMetrics"]
+        assert directive["Namespace"] == "TotesysEtl"
+        for metric in directive["Metrics"]:
+            metrics[(metric["Name"], emf.get("table"))] = emf[metric["Name"]][0]
+    assert metrics[("RowsExtracted", "staff")] == 1000
+    assert metrics[("RowsExtracted", "design")] == 1000
+    assert ("ExtractDuration", "staff") in metrics
+    assert metrics[("RowsQuarantined", "payment")] == 3
+    assert metrics[("RowsLoaded", "fact_sales_order")] == 1000
+    assert ("TransformDuration", None) in metrics and ("LoadDuration", None) in metrics
