@@ -1,0 +1,298 @@
+"""Load step throughput against the raw binary COPY limit, measured in the same run.
+
+Builds N synthetic `fact_sales_order` rows (plus the dimension rows they reference) as a
+processed batch in a temporary lake, then, each in a fresh database of the same server:
+
+- raw: binary `COPY ... FROM STDIN` of the same rows, pre-encoded (the encoding is not
+  timed), into a table shaped like `fact_sales_order` with the same indexes
+  (`LIKE ... INCLUDING ALL`: serial PK, natural-key UNIQUE; no foreign keys);
+- raw_fk (with `--fk-baseline`): the same COPY into the real `fact_sales_order`, whose
+  nine foreign keys PostgreSQL checks row by row (slow: shows what the load avoids);
+- load: `pipeline.load.load` end to end into empty tables (manifest, footer checks,
+  dimensions staged and upserted, facts COPYed into the real table with FK triggers
+  bypassed after a set-based check, ledger, commit);
+- load_incremental (with `--incremental`): a second batch of as many new fact rows into
+  the now full table, which adds the natural-key lookup against existing rows.
+
+Each phase runs in its own process so its peak RSS is its own. Usage:
+
+    .venv/bin/python -m benchmarks.load_bench [--rows 2000000] [--dsn ADMIN_DSN] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+
+from pipeline import pgserver
+from pipeline.lake import Lake
+from pipeline.warehouse import migrate, pgbinary
+from pipeline.warehouse_schema import WAREHOUSE_TABLES
+
+FACT = WAREHOUSE_TABLES["fact_sales_order"]
+DIM_ROWS = 1000
+FIRST_DAY = date(2019, 1, 1)
+DAYS = 2000
+PART_ROWS = 500_000
+
+
+def _dims() -> dict[str, pa.Table]:
+    ids = np.arange(1, DIM_ROWS + 1, dtype=np.int32)
+    text = pa.array([f"v{i}" for i in ids])
+
+    def table(name: str, **overrides: pa.Array) -> pa.Table:
+        spec = WAREHOUSE_TABLES[name]
+        cols = [
+            overrides.get(c.name, pa.array(ids) if c.pg_type == "integer" else text)
+            for c in spec.columns
+        ]
+        return pa.Table.from_arrays(cols, schema=spec.arrow_schema)
+
+    days = [FIRST_DAY + timedelta(days=i) for i in range(DAYS)]
+    dim_date = pa.Table.from_pylist(
+        [
+            {
+                "date_id": d,
+                "year": d.year,
+                "month": d.month,
+                "day": d.day,
+                "day_of_week": d.isoweekday(),
+                "day_name": d.strftime("%A"),
+                "month_name": d.strftime("%B"),
+                "quarter": (d.month - 1) // 3 + 1,
+            }
+            for d in days
+        ],
+        schema=WAREHOUSE_TABLES["dim_date"].arrow_schema,
+    )
+    return {
+        "dim_date": dim_date,
+        "dim_staff": table("dim_staff"),
+        "dim_location": table("dim_location"),
+        "dim_design": table("dim_design"),
+        "dim_currency": table("dim_currency"),
+        "dim_counterparty": table("dim_counterparty"),
+    }
+
+
+def _facts(n: int, seed: int = 7, first_id: int = 1) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    epoch = (FIRST_DAY - date(1970, 1, 1)).days
+
+    def ref() -> pa.Array:
+        return pa.array(rng.integers(1, DIM_ROWS + 1, n, dtype=np.int32))
+
+    def day() -> pa.Array:
+        return pa.array(rng.integers(epoch, epoch + DAYS, n, dtype=np.int32)).view(pa.date32())
+
+    def ms() -> pa.Array:
+        return pa.array(rng.integers(0, 86_400_000, n, dtype=np.int32)).view(pa.time32("ms"))
+
+    cents = rng.integers(1, 10_000_000, n, dtype=np.int64)
+    price = pa.Array.from_buffers(
+        pa.decimal128(10, 2), n, [None, pa.py_buffer(np.stack([cents, cents >> 63], 1).tobytes())]
+    )
+    cols = {
+        "sales_order_id": pa.array(np.arange(first_id, first_id + n, dtype=np.int32)),
+        "created_date": day(),
+        "created_time": ms(),
+        "last_updated_date": day(),
+        "last_updated_time": ms(),
+        "sales_staff_id": ref(),
+        "counterparty_id": ref(),
+        "units_sold": pa.array(rng.integers(1, 100_000, n, dtype=np.int32)),
+        "unit_price": price,
+        "currency_id": ref(),
+        "design_id": ref(),
+        "agreed_payment_date": day(),
+        "agreed_delivery_date": day(),
+        "agreed_delivery_location_id": ref(),
+    }
+    return pa.table(cols, schema=FACT.arrow_schema)
+
+
+def build_lake(path: str, rows: int, run_id: str = "bench", first_id: int = 1) -> None:
+    """A processed batch: dimensions and `rows` facts, parts of PART_ROWS rows."""
+    lake = Lake(path)
+    outputs: dict[str, Any] = {}
+    tables = {**_dims(), "fact_sales_order": _facts(rows, first_id=first_id)}
+    for name, table in tables.items():
+        keys = []
+        for i, start in enumerate(range(0, table.num_rows, PART_ROWS)):
+            key = f"{name}/run={run_id}/part-{i:05d}.parquet"
+            lake.write_parquet(key, table.slice(start, PART_ROWS))
+            keys.append(key)
+        outputs[name] = {"files": keys, "rows": table.num_rows}
+    lake.write_json(
+        f"_manifests/{run_id}.json",
+        {
+            "run_id": run_id,
+            "inputs": [],
+            "outputs": outputs,
+            "rows_in": {},
+            "quarantined": {},
+            "committed_at": datetime.now(UTC).isoformat(timespec="microseconds"),
+        },
+    )
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _raw_copy(dsn: str, rows: int, with_fk: bool, queue: Any) -> None:
+    """Pre-encode the rows, then time only the binary COPY into the target table."""
+    migrate(dsn)
+    table = _facts(rows)
+    cols = sql.SQL(", ").join(map(sql.Identifier, FACT.column_names))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        target = "fact_sales_order"
+        if with_fk:  # the referenced dimension rows, as the load would have them
+            _insert_dims(conn)
+        else:
+            target = "raw_fact_sales_order"
+            conn.execute(
+                sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(
+                    sql.Identifier(target), sql.Identifier(FACT.name)
+                )
+            )
+        chunks = [
+            pgbinary.encode_batch(FACT.columns, b) for b in table.to_batches(max_chunksize=65_536)
+        ]
+        del table
+        copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            sql.Identifier(target), cols
+        )
+        started = time.perf_counter()
+        with conn.transaction(), conn.cursor() as cur, cur.copy(copy_sql) as copy:
+            copy.write(pgbinary.HEADER)
+            for chunk in chunks:
+                copy.write(chunk)
+            copy.write(pgbinary.TRAILER)
+        seconds = time.perf_counter() - started
+    queue.put({"seconds": seconds, "rows_per_s": rows / seconds, "peak_rss_mb": _peak_rss_mb()})
+
+
+def _insert_dims(conn: psycopg.Connection) -> None:
+    for name, table in _dims().items():
+        spec = WAREHOUSE_TABLES[name]
+        cols = sql.SQL(", ").join(map(sql.Identifier, spec.column_names))
+        stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(sql.Identifier(name), cols)
+        with conn.cursor() as cur, cur.copy(stmt) as copy:
+            copy.write(pgbinary.HEADER)
+            for b in table.to_batches():
+                copy.write(pgbinary.encode_batch(spec.columns, b))
+            copy.write(pgbinary.TRAILER)
+
+
+def _timed_load(dsn: str, lake_path: str, rows: int) -> dict[str, float]:
+    from pipeline.load import load
+
+    started = time.perf_counter()
+    result = load("bench-load", processed_url=lake_path, warehouse_dsn=dsn)
+    seconds = time.perf_counter() - started
+    loaded = result.rows.get("fact_sales_order", 0)
+    if loaded != rows:
+        raise SystemExit(f"load wrote {loaded} fact rows, expected {rows}")
+    return {"seconds": seconds, "rows_per_s": rows / seconds, "peak_rss_mb": _peak_rss_mb()}
+
+
+def _our_load(dsn: str, lake_path: str, rows: int, incremental: bool, queue: Any) -> None:
+    """The first load into empty tables; with `incremental`, then a second batch of as
+    many new fact rows into the now full table (the path that looks up existing keys)."""
+    migrate(dsn)  # as `init-warehouse` would have, before the first load
+    out = {"first": _timed_load(dsn, lake_path, rows)}
+    if incremental:
+        build_lake(lake_path, rows, run_id="bench2", first_id=rows + 1)
+        out["incremental"] = _timed_load(dsn, lake_path, rows)
+    queue.put(out)
+
+
+def _phase(target: Any, *args: Any) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    out = queue.get()
+    proc.join()
+    return out
+
+
+def run(rows: int, admin_dsn: str, fk_baseline: bool, incremental: bool) -> dict[str, Any]:
+    results: dict[str, Any] = {"rows": rows}
+    with tempfile.TemporaryDirectory(prefix="load-bench-") as lake_path:
+        started = time.perf_counter()
+        build_lake(lake_path, rows)
+        results["build_lake_s"] = round(time.perf_counter() - started, 2)
+        for name, target, args in [
+            ("raw_copy", _raw_copy, (rows, False)),
+            ("load", _our_load, (lake_path, rows, incremental)),
+            *([("raw_copy_fk", _raw_copy, (rows, True))] if fk_baseline else []),
+        ]:
+            db = f"bench_{name}"
+            dsn = pgserver.create_database(admin_dsn, db)
+            try:
+                out = _phase(target, dsn, *args)
+                results.update(
+                    {"load": out["first"], "load_incremental": out.get("incremental")}
+                    if name == "load"
+                    else {name: out}
+                )
+            finally:
+                pgserver.drop_database(admin_dsn, db)
+    results["ratio_load_vs_raw_copy"] = round(
+        results["load"]["rows_per_s"] / results["raw_copy"]["rows_per_s"], 3
+    )
+    return results
+
+
+def _print(results: dict[str, Any]) -> None:
+    print(f"rows: {results['rows']:,} (lake built in {results['build_lake_s']} s)")
+    for name in ("raw_copy", "raw_copy_fk", "load", "load_incremental"):
+        if r := results.get(name):
+            print(
+                f"  {name:16} {r['seconds']:8.2f} s  {r['rows_per_s']:>10,.0f} rows/s  "
+                f"peak RSS {r['peak_rss_mb']:,.0f} MB"
+            )
+    print(f"  load / raw binary COPY = {results['ratio_load_vs_raw_copy']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--dsn", help="admin DSN of a server to use (default: a throwaway one)")
+    parser.add_argument("--fk-baseline", action="store_true", help="also time COPY with FKs")
+    parser.add_argument(
+        "--incremental", action="store_true", help="also time a second batch into the full table"
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+    with ExitStack() as stack:
+        admin = args.dsn
+        if admin is None:
+            cluster = pgserver.LocalCluster().start()
+            stack.callback(cluster.stop)
+            admin = cluster.dsn
+        results = run(args.rows, admin, args.fk_baseline, args.incremental)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        _print(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

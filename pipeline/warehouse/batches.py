@@ -1,0 +1,193 @@
+"""Processed batches as the load sees them: manifests found in the lake, checked, streamed.
+
+A batch exists only through its manifest `_manifests/<run_id>.json` (docs/CONTRACTS.md);
+files it does not list are leftovers of a crashed transform and are never read. Before a
+batch touches the warehouse every listed file is opened and its footer checked (schema,
+row count against the manifest), so a missing or corrupt file fails as
+`CorruptBatchError` before any row is applied.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import CorruptBatchError
+from pipeline.lake import Lake
+from pipeline.warehouse_schema import WAREHOUSE_TABLES, WarehouseTable
+
+MANIFEST_PREFIX = "_manifests/"
+READ_BATCH_ROWS = 65_536  # rows per record batch streamed to COPY: bounds memory
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TableOutput:
+    table: WarehouseTable
+    files: tuple[str, ...]
+    rows: int
+
+
+@dataclass(frozen=True)
+class ProcessedBatch:
+    """One committed transform run: what the load applies in a single transaction."""
+
+    run_id: str
+    committed_at: datetime
+    outputs: dict[str, TableOutput]
+    manifest_key: str
+
+    @property
+    def order(self) -> tuple[datetime, str]:
+        return (self.committed_at, self.run_id)
+
+
+def manifest_key(run_id: str) -> str:
+    return f"{MANIFEST_PREFIX}{run_id}.json"
+
+
+def _run_id_of(key: str) -> str | None:
+    name = key[len(MANIFEST_PREFIX) :]
+    if "/" in name or not name.endswith(".json"):
+        return None
+    return name[: -len(".json")]
+
+
+def pending_batches(lake: Lake, loaded: set[str]) -> list[ProcessedBatch]:
+    """Manifests not in `loaded`, oldest first by `(committed_at, run_id)`."""
+    batches = []
+    for key in lake.list(MANIFEST_PREFIX):
+        run_id = _run_id_of(key)
+        if run_id is not None and run_id not in loaded:
+            batches.append(parse_manifest(lake.read_json(key), key))
+    return sorted(batches, key=lambda b: b.order)
+
+
+def parse_manifest(doc: Any, key: str) -> ProcessedBatch:
+    """Validate a processed manifest; anything malformed is a `CorruptBatchError`."""
+    try:
+        run_id = doc["run_id"]
+        committed_at = datetime.fromisoformat(doc["committed_at"])
+        raw_outputs = doc["outputs"]
+        outputs = {}
+        for name, out in raw_outputs.items():
+            if name not in WAREHOUSE_TABLES:
+                raise ValueError(f"unknown warehouse table {name!r}")
+            files = tuple(out["files"])
+            if not all(isinstance(f, str) and "://" not in f for f in files):
+                raise ValueError(f"{name}: files must be keys relative to the processed zone")
+            outputs[name] = TableOutput(WAREHOUSE_TABLES[name], files, int(out["rows"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CorruptBatchError(f"processed manifest {key} is malformed: {exc!r}") from None
+    if f"{MANIFEST_PREFIX}{run_id}.json" != key:
+        raise CorruptBatchError(f"processed manifest {key} names run_id {run_id!r}")
+    if committed_at.tzinfo is None:
+        committed_at = committed_at.replace(tzinfo=UTC)
+    return ProcessedBatch(run_id, committed_at, outputs, key)
+
+
+def _open(lake: Lake, key: str) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(lake.path(key), filesystem=lake.fs)  # closes what it opens
+    except (FileNotFoundError, OSError, pa.ArrowInvalid) as exc:
+        raise CorruptBatchError(
+            f"processed file {lake.uri(key)} is missing or unreadable ({exc}); "
+            "re-run the transform that wrote it"
+        ) from None
+
+
+def check_output(lake: Lake, batch: ProcessedBatch, out: TableOutput) -> None:
+    """Footers only: every file exists, has the exact schema, and the rows add up."""
+    expected = [(f.name, f.type) for f in out.table.arrow_schema]
+    total = 0
+    for key in out.files:
+        with _open(lake, key) as pf:
+            actual = [(f.name, f.type) for f in pf.schema_arrow]
+            rows = pf.metadata.num_rows
+        if actual != expected:
+            raise CorruptBatchError(
+                f"processed file {lake.uri(key)} of batch {batch.run_id} does not have the "
+                f"{out.table.name} schema: expected {expected}, found {actual}"
+            )
+        total += rows
+    if total != out.rows:
+        raise CorruptBatchError(
+            f"batch {batch.run_id}: {out.table.name} files hold {total} rows, "
+            f"the manifest says {out.rows}"
+        )
+
+
+def stream(lake: Lake, out: TableOutput) -> Iterator[pa.RecordBatch]:
+    """The rows of one table's files, in file order, `READ_BATCH_ROWS` at a time."""
+    for key in out.files:
+        try:
+            with _open(lake, key) as pf:
+                yield from pf.iter_batches(batch_size=READ_BATCH_ROWS)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise CorruptBatchError(
+                f"processed file {lake.uri(key)} is corrupt ({exc}); re-run the transform"
+            ) from None
+
+
+def read_columns(lake: Lake, out: TableOutput, columns: list[str]) -> pa.Table:
+    """Only `columns` of all the table's files (Parquet reads just those column chunks)."""
+    parts = []
+    for key in out.files:
+        try:
+            parts.append(pq.read_table(lake.path(key), columns=columns, filesystem=lake.fs))
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise CorruptBatchError(
+                f"processed file {lake.uri(key)} is corrupt ({exc}); re-run the transform"
+            ) from None
+    return pa.concat_tables(parts)
+
+
+def prefetch(items: Iterator[T], depth: int = 4) -> Iterator[T]:
+    """Run `items` in a thread, at most `depth` ahead of the consumer.
+
+    Decoding Parquet and encoding COPY data (pyarrow and numpy release the GIL) then
+    overlaps with the server ingesting the previous chunk; memory stays bounded. An
+    exception in the producer is raised in the consumer; a consumer that stops early
+    stops the producer.
+    """
+    chunks: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(kind: str, value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                chunks.put((kind, value), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put("item", item):
+                    return
+            put("done", None)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put("error", exc)
+
+    worker = threading.Thread(target=produce, name="load-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = chunks.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        worker.join()

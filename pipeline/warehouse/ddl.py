@@ -1,0 +1,106 @@
+"""Warehouse DDL generated from `pipeline.warehouse_schema`, so the tables and the processed
+Parquet the transform writes cannot drift apart.
+
+Every identifier comes from the schema definitions and is quoted with `psycopg.sql`.
+Beyond the design columns (DESIGN.md section 5, names untouched) each table carries one
+lineage column naming the processed batch that last wrote the row (NULL for rows written
+by anything but the load step, e.g. a hand-made baseline), and each fact a serial
+record id primary key plus a UNIQUE natural key that makes re-loading a no-op.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from pipeline.warehouse_schema import DIMENSIONS, FACTS, WAREHOUSE_TABLES, WarehouseTable
+
+LINEAGE_COLUMN = "_loaded_batch"
+LEDGER_TABLE = "etl_load_ledger"
+
+
+def fk_constraint_name(table: str, column: str) -> str:
+    return f"{table}_{column}_fkey"
+
+
+def natural_key_constraint_name(table: str) -> str:
+    return f"{table}_natural_key"
+
+
+def foreign_keys() -> dict[str, tuple[str, str, str]]:
+    """Constraint name -> (table, column, referenced dimension) for every foreign key."""
+    return {
+        fk_constraint_name(t.name, c.name): (t.name, c.name, c.references)
+        for t in WAREHOUSE_TABLES.values()
+        for c in t.columns
+        if c.references
+    }
+
+
+def column_definitions(table: WarehouseTable) -> list[sql.Composable]:
+    """`name type [NOT NULL]` for the design columns, in schema order."""
+    return [
+        sql.SQL("{} {}{}").format(
+            sql.Identifier(c.name),
+            sql.SQL(c.pg_type),
+            sql.SQL("" if c.nullable else " NOT NULL"),
+        )
+        for c in table.columns
+    ]
+
+
+def create_table(table: WarehouseTable) -> sql.Composed:
+    """CREATE TABLE with primary key, natural key (facts), foreign keys and lineage."""
+    items: list[sql.Composable] = []
+    if table.is_fact:
+        items.append(sql.SQL("{} serial PRIMARY KEY").format(sql.Identifier(table.primary_key)))
+    items.extend(column_definitions(table))
+    # lineage: NULL for rows written by anything but the load step
+    items.append(sql.SQL("{} text").format(sql.Identifier(LINEAGE_COLUMN)))
+    if table.is_fact:
+        items.append(
+            sql.SQL("CONSTRAINT {} UNIQUE ({})").format(
+                sql.Identifier(natural_key_constraint_name(table.name)),
+                sql.SQL(", ").join(map(sql.Identifier, table.natural_key)),
+            )
+        )
+    else:
+        items.append(sql.SQL("PRIMARY KEY ({})").format(sql.Identifier(table.primary_key)))
+    for c in table.columns:
+        if c.references:
+            items.append(
+                sql.SQL("CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({})").format(
+                    sql.Identifier(fk_constraint_name(table.name, c.name)),
+                    sql.Identifier(c.name),
+                    sql.Identifier(c.references),
+                    sql.Identifier(WAREHOUSE_TABLES[c.references].primary_key),
+                )
+            )
+    return sql.SQL("CREATE TABLE {} (\n  {}\n)").format(
+        sql.Identifier(table.name), sql.SQL(",\n  ").join(items)
+    )
+
+
+def star_schema_statements() -> list[sql.Composable]:
+    """The eleven tables, dimensions first so the facts' foreign keys resolve."""
+    return [create_table(t) for t in (*DIMENSIONS, *FACTS)]
+
+
+def ledger_statements() -> list[sql.Composable]:
+    """The run ledger: one row per processed batch, written in the batch's own transaction."""
+    ledger = sql.Identifier(LEDGER_TABLE)
+    return [
+        sql.SQL(
+            "CREATE TABLE {} (\n"
+            "  batch_run_id text PRIMARY KEY,\n"
+            "  load_run_id text NOT NULL,\n"
+            "  committed_at timestamptz NOT NULL,\n"
+            "  loaded_at timestamptz NOT NULL DEFAULT clock_timestamp(),\n"
+            "  rows jsonb NOT NULL,\n"
+            "  rows_in jsonb NOT NULL,\n"
+            "  duration_s double precision NOT NULL\n"
+            ")"
+        ).format(ledger),
+        sql.SQL("CREATE INDEX {} ON {} (load_run_id)").format(
+            sql.Identifier(f"{LEDGER_TABLE}_load_run_id_idx"), ledger
+        ),
+    ]

@@ -1,0 +1,249 @@
+"""Processed batches for load tests, written exactly as docs/CONTRACTS.md lays them out.
+
+`star_batch` builds a small, referentially complete set of dimension and fact rows;
+`write_batch` writes any tables as Parquet parts plus the processed manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.lake import Lake
+from pipeline.warehouse_schema import WAREHOUSE_TABLES
+
+Rows = list[dict[str, Any]]
+BASE_TIME = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def arrow(table: str, rows: Rows) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=WAREHOUSE_TABLES[table].arrow_schema)
+
+
+def write_batch(
+    lake: Lake,
+    run_id: str,
+    tables: dict[str, Rows | pa.Table],
+    *,
+    committed_at: dt.datetime | None = None,
+    parts: int = 1,
+) -> dict[str, Any]:
+    """Write each table as `parts` Parquet files and commit the batch with its manifest."""
+    outputs: dict[str, Any] = {}
+    for name, rows in tables.items():
+        data = rows if isinstance(rows, pa.Table) else arrow(name, rows)
+        size = -(-data.num_rows // parts) if data.num_rows else 0
+        keys = []
+        for i in range(parts if data.num_rows else 0):
+            key = f"{name}/run={run_id}/part-{i:05d}.parquet"
+            lake.write_parquet(key, data.slice(i * size, size))
+            keys.append(key)
+        outputs[name] = {"files": keys, "rows": data.num_rows}
+    manifest = {
+        "run_id": run_id,
+        "inputs": [],
+        "outputs": outputs,
+        "rows_in": {},
+        "quarantined": {},
+        "committed_at": (committed_at or dt.datetime.now(dt.UTC)).isoformat(
+            timespec="microseconds"
+        ),
+    }
+    lake.write_json(f"_manifests/{run_id}.json", manifest)
+    return manifest
+
+
+def date_rows(*days: dt.date) -> Rows:
+    return [
+        {
+            "date_id": d,
+            "year": d.year,
+            "month": d.month,
+            "day": d.day,
+            "day_of_week": d.isoweekday(),
+            "day_name": d.strftime("%A"),
+            "month_name": d.strftime("%B"),
+            "quarter": (d.month - 1) // 3 + 1,
+        }
+        for d in sorted(set(days))
+    ]
+
+
+def dimension_rows(n: int = 3, *, suffix: str = "") -> dict[str, Rows]:
+    """Ids 1..n in every dimension but dim_date (names carry `suffix` to mark changes)."""
+    ids = range(1, n + 1)
+    return {
+        "dim_staff": [
+            {
+                "staff_id": i,
+                "first_name": f"First{i}{suffix}",
+                "last_name": f"Last{i}",
+                "department_name": "Sales",
+                "location": None if i % 2 else "Manchester",
+                "email_address": f"s{i}@example.com",
+            }
+            for i in ids
+        ],
+        "dim_location": [
+            {
+                "location_id": i,
+                "address_line_1": f"{i} High St{suffix}",
+                "address_line_2": None,
+                "district": "Ürban" if i == 1 else None,
+                "city": "Leeds",
+                "postal_code": f"LS{i}",
+                "country": "UK",
+                "phone": "0113",
+            }
+            for i in ids
+        ],
+        "dim_design": [
+            {"design_id": i, "design_name": f"D{i}", "file_location": "/x", "file_name": f"d{i}"}
+            for i in ids
+        ],
+        "dim_currency": [
+            {"currency_id": i, "currency_code": c, "currency_name": name}
+            for i, (c, name) in zip(
+                ids,
+                [("GBP", "Pound Sterling"), ("USD", "US Dollar"), ("EUR", "Euro")],
+                strict=False,
+            )
+        ],
+        "dim_counterparty": [
+            {
+                "counterparty_id": i,
+                "counterparty_legal_name": f"Co {i}",
+                "counterparty_legal_address_line_1": "1 Road",
+                "counterparty_legal_address_line_2": None,
+                "counterparty_legal_district": None,
+                "counterparty_legal_city": "York",
+                "counterparty_legal_postal_code": "Y1",
+                "counterparty_legal_country": "UK",
+                "counterparty_legal_phone_number": "01904",
+            }
+            for i in ids
+        ],
+        "dim_transaction": [
+            {
+                "transaction_id": i,
+                "transaction_type": "SALE" if i % 2 else "PURCHASE",
+                "sales_order_id": i if i % 2 else None,
+                "purchase_order_id": None if i % 2 else i,
+            }
+            for i in ids
+        ],
+        "dim_payment_type": [{"payment_type_id": i, "payment_type_name": f"TYPE_{i}"} for i in ids],
+    }
+
+
+def sales_rows(ids: range, when: dt.datetime, *, units: int = 10, ref: int = 1) -> Rows:
+    """One `fact_sales_order` version per id, last updated at `when` (millisecond precision)."""
+    return [
+        {
+            "sales_order_id": i,
+            "created_date": dt.date(2025, 12, 1),
+            "created_time": dt.time(9, 0, 0, 1000),
+            "last_updated_date": when.date(),
+            "last_updated_time": when.time(),
+            "sales_staff_id": ref,
+            "counterparty_id": ref,
+            "units_sold": units,
+            "unit_price": Decimal("-12345678.99") if i == 1 else Decimal(i) / 100,
+            "currency_id": ref,
+            "design_id": ref,
+            "agreed_payment_date": dt.date(2025, 12, 1),
+            "agreed_delivery_date": when.date(),
+            "agreed_delivery_location_id": ref,
+        }
+        for i in ids
+    ]
+
+
+def purchase_rows(ids: range, when: dt.datetime) -> Rows:
+    return [
+        {
+            "purchase_order_id": i,
+            "created_date": dt.date(2025, 12, 1),
+            "created_time": dt.time(10, 30),
+            "last_updated_date": when.date(),
+            "last_updated_time": when.time(),
+            "staff_id": 1,
+            "counterparty_id": 2,
+            "item_code": f"ITEM-{i}-é",
+            "item_quantity": i,
+            "item_unit_price": Decimal("0.01") * i,
+            "currency_id": 1,
+            "agreed_delivery_date": when.date(),
+            "agreed_payment_date": dt.date(2025, 12, 1),
+            "agreed_delivery_location_id": 3,
+        }
+        for i in ids
+    ]
+
+
+def payment_rows(ids: range, when: dt.datetime, *, paid: bool = False) -> Rows:
+    return [
+        {
+            "payment_id": i,
+            "created_date": dt.date(2025, 12, 1),
+            "created_time": dt.time(23, 59, 59, 999000),
+            "last_updated_date": when.date(),
+            "last_updated_time": when.time(),
+            "transaction_id": 1 + i % 3,
+            "counterparty_id": 1,
+            "payment_amount": Decimal("100.50"),
+            "currency_id": 2,
+            "payment_type_id": 3,
+            "paid": paid,
+            "payment_date": dt.date(2025, 12, 1),
+        }
+        for i in ids
+    ]
+
+
+def star_batch(
+    when: dt.datetime, *, ids: range = range(1, 6), suffix: str = "", units: int = 10
+) -> dict[str, Rows]:
+    """A complete batch: every dimension, dates covering the facts, all three facts."""
+    days = [dt.date(2025, 12, 1), when.date()]
+    return {
+        "dim_date": date_rows(*days),
+        **dimension_rows(suffix=suffix),
+        "fact_sales_order": sales_rows(ids, when, units=units),
+        "fact_purchase_order": purchase_rows(ids, when),
+        "fact_payment": payment_rows(ids, when),
+    }
+
+
+def full_contents(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every column of every warehouse table (record ids and lineage included), in key order."""
+    import psycopg
+    from psycopg import sql
+
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    with psycopg.connect(dsn) as conn:
+        for name, table in WAREHOUSE_TABLES.items():
+            out[name] = conn.execute(
+                sql.SQL("SELECT * FROM {} ORDER BY {}").format(
+                    sql.Identifier(name), sql.Identifier(table.primary_key)
+                )
+            ).fetchall()
+    return out
+
+
+def row_versions(dsn: str, table: str) -> dict[Any, str]:
+    """Primary key -> xmin: changes exactly when the row is rewritten."""
+    import psycopg
+    from psycopg import sql
+
+    pk = WAREHOUSE_TABLES[table].primary_key
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            sql.SQL("SELECT {}, xmin::text FROM {}").format(
+                sql.Identifier(pk), sql.Identifier(table)
+            )
+        ).fetchall()
+    return dict(rows)
