@@ -67,3 +67,49 @@ def snapshot_dir() -> str:
     if not os.path.isdir(path):
         pytest.skip(f"reference snapshot not found at {path}")
     return path
+
+
+MOTO_REGION = "us-east-1"
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """One in-process moto server (real HTTP) for the session; AWS settings point at it.
+
+    boto3 (`AWS_ENDPOINT_URL`), pyarrow's S3 filesystem (`AWS_ENDPOINT_URL_S3`) and moto's
+    own Step Functions interpreter (`MOTO_PORT`) all reach the same backends this way.
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    mp = pytest.MonkeyPatch()
+    for key, value in {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ENDPOINT_URL_S3": url,
+        "MOTO_PORT": str(port),
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": MOTO_REGION,
+        "AWS_REGION": MOTO_REGION,
+    }.items():
+        mp.setenv(key, value)
+    mp.delenv("AWS_PROFILE", raising=False)
+    try:
+        yield url
+    finally:
+        mp.undo()
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_server: str) -> str:
+    """A new, empty bucket in the moto server (its state outlives a single test)."""
+    import boto3
+
+    name = f"lake-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name

@@ -253,3 +253,13 @@ def read_quarantine(processed: Lake, run_id: str, table: str) -> pl.DataFrame:
     df = pl.from_arrow(processed.read_parquet([key]))
     assert isinstance(df, pl.DataFrame)
     return df
+
+
+def run_transform(lakes: tuple[Lake, Lake], run_id: str = "t1") -> dict[str, Any]:
+    """Transform (ingest, processed) and return the result plus every output by table."""
+    from pipeline.transform import transform
+
+    ingest, processed = lakes
+    result = transform(run_id, ingest_url=ingest.url, processed_url=processed.url)
+    assert result.status == "ok"
+    return {"result": result, **read_outputs(processed, run_id)}

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
 import pytest
 
 from pipeline import watermark
@@ -16,30 +13,8 @@ __all__ = ["source"]  # fixture
 
 
 @pytest.fixture
-def s3_lake(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for name, value in {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "eu-west-2",
-        "AWS_DEFAULT_REGION": "eu-west-2",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    bucket = f"ingest-{uuid.uuid4().hex[:12]}"  # moto's state outlives one server
-    boto3.client("s3").create_bucket(
-        Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"}
-    )
-    try:
-        yield f"s3://{bucket}/zone"
-    finally:
-        server.stop()
+def s3_lake(s3_bucket: str) -> str:
+    return f"s3://{s3_bucket}/zone"
 
 
 def test_extract_commits_to_s3_and_replays(source: str, s3_lake: str) -> None:

@@ -3,48 +3,14 @@ a pyarrow dataset scan and S3's conditional PutObject for the lease and the mani
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import boto3
-import pytest
-
 from pipeline.lake import Lake
 from pipeline.transform import transform
 from tests.lake_builders import read_outputs, row, write_batch, write_lookups
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    mp = pytest.MonkeyPatch()
-    for key, value in {
-        "AWS_ENDPOINT_URL_S3": url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "eu-west-2",
-        "AWS_REGION": "eu-west-2",
-    }.items():
-        mp.setenv(key, value)
-    try:
-        yield url
-    finally:
-        mp.undo()
-        server.stop()
-
-
-def test_transform_between_s3_buckets(s3_endpoint):
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
-    for bucket in ("ingest-t", "processed-t"):
-        s3.create_bucket(
-            Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"}
-        )
-    ingest, processed = Lake("s3://ingest-t/zone"), Lake("s3://processed-t/zone")
+def test_transform_between_s3_buckets(s3_bucket: str) -> None:
+    ingest = Lake(f"s3://{s3_bucket}/ingestion")
+    processed = Lake(f"s3://{s3_bucket}/processed")
     write_lookups(ingest, "e1")
     write_batch(
         ingest,

@@ -21,30 +21,8 @@ def assembly() -> Assembly:
 
 
 @pytest.fixture(scope="session")
-def moto_url() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    mp = pytest.MonkeyPatch()
-    for key, value in {
-        "AWS_ENDPOINT_URL": url,
-        "AWS_ENDPOINT_URL_S3": url,
-        "MOTO_PORT": str(port),  # where moto's Step Functions interpreter sends its calls
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": harness.REGION,
-        "AWS_REGION": harness.REGION,
-    }.items():
-        mp.setenv(key, value)
-    try:
-        yield url
-    finally:
-        mp.undo()
-        server.stop()
+def moto_url(moto_server: str) -> str:
+    return moto_server
 
 
 @dataclass

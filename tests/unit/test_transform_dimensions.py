@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-
-from pipeline.lake import Lake
-from pipeline.transform import transform
-from tests.lake_builders import read_outputs, read_quarantine, row, write_batch, write_lookups
-
-
-@pytest.fixture
-def lakes(tmp_path) -> tuple[Lake, Lake]:
-    return Lake(str(tmp_path / "ingest")), Lake(str(tmp_path / "processed"))
-
-
-def run(lakes: tuple[Lake, Lake], run_id: str = "t1") -> dict:
-    ingest, processed = lakes
-    result = transform(run_id, ingest_url=ingest.url, processed_url=processed.url)
-    assert result.status == "ok"
-    return {"result": result, **read_outputs(processed, run_id)}
+from tests.lake_builders import (
+    read_quarantine,
+    row,
+    run_transform,
+    write_batch,
+    write_lookups,
+)
 
 
 def test_dim_staff_joins_department_name_and_location(lakes):
@@ -55,7 +45,7 @@ def test_dim_staff_joins_department_name_and_location(lakes):
             ),
         ],
     )
-    out = run(lakes)
+    out = run_transform(lakes)
     assert out["dim_staff"].sort("staff_id").to_dicts() == [
         {
             "staff_id": 10,
@@ -109,7 +99,7 @@ def test_dim_counterparty_takes_its_legal_address(lakes):
             ),
         ],
     )
-    out = run(lakes)
+    out = run_transform(lakes)
     assert out["dim_counterparty"].to_dicts() == [
         {
             "counterparty_id": 4,
@@ -139,7 +129,7 @@ def test_dim_counterparty_takes_its_legal_address(lakes):
 
 def test_straight_dimensions(lakes):
     write_lookups(lakes[0], "e1")
-    out = run(lakes)
+    out = run_transform(lakes)
     assert out["dim_design"].to_dicts() == [
         {
             "design_id": 1,
@@ -173,7 +163,7 @@ def test_currency_names_come_from_iso_4217_and_unknown_codes_are_quarantined(lak
             row("currency", currency_id=4, currency_code="XQZ"),
         ],
     )
-    out = run(lakes)
+    out = run_transform(lakes)
     assert out["dim_currency"].sort("currency_id").to_dicts() == [
         {"currency_id": 1, "currency_code": "GBP", "currency_name": "Pound Sterling"},
         {"currency_id": 2, "currency_code": "USD", "currency_name": "US Dollar"},
@@ -193,7 +183,7 @@ def test_currency_names_come_from_iso_4217_and_unknown_codes_are_quarantined(lak
 def test_staff_whose_department_is_missing_is_quarantined_then_emitted_when_it_arrives(lakes):
     ingest, processed = lakes
     write_batch(ingest, "staff", "e1", [row("staff", staff_id=5, department_id=9)])
-    out = run(lakes, "t1")
+    out = run_transform(lakes, "t1")
     assert out["dim_staff"].height == 0
     bad = read_quarantine(processed, "t1", "staff")
     assert bad.select("_rule", "_reason").to_dicts() == [
@@ -208,7 +198,7 @@ def test_staff_whose_department_is_missing_is_quarantined_then_emitted_when_it_a
         "e2",
         [row("department", department_id=9, department_name="Finance", location="Leeds")],
     )
-    out = run(lakes, "t2")
+    out = run_transform(lakes, "t2")
     assert out["dim_staff"].select("staff_id", "department_name", "location").to_dicts() == [
         {"staff_id": 5, "department_name": "Finance", "location": "Leeds"}
     ]
@@ -220,10 +210,10 @@ def test_an_older_version_arriving_late_does_not_overwrite_the_dimension(lakes):
     write_batch(
         ingest, "staff", "e1", [row("staff", first_name="Newer", at="2024-11-05 10:00:00.000")]
     )
-    run(lakes, "t1")
+    run_transform(lakes, "t1")
     write_batch(
         ingest, "staff", "e2", [row("staff", first_name="Older", at="2024-11-05 09:59:59.999")]
     )
-    out = run(lakes, "t2")
+    out = run_transform(lakes, "t2")
     assert out["dim_staff"].height == 0
     assert out["result"].duplicates["staff"] == 1

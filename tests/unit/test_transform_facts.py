@@ -5,23 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-import pytest
-
-from pipeline.lake import Lake
-from pipeline.transform import transform
-from tests.lake_builders import read_outputs, row, write_batch, write_lookups
-
-
-@pytest.fixture
-def lakes(tmp_path) -> tuple[Lake, Lake]:
-    return Lake(str(tmp_path / "ingest")), Lake(str(tmp_path / "processed"))
-
-
-def run(lakes: tuple[Lake, Lake], run_id: str = "t1") -> dict:
-    ingest, processed = lakes
-    result = transform(run_id, ingest_url=ingest.url, processed_url=processed.url)
-    assert result.status == "ok"
-    return {"result": result, **read_outputs(processed, run_id)}
+from tests.lake_builders import row, run_transform, write_batch, write_lookups
 
 
 def test_sales_order_fact_row(lakes):
@@ -37,7 +21,7 @@ def test_sales_order_fact_row(lakes):
         at="2024-11-04 10:00:00.000",
     )
     write_batch(lakes[0], "sales_order", "e1", [sale])
-    out = run(lakes)
+    out = run_transform(lakes)
     assert out["fact_sales_order"].to_dicts() == [
         {
             "sales_order_id": 7,
@@ -71,7 +55,7 @@ def test_purchase_order_fact_row(lakes):
         at="2024-11-04 23:59:59.999",
     )
     write_batch(lakes[0], "purchase_order", "e1", [po])
-    out = run(lakes)
+    out = run_transform(lakes)
     assert out["fact_purchase_order"].to_dicts() == [
         {
             "purchase_order_id": 3,
@@ -104,7 +88,7 @@ def test_payment_fact_keeps_every_version(lakes):
         at="2024-11-12 06:00:00.001",
     )
     write_batch(lakes[0], "payment", "e1", [unpaid, paid])
-    out = run(lakes)
+    out = run_transform(lakes)
     common = {
         "payment_id": 5,
         "created_date": dt.date(2024, 11, 4),
@@ -151,7 +135,7 @@ def test_duplicate_versions_within_a_run_are_dropped_and_counted(lakes):
     sale = row("sales_order", sales_order_id=2)
     write_batch(lakes[0], "sales_order", "e1", [sale, sale])
     write_batch(lakes[0], "sales_order", "e2", [sale, row("sales_order", sales_order_id=3)])
-    out = run(lakes)
+    out = run_transform(lakes)
     assert sorted(out["fact_sales_order"]["sales_order_id"].to_list()) == [2, 3]
     assert out["result"].rows_in["sales_order"] == 4
     assert out["result"].duplicates["sales_order"] == 2
@@ -168,7 +152,7 @@ def test_fact_dates_are_all_in_dim_date(lakes):
         at="2024-11-01 08:00:00.000",
     )
     write_batch(lakes[0], "sales_order", "e1", [sale])
-    out = run(lakes)
+    out = run_transform(lakes)
     assert sorted(out["dim_date"]["date_id"].to_list()) == [
         dt.date(2024, 10, 31),
         dt.date(2024, 11, 1),

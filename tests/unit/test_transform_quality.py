@@ -4,23 +4,13 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-import pytest
-
-from pipeline.lake import Lake
-from pipeline.transform import transform
-from tests.lake_builders import read_outputs, read_quarantine, row, write_batch, write_lookups
-
-
-@pytest.fixture
-def lakes(tmp_path) -> tuple[Lake, Lake]:
-    return Lake(str(tmp_path / "ingest")), Lake(str(tmp_path / "processed"))
-
-
-def run(lakes: tuple[Lake, Lake], run_id: str = "t1") -> dict:
-    ingest, processed = lakes
-    result = transform(run_id, ingest_url=ingest.url, processed_url=processed.url)
-    assert result.status == "ok"
-    return {"result": result, **read_outputs(processed, run_id)}
+from tests.lake_builders import (
+    read_quarantine,
+    row,
+    run_transform,
+    write_batch,
+    write_lookups,
+)
 
 
 def test_each_sales_rule_quarantines_with_its_reason(lakes):
@@ -41,7 +31,7 @@ def test_each_sales_rule_quarantines_with_its_reason(lakes):
             row("sales_order", sales_order_id=None),
         ],
     )
-    out = run(lakes)
+    out = run_transform(lakes)
     assert out["fact_sales_order"]["sales_order_id"].to_list() == [1]
     bad = read_quarantine(processed, "t1", "sales_order").sort("sales_order_id", nulls_last=True)
     assert bad.select("sales_order_id", "_rule", "_reason").to_dicts() == [
@@ -113,7 +103,7 @@ def test_payment_and_purchase_rules(lakes):
             row("purchase_order", purchase_order_id=2, currency_id=8),
         ],
     )
-    run(lakes)
+    run_transform(lakes)
     pay = read_quarantine(processed, "t1", "payment").sort("payment_id")
     assert pay["_rule"].to_list() == [
         "negative_value",
@@ -142,7 +132,7 @@ def test_lookup_rows_with_bad_values_are_quarantined(lakes):
         ],
     )
     write_batch(ingest, "address", "e1", [row("address", address_id=3, city=None)])
-    out = run(lakes)
+    out = run_transform(lakes)
     assert out["dim_payment_type"]["payment_type_id"].to_list() == [1]
     assert read_quarantine(processed, "t1", "payment_type")["_reason"].to_list() == [
         "payment_type payment_type_id=2: payment_type_name BARTER is not one of "
@@ -158,7 +148,7 @@ def test_fact_waiting_for_a_missing_dimension_is_emitted_when_it_arrives(lakes):
     for table in ("address", "counterparty", "currency", "design", "department"):
         write_batch(ingest, table, "e1", [row(table)])
     write_batch(ingest, "sales_order", "e1", [row("sales_order", sales_order_id=8)])
-    first = run(lakes, "t1")
+    first = run_transform(lakes, "t1")
     assert first["fact_sales_order"].height == 0
     assert read_quarantine(processed, "t1", "sales_order")["_rule"].to_list() == [
         "missing_dimension"
@@ -166,7 +156,7 @@ def test_fact_waiting_for_a_missing_dimension_is_emitted_when_it_arrives(lakes):
     assert first["result"].pending["sales_order"]["new"] == 1
 
     write_batch(ingest, "staff", "e2", [row("staff")])
-    second = run(lakes, "t2")
+    second = run_transform(lakes, "t2")
     assert second["fact_sales_order"]["sales_order_id"].to_list() == [8]
     assert second["result"].pending["sales_order"] == {
         "retried": 1,
