@@ -1,7 +1,9 @@
 """One pipeline step in its own process, so the parent can measure its peak RSS.
 
-`python -m benchmarks.e2e_steps extract|transform|load --run-id R ...` prints the step
-result as JSON on stdout. Extract runs every table the way the local runner does.
+`python -m benchmarks.e2e_steps extract|transform|load --run-id R ...` prints JSON:
+the step result, the step's own time (imports excluded) and the process's peak RSS
+(`VmHWM`, which, unlike `ru_maxrss`, does not inherit the parent's peak across exec).
+Extract runs every table the way the local runner does; transform drains the backlog.
 """
 
 from __future__ import annotations
@@ -9,31 +11,31 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 from pipeline.catalog import TABLE_NAMES
-from pipeline.runner import RunSettings, extract_table_fully
+from pipeline.load import load
+from pipeline.runner import RunSettings, extract_table_fully, transform_backlog
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("step", choices=["extract", "transform", "load"])
-    p.add_argument("--run-id", required=True)
-    p.add_argument("--source-dsn")
-    p.add_argument("--warehouse-dsn")
-    p.add_argument("--ingest-url", required=True)
-    p.add_argument("--processed-url", required=True)
-    p.add_argument("--workers", type=int, default=2)
-    args = p.parse_args(argv)
-    settings = RunSettings(
-        source_dsn=args.source_dsn,
-        warehouse_dsn=args.warehouse_dsn,
-        ingest_url=args.ingest_url,
-        processed_url=args.processed_url,
-        extract_workers=args.workers,
-    )
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_step(args: argparse.Namespace) -> dict[str, Any]:
     if args.step == "extract":
-        from concurrent.futures import ThreadPoolExecutor
-
+        settings = RunSettings(
+            source_dsn=None,
+            warehouse_dsn=None,
+            ingest_url=args.ingest_url,
+            processed_url=args.processed_url,
+        )
         with ThreadPoolExecutor(args.workers) as pool:
             results = dict(
                 zip(
@@ -42,19 +44,24 @@ def main(argv: list[str] | None = None) -> int:
                     strict=True,
                 )
             )
-        out = {"rows": sum(r["rows"] for r in results.values()), "tables": results}
-    elif args.step == "transform":
-        from pipeline.transform import transform
+        return {"rows": sum(r["rows"] for r in results.values()), "tables": results}
+    if args.step == "transform":
+        return transform_backlog(args.run_id, args.ingest_url, args.processed_url)
+    return load(args.run_id, processed_url=args.processed_url).to_dict()
 
-        out = transform(
-            args.run_id, ingest_url=args.ingest_url, processed_url=args.processed_url
-        ).to_dict()
-    else:
-        from pipeline.load import load
 
-        out = load(
-            args.run_id, processed_url=args.processed_url, warehouse_dsn=args.warehouse_dsn
-        ).to_dict()
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("step", choices=["extract", "transform", "load"])
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--ingest-url", required=True)
+    p.add_argument("--processed-url", required=True)
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args(argv)
+    start = time.perf_counter()
+    result = run_step(args)
+    seconds = time.perf_counter() - start
+    out = {"result": result, "step_seconds": seconds, "peak_rss_mb": peak_rss_mb()}
     json.dump(out, sys.stdout, default=str)
     return 0
 

@@ -114,6 +114,36 @@ def extract_table_fully(table: str, settings: RunSettings, run_id: str) -> dict[
     }
 
 
+MAX_TRANSFORM_ROUNDS = 20
+
+
+def transform_backlog(run_id: str, ingest_url: str, processed_url: str) -> dict[str, Any]:
+    """Transform until no committed batch is left, as the state machine's loop does.
+
+    One transform call is capped in rows (memory); when it reports `more`, the next call
+    uses the derived run id `<run_id>.t<n>`, so each call stays idempotent on its own.
+    The returned dict sums the per-table counts of all rounds.
+    """
+    from pipeline.transform import transform
+
+    total: dict[str, Any] = {"run_ids": [], "rows_in": {}, "rows_out": {}, "quarantined": {}}
+    for n in range(1, MAX_TRANSFORM_ROUNDS + 1):
+        round_id = run_id if n == 1 else f"{run_id}.t{n}"
+        result = transform(round_id, ingest_url=ingest_url, processed_url=processed_url).to_dict()
+        total["run_ids"].append(round_id)
+        total["status"] = result["status"]
+        for key in ("rows_in", "rows_out", "quarantined"):
+            for table, rows in (result.get(key) or {}).items():
+                total[key][table] = total[key].get(table, 0) + rows
+        if not result.get("more"):
+            total["rows"] = sum(total["rows_out"].values())
+            return total
+    raise PipelineError(
+        f"transform still reports a backlog after {MAX_TRANSFORM_ROUNDS} rounds of run "
+        f"{run_id}; run `totesys-etl transform` again, or raise TRANSFORM_MAX_ROWS"
+    )
+
+
 def run_pipeline(settings: RunSettings, progress: ProgressCallback | None = None) -> RunReport:
     """Run one pipeline pass and return its report (never raises for a failed table)."""
     tables = [get_table(t).name for t in settings.tables]
@@ -143,12 +173,9 @@ def run_pipeline(settings: RunSettings, progress: ProgressCallback | None = None
 
     try:
         from pipeline.load import load
-        from pipeline.transform import transform
 
         notify("transform", "started", {})
-        report.transform = transform(
-            run_id, ingest_url=settings.ingest_url, processed_url=settings.processed_url
-        ).to_dict()
+        report.transform = transform_backlog(run_id, settings.ingest_url, settings.processed_url)
         notify("transform", "finished", report.transform)
         notify("load", "started", {})
         report.load = load(
