@@ -27,9 +27,16 @@ def _print_json(obj: Any) -> None:
 
 
 def _cmd_seed(args: argparse.Namespace) -> int:
-    from pipeline.simulator.seed import seed
+    if args.from_parquet:
+        from pipeline.simulator.snapshot import load_snapshot
 
-    counts = seed(args.dsn, scale=args.scale, seed=args.seed, force=args.force, start=args.start)
+        counts = load_snapshot(args.dsn, args.from_parquet, force=args.force)
+    else:
+        from pipeline.simulator.seed import seed
+
+        counts = seed(
+            args.dsn, scale=args.scale, seed=args.seed, force=args.force, start=args.start
+        )
     _print_json(counts) if args.json else _print_counts("seeded", counts)
     return 0
 
@@ -212,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=42, help="random seed (same seed, same data)")
     p.add_argument("--force", action="store_true", help="replace an already seeded database")
+    p.add_argument(
+        "--from-parquet",
+        metavar="DIR",
+        default=None,
+        help="load a real snapshot instead (DIR/<table>.parquet, one file per table)",
+    )
     p.add_argument(
         "--start",
         type=_timestamp,

@@ -9,6 +9,7 @@ generated in memory with numpy/Polars, then bulk-loaded with `COPY` in one trans
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -143,6 +144,21 @@ def seed(
     """
     _check_scale(scale)
     _check_start(start or DEFAULT_START)
+    return load_frames(
+        dsn,
+        lambda: generate_history(scale=scale, seed=seed, start=start or DEFAULT_START),
+        force=force,
+    )
+
+
+def load_frames(
+    dsn: str, make_frames: Callable[[], dict[str, pl.DataFrame]], *, force: bool = False
+) -> dict[str, int]:
+    """Create the schema and bulk-load one frame per table (catalog columns) in one go.
+
+    `make_frames` runs only after the target database passed its checks, so a refused
+    database costs no generation time.
+    """
     with connect(dsn, what="totesys", autocommit=True) as conn:
         existing = existing_objects(conn)
         if existing and not force:
@@ -150,7 +166,7 @@ def seed(
                 f"totesys database {conn.info.dbname!r} already has {', '.join(existing)}; "
                 "pass force=True (CLI: --force) to replace it, or seed another database"
             )
-        frames = generate_history(scale=scale, seed=seed, start=start or DEFAULT_START)
+        frames = make_frames()
         with conn.transaction():
             conn.execute("SET LOCAL maintenance_work_mem = '256MB'")  # faster FK/index builds
             create_source_schema(conn, replace=bool(existing))

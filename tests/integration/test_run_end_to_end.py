@@ -91,3 +91,37 @@ def test_failing_table_exits_non_zero_loads_others_and_rerun_succeeds(
     assert_equivalent_to_clean_pass(
         warehouse_contents(warehouse), _clean_pass(source, make_database, tmp_path / "clean")
     )
+
+
+def test_status_reports_watermarks_pending_work_and_runs(
+    make_database: Callable[[str], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, warehouse = make_database("source"), make_database("warehouse")
+    seed(source, scale=0.01, seed=9)
+    lake = [
+        "--ingest-url", str(tmp_path / "i"), "--processed-url", str(tmp_path / "p"),
+    ]  # fmt: skip
+    status = ["status", "--json", "--warehouse-dsn", warehouse, *lake]
+
+    assert main(status) == 0
+    before = json.loads(capsys.readouterr().out)
+    assert before["tables"]["sales_order"]["watermark"] is None
+    assert before["recent_runs"] == []
+
+    extract = ["extract", "currency", "--source-dsn", source, "--run-id", "r0", *lake[:2]]
+    assert main(extract) == 0
+    capsys.readouterr()
+    assert main(status) == 0
+    waiting = json.loads(capsys.readouterr().out)
+    assert waiting["waiting_for_transform"] == ["_manifests/currency/r0.json"]
+
+    run = ["run", "--json", "--source-dsn", source, "--warehouse-dsn", warehouse, *lake]
+    assert main(run) == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    assert main(status) == 0
+    after = json.loads(capsys.readouterr().out)
+    assert after["tables"]["sales_order"]["watermark"] is not None
+    assert after["tables"]["sales_order"]["last_run"] == run_id
+    assert after["waiting_for_transform"] == []
+    assert after["waiting_for_load"] == []
+    assert [(r["run_id"], r["status"]) for r in after["recent_runs"]] == [(run_id, "succeeded")]
