@@ -14,6 +14,8 @@ secret value: only secret ARNs, table names, run ids and counts.
 Events:
     extract   {"table", "run_id", "since"?, "until"?}   ("" or null = incremental)
     transform {"run_id", "tables"?}                      (tables: informative only)
+              run_id is the execution name, or `<name>.t<n>` for the n-th pass over a
+              backlog: the state machine loops while the result says `more: true`
     load      {"run_id"}
 """
 
@@ -153,6 +155,7 @@ def transform_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     out = _counts_only(result, "inputs")
     out.setdefault("manifest", None)
     out.setdefault("quarantined", {})
+    # The state machine's backlog loop reads this on every path: always a boolean.
     out["more"] = bool(result.get("more", False))
     return out
 

@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "architecture": "arm64",
     "extractConcurrency": 4,
     "extractMaxRows": 2_000_000,
+    "transformMaxRuns": 20,
     "logRetentionDays": 90,
     "freshnessHours": 6,
     "stackName": "TotesysEtl",
@@ -72,6 +73,7 @@ class PipelineConfig:
     architecture: str
     extract_concurrency: int
     extract_max_rows: int
+    transform_max_runs: int
     log_retention_days: int
     freshness_hours: int
     stack_name: str
@@ -106,6 +108,9 @@ class PipelineConfig:
         concurrency = int(get("extractConcurrency"))
         if not 1 <= concurrency <= 40:
             raise ValueError("context extractConcurrency must be between 1 and 40")
+        transform_max_runs = int(get("transformMaxRuns"))
+        if not 1 <= transform_max_runs <= 100:
+            raise ValueError("context transformMaxRuns must be between 1 and 100")
         return cls(
             prefix=str(get("prefix")),
             schedule_expression=str(get("scheduleExpression")),
@@ -119,6 +124,7 @@ class PipelineConfig:
             architecture=arch,
             extract_concurrency=concurrency,
             extract_max_rows=int(get("extractMaxRows")),
+            transform_max_runs=transform_max_runs,
             log_retention_days=int(get("logRetentionDays")),
             freshness_hours=int(get("freshnessHours")),
             stack_name=str(get("stackName")),

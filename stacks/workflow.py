@@ -5,13 +5,21 @@ Shape (DESIGN section 7):
     Configure (input over defaults) -> ExtractTables (Map, bounded concurrency)
         item: Extract -(more?)-> NextChunk -> Extract ... -> Extracted
               Extract Catch States.ALL -> TableFailed (recorded, the other tables go on)
-    -> Summarise -> Transform -> Load -> AnyTableFailed?
-        yes -> NotifyTablesFailed (SNS: tables, errors, execution, re-run input) -> Fail
-        no  -> Succeed
+    -> Summarise -> Transform -> MoreToTransform?
+        more and under the bound -> NextTransform (run id <name>.t<n>) -> Transform ...
+        otherwise -> Load -> AnyTableFailed?
+            yes -> NotifyTablesFailed (SNS: tables, errors, execution, re-run input) -> Fail
+            no  -> BacklogCleared?
+                yes -> Succeed
+                no (bound reached) -> NotifyBacklogLimit (SNS) -> Fail
     Transform/Load Catch States.ALL -> NotifyStepFailed (SNS) -> Fail
 
 The run id is the execution name; every payload between states is a small pointer
 (table, counts, manifest key): data never flows through the state machine (R15).
+A transform takes at most TRANSFORM_MAX_ROWS rows and says `more` when it left batches;
+the machine then transforms again under `<execution name>.t2`, `.t3`, ... (each id
+idempotent, so a retry or a redrive replays) up to `transformMaxRuns` invocations, and
+loads once at the end (the load takes every processed batch not yet in its ledger).
 Retry/Catch match on Python exception class names, which the handlers keep unchanged.
 """
 
@@ -274,22 +282,25 @@ class PipelineWorkflow(Construct):
                 "succeeded.$": "$.extracted[*].extracted_table",
                 "failed_tables.$": "$.extracted[*].failed_table",
                 "failed.$": "$.extracted[*].failure",
+                # The transform loop's counter: invocation n runs under run_id.
+                "transform_call": {"n": 1, "run_id.$": "$$.Execution.Name"},
             },
         )
 
     def _transform_and_load(self) -> sfn.Chain:
         fns = self.functions
+        max_runs = self.config.transform_max_runs
         transform = invoke(
             self,
             "Transform",
             fns.transform,
-            payload={"run_id.$": "$.run_id", "tables.$": "$.succeeded"},
+            payload={"run_id.$": "$.transform_call.run_id", "tables.$": "$.succeeded"},
             result_selector={
                 "status.$": "$.Payload.status",
                 "rows_in.$": "$.Payload.rows_in",
                 "quarantined.$": "$.Payload.quarantined",
                 "manifest.$": "$.Payload.manifest",
-                # true: a backlog over TRANSFORM_MAX_ROWS was left for the next run
+                # true: batches over TRANSFORM_MAX_ROWS were left: transform again
                 "more.$": "$.Payload.more",
             },
             result_path="$.transform",
@@ -306,12 +317,48 @@ class PipelineWorkflow(Construct):
         for task in (transform, load):
             task.add_catch(step_failed, errors=[sfn.Errors.ALL], result_path="$.failure")
 
+        next_n = JsonPath.math_add(JsonPath.number_at("$.transform_call.n"), 1)
+        next_transform = sfn.Pass(
+            self,
+            "NextTransform",
+            comment=(
+                "Batches were left over TRANSFORM_MAX_ROWS: transform again under the "
+                "derived run id <execution name>.t<n> (n = 2, 3, ...)"
+            ),
+            parameters={
+                "n": next_n,
+                "run_id": JsonPath.format("{}.t{}", JsonPath.execution_name, next_n),
+            },
+            result_path="$.transform_call",
+        )
         any_failed = (
             sfn.Choice(self, "AnyTableFailed")
             .when(sfn.Condition.is_present("$.failed_tables[0]"), self._notify_tables_failed())
-            .otherwise(sfn.Succeed(self, "Done"))
+            .otherwise(
+                sfn.Choice(self, "BacklogCleared")
+                .when(
+                    sfn.Condition.boolean_equals("$.transform.more", True),
+                    self._notify_backlog_limit(),
+                )
+                .otherwise(sfn.Succeed(self, "Done"))
+            )
         )
-        return transform.next(load).next(any_failed)
+        more_to_transform = (
+            sfn.Choice(
+                self,
+                "MoreToTransform",
+                comment=f"Loop while the transform leaves batches, at most {max_runs} times",
+            )
+            .when(
+                sfn.Condition.and_(
+                    sfn.Condition.boolean_equals("$.transform.more", True),
+                    sfn.Condition.number_less_than("$.transform_call.n", max_runs),
+                ),
+                next_transform.next(transform),
+            )
+            .otherwise(load.next(any_failed))
+        )
+        return transform.next(more_to_transform)
 
     def _notify_tables_failed(self) -> sfn.Chain:
         alert = sfn.Pass(
@@ -362,7 +409,10 @@ class PipelineWorkflow(Construct):
             parameters={
                 "alert": {
                     "pipeline": self.config.prefix,
-                    "problem": "transform or load failed after retries; nothing was loaded",
+                    "problem": (
+                        "transform or load failed after retries; nothing from this run was loaded"
+                    ),
+                    "transform_run_id.$": "$.transform_call.run_id",
                     "run_id.$": "$$.Execution.Name",
                     "execution_arn.$": "$$.Execution.Id",
                     "state_machine_arn.$": "$$.StateMachine.Id",
@@ -389,5 +439,61 @@ class PipelineWorkflow(Construct):
         )
         fail = sfn.Fail(
             self, "StepFailed", error_path="$.failure.Error", cause_path="$.failure.Cause"
+        )
+        return alert.next(publish).next(fail)
+
+    def _notify_backlog_limit(self) -> sfn.Chain:
+        """The loop bound: a transform still reported `more` after transformMaxRuns runs.
+
+        What those runs transformed has been loaded; the rest waits for the next execution.
+        A real backlog that big is unlikely (8M rows a run), so this usually means a bug
+        that keeps reporting `more`: fail loudly rather than spin.
+        """
+        max_runs = self.config.transform_max_runs
+        alert = sfn.Pass(
+            self,
+            "DescribeBacklogLimit",
+            parameters={
+                "alert": {
+                    "pipeline": self.config.prefix,
+                    "problem": (
+                        f"transform still reported more batches after {max_runs} invocations "
+                        "(the transformMaxRuns bound); what they transformed was loaded"
+                    ),
+                    "run_id.$": "$$.Execution.Name",
+                    "execution_arn.$": "$$.Execution.Id",
+                    "state_machine_arn.$": "$$.StateMachine.Id",
+                    "transform_runs.$": "$.transform_call.n",
+                    "last_transform_run_id.$": "$.transform_call.run_id",
+                    "last_transform.$": "$.transform",
+                    "rerun_input": {"tables": []},
+                    "how_to_rerun": (
+                        "If the backlog is real (see last_transform.rows_in), start a new "
+                        "execution with rerun_input or wait for the schedule: each run takes "
+                        "the next batches. If transform keeps reporting more without rows, "
+                        "it is a bug: check the transform function's logs."
+                    ),
+                }
+            },
+            result_path="$.notice",
+        )
+        publish = tasks.SnsPublish(
+            self,
+            "NotifyBacklogLimit",
+            topic=self.topic,
+            subject=f"{self.config.prefix}: transform backlog left after {max_runs} runs",
+            message=sfn.TaskInput.from_json_path_at("States.JsonToString($.notice.alert)"),
+            result_path=JsonPath.DISCARD,
+        )
+        fail = sfn.Fail(
+            self,
+            "TransformBacklogLimit",
+            error="TransformBacklogLimit",
+            cause_path=JsonPath.format(
+                "Transform still reported more batches after {} invocations (last run id {}); "
+                "what they transformed was loaded, the rest waits for the next execution",
+                JsonPath.string_at("$.transform_call.n"),
+                JsonPath.string_at("$.transform_call.run_id"),
+            ),
         )
         return alert.next(publish).next(fail)

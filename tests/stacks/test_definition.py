@@ -100,8 +100,9 @@ def test_failed_tables_are_recorded_then_reported_through_sns_and_the_run_fails(
     resources = assembly.template["Resources"]
     assert states["TableFailed"]["Parameters"]["failed_table.$"] == "$.table"
     assert states["Summarise"]["Next"] == "Transform"
-    assert states["Transform"]["Next"] == "Load"
+    assert states["MoreToTransform"]["Default"] == "Load"
     assert states["Load"]["Next"] == "AnyTableFailed"
+    assert states["AnyTableFailed"]["Default"] == "BacklogCleared"
     [choice] = states["AnyTableFailed"]["Choices"]
     assert choice["Next"] == "DescribeTableFailures"
     alert = states["DescribeTableFailures"]["Parameters"]["alert"]
@@ -110,8 +111,64 @@ def test_failed_tables_are_recorded_then_reported_through_sns_and_the_run_fails(
     for notify, fail in (
         ("NotifyTablesFailed", "TablesFailed"),
         ("NotifyStepFailed", "StepFailed"),
+        ("NotifyBacklogLimit", "TransformBacklogLimit"),
     ):
         assert states[notify]["Resource"] == "arn:aws:states:::sns:publish"
         assert states[notify]["Parameters"]["TopicArn"] == fake_ref(topic, resources[topic])
         assert states[notify]["Next"] == fail
         assert states[fail]["Type"] == "Fail"
+
+
+def test_transform_loops_under_derived_run_ids_while_more_then_loads_once(asl):
+    states = all_states(asl)
+    assert states["Summarise"]["Parameters"]["transform_call"] == {
+        "n": 1,
+        "run_id.$": "$$.Execution.Name",
+    }
+    transform = states["Transform"]
+    assert transform["Parameters"]["Payload"]["run_id.$"] == "$.transform_call.run_id"
+    assert transform["ResultSelector"]["more.$"] == "$.Payload.more"
+    assert transform["ResultPath"] == "$.transform"
+    assert transform["Next"] == "MoreToTransform"
+
+    loop = states["MoreToTransform"]
+    [choice] = loop["Choices"]
+    assert choice == {
+        "And": [
+            {"Variable": "$.transform.more", "BooleanEquals": True},
+            {"Variable": "$.transform_call.n", "NumericLessThan": 20},
+        ],
+        "Next": "NextTransform",
+    }
+    assert loop["Default"] == "Load"  # the only way to Load: one load after the loop
+
+    step = states["NextTransform"]
+    assert step["Type"] == "Pass" and step["Next"] == "Transform"  # same Retry/Catch
+    assert step["ResultPath"] == "$.transform_call"
+    assert step["Parameters"] == {
+        "n.$": "States.MathAdd($.transform_call.n, 1)",
+        "run_id.$": (
+            "States.Format('{}.t{}', $$.Execution.Name, States.MathAdd($.transform_call.n, 1))"
+        ),
+    }
+    # Load keeps the execution name as its run id.
+    assert states["Load"]["Parameters"]["Payload"] == {"run_id.$": "$.run_id"}
+    assert [n for n, s in states.items() if s.get("Next") == "Load"] == []
+
+
+def test_a_backlog_left_at_the_bound_is_reported_then_the_run_fails(asl):
+    states = all_states(asl)
+    [left] = states["BacklogCleared"]["Choices"]
+    assert left == {
+        "Variable": "$.transform.more",
+        "BooleanEquals": True,
+        "Next": "DescribeBacklogLimit",
+    }
+    assert states["BacklogCleared"]["Default"] == "Done"
+    alert = states["DescribeBacklogLimit"]["Parameters"]["alert"]
+    assert alert["last_transform_run_id.$"] == "$.transform_call.run_id"
+    assert alert["transform_runs.$"] == "$.transform_call.n"
+    assert "20 invocations" in alert["problem"]
+    fail = states["TransformBacklogLimit"]
+    assert fail["Error"] == "TransformBacklogLimit"
+    assert "$.transform_call.run_id" in fail["CausePath"]

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.stacks.synth import Assembly, synthesize
+from tests.statemachine.harness import state_machine_definition
 
 ACK = "aws:cdk:acknowledged-rules"
 
@@ -73,6 +74,7 @@ def test_vpc_and_x86_variant_synthesizes_clean_with_the_vpc_policy_acknowledged(
             "architecture": "x86_64",
             "alertEmail": "data-team@example.com",
             "sourceSecret": "arn:aws:secretsmanager:eu-west-2:111122223333:secret:totesys-AbCdEf",
+            "transformMaxRuns": "5",
         }
     )
     reports = variant.validation_report.get("pluginReports", [])
@@ -94,6 +96,9 @@ def test_vpc_and_x86_variant_synthesizes_clean_with_the_vpc_policy_acknowledged(
     # A complete secret ARN is granted exactly, without the `-??????` suffix wildcard.
     text = json.dumps(variant.template)
     assert "secret:totesys-AbCdEf" in text and "secret:totesys-AbCdEf-??????" not in text
+    # The transform loop's bound follows the setting.
+    [choice] = state_machine_definition(variant)["States"]["MoreToTransform"]["Choices"]
+    assert choice["And"][1] == {"Variable": "$.transform_call.n", "NumericLessThan": 5}
 
 
 @pytest.mark.parametrize(
@@ -103,6 +108,7 @@ def test_vpc_and_x86_variant_synthesizes_clean_with_the_vpc_policy_acknowledged(
         ({"subnetIds": "subnet-1"}, "need vpcId"),
         ({"architecture": "arm"}, "architecture"),
         ({"extractConcurrency": 0}, "extractConcurrency"),
+        ({"transformMaxRuns": 0}, "transformMaxRuns"),
     ],
 )
 def test_inconsistent_context_is_rejected_with_a_clear_message(context, message):

@@ -35,6 +35,9 @@ class FakeSteps:
     fail: dict[str, Exception] = field(default_factory=dict)  # table -> error to raise
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     before_extract: Callable[[str, str], None] | None = None
+    # How many transform calls report `more: true` (a backlog over TRANSFORM_MAX_ROWS);
+    # math.inf for a transform that never stops saying so.
+    transform_more: float = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def extract_table(self, table: str, run_id: str, **kwargs: Any) -> Result:
@@ -71,6 +74,9 @@ class FakeSteps:
     def transform(self, run_id: str, **kwargs: Any) -> Result:
         with self.lock:
             self.calls.append(("transform", {"run_id": run_id, **kwargs}))
+            # Per distinct run id, so a retried invocation reports what the first one did.
+            seen = list(dict.fromkeys(a["run_id"] for a in self.transforms()))
+            more = seen.index(run_id) < self.transform_more
         return Result(
             {
                 "run_id": run_id,
@@ -80,6 +86,7 @@ class FakeSteps:
                 "rows_out": {t: 1000 for t in WAREHOUSE_TABLES},
                 "quarantined": {t: 3 for t in TABLE_NAMES},
                 "manifest": f"_manifests/{run_id}.json",
+                "more": more,
             }
         )
 
@@ -103,6 +110,9 @@ class FakeSteps:
         load = types.ModuleType("pipeline.load")
         load.load = self.load  # type: ignore[attr-defined]
         return {"pipeline.extract": extract, "pipeline.transform": transform, "pipeline.load": load}
+
+    def transforms(self) -> list[dict[str, Any]]:
+        return [a for s, a in self.calls if s == "transform"]
 
     def extracts(self, table: str | None = None) -> list[dict[str, Any]]:
         return [a for s, a in self.calls if s == "extract" and table in (None, a["table"])]

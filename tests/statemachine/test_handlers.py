@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -76,3 +77,12 @@ def test_transform_and_load_return_counts_instead_of_lists(steps):
     assert transformed["more"] is False
     assert loaded["batches_count"] == 500 and "batches" not in loaded
     assert [s for s, _ in steps.calls] == ["transform", "load"]
+
+
+def test_transform_reports_a_backlog_as_more_for_the_state_machine_loop(steps):
+    steps.transform_more = 1
+    first = handlers.transform_handler({"run_id": "r1"}, context("transform"))
+    again = handlers.transform_handler({"run_id": "r1"}, context("transform"))  # a retry
+    second = handlers.transform_handler({"run_id": "r1.t2"}, context("transform"))
+    assert (first["more"], again["more"], second["more"]) == (True, True, False)
+    assert len(json.dumps(first)) < 2 * 1024

@@ -9,6 +9,7 @@ S3 lake in moto.
 3. A transient source error twice, then success: retried with the configured backoff.
 4. Tables bigger than one invocation's row budget continue until done (R20).
 5. An ambiguous invoke (response lost after the step ran) is retried; the step replays.
+6. A transform backlog over TRANSFORM_MAX_ROWS loops under derived run ids, then loads once.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import psycopg
 import pytest
 
 import pipeline.handlers
+from pipeline.catalog import TABLE_NAMES
 from pipeline.errors import SourceUnavailableError
 from tests.warehouse_compare import warehouse_contents
 
@@ -187,6 +189,34 @@ def test_an_ambiguous_invoke_is_retried_and_the_step_replays_without_duplicates(
     assert payment[0].result["status"] != "replayed" and payment[1].result["status"] == "replayed"
     assert payment[1].result["rows"] == payment[0].result["rows"]
     assert pipeline_aws.recorder.delays == [2]  # the Lambda service-error retrier
+    assert warehouse_contents(databases["warehouse"]) == clean_pass(
+        databases["source"], make_database, tmp_path
+    )
+
+
+def test_a_transform_backlog_loops_until_done_and_loads_what_an_uncapped_pass_loads(
+    pipeline_aws, databases, make_database, tmp_path, monkeypatch
+):
+    """TRANSFORM_MAX_ROWS=1: every transform takes one batch (at least one is always taken,
+    oldest first, so facts can come before their dimensions) and reports `more` while
+    batches are left; one load at the end takes them all, in order."""
+    monkeypatch.setenv("TRANSFORM_MAX_ROWS", "1")
+    execution = pipeline_aws.run({}, name="run-backlog")
+
+    assert execution.status == "SUCCEEDED", execution.cause
+    batches = len(TABLE_NAMES)  # one ingestion batch per table
+    transforms = pipeline_aws.router.calls("transform_handler")
+    assert [c.event["run_id"] for c in transforms] == ["run-backlog"] + [
+        f"run-backlog.t{n}" for n in range(2, batches + 1)
+    ]
+    assert [c.result["more"] for c in transforms] == [True] * (batches - 1) + [False]
+    assert all(c.result["inputs_count"] == 1 for c in transforms)
+    [load] = pipeline_aws.router.calls("load_handler")
+    assert load.event["run_id"] == "run-backlog" and load.result["batches_count"] == batches
+    assert pipeline_aws.notifications() == []
+    assert max(execution.payload_sizes()) < 10 * KIB
+
+    monkeypatch.delenv("TRANSFORM_MAX_ROWS")
     assert warehouse_contents(databases["warehouse"]) == clean_pass(
         databases["source"], make_database, tmp_path
     )

@@ -8,12 +8,18 @@ same machine over the real steps and PostgreSQL.
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import pytest
 
 from pipeline.catalog import TABLE_NAMES
-from pipeline.errors import CorruptBatchError, SchemaDriftError, SourceUnavailableError
+from pipeline.errors import (
+    CorruptBatchError,
+    SchemaDriftError,
+    SourceUnavailableError,
+    TransformBusyError,
+)
 from tests.statemachine.fakes import FakeSteps
 
 KIB = 1024
@@ -45,8 +51,10 @@ def test_every_table_is_extracted_then_transformed_and_loaded_under_the_executio
 
 
 def test_largest_realistic_run_keeps_every_state_payload_under_10_kib(pipeline_aws, steps):
-    """R15: 2,000 part files per extract, 5,500 consumed manifests, 500 loaded batches."""
+    """R15: 2,000 part files per extract, 5,500 consumed manifests, 500 loaded batches,
+    a transform backlog looped three times."""
     steps.chunks = {"sales_order": 3, "payment": 2}
+    steps.transform_more = 2
     execution = pipeline_aws.run({})
 
     assert execution.status == "SUCCEEDED", execution.cause
@@ -57,7 +65,9 @@ def test_largest_realistic_run_keeps_every_state_payload_under_10_kib(pipeline_a
     extract_result = pipeline_aws.router.calls("extract_handler")[0].result
     assert extract_result["files_count"] == steps.files_per_call
     assert "files" not in extract_result
-    assert pipeline_aws.router.calls("transform_handler")[0].result["inputs_count"] == 5_500
+    transforms = pipeline_aws.router.calls("transform_handler")
+    assert len(transforms) == 3
+    assert all(c.result["inputs_count"] == 5_500 for c in transforms)
 
 
 def test_a_table_needing_more_invocations_continues_under_the_next_run_id(pipeline_aws, steps):
@@ -180,7 +190,87 @@ def test_a_transform_failure_is_reported_and_nothing_is_loaded(pipeline_aws, ste
     [alert] = pipeline_aws.notifications()
     assert alert["subject"] == "totesys-etl: transform or load failed"
     assert alert["message"]["error"] == "CorruptBatchError"
+    assert alert["message"]["transform_run_id"] == "run-transform-broken"
     assert alert["message"]["rerun_input"] == {"tables": []}
+
+
+def test_a_transform_backlog_loops_under_derived_run_ids_then_loads_once(pipeline_aws, steps):
+    """`more: true` twice: transform again as <name>.t2, <name>.t3, then one load."""
+    steps.transform_more = 2
+    execution = pipeline_aws.run({"tables": ["design"]}, name="backlog-run")
+
+    assert execution.status == "SUCCEEDED", execution.cause
+    assert [(s, a["run_id"]) for s, a in steps.calls if s != "extract"] == [
+        ("transform", "backlog-run"),
+        ("transform", "backlog-run.t2"),
+        ("transform", "backlog-run.t3"),
+        ("load", "backlog-run"),
+    ]
+    assert [c.result["more"] for c in pipeline_aws.router.calls("transform_handler")] == [
+        True,
+        True,
+        False,
+    ]
+    assert execution.output["transform_call"] == {"n": 3, "run_id": "backlog-run.t3"}
+    assert execution.output["transform"]["more"] is False
+    assert pipeline_aws.notifications() == []
+    assert max(execution.payload_sizes()) < 10 * KIB
+
+
+def test_a_looping_transform_is_retried_under_the_same_derived_run_id(
+    pipeline_aws, steps, monkeypatch
+):
+    """Retry/Catch are the same on every pass: a busy lease on .t2 retries .t2 (a replay)."""
+    steps.transform_more = 1
+    real = steps.transform
+    busy = ["backlog-retry.t2"]
+
+    def flaky(run_id: str, **kwargs):
+        if run_id in busy:
+            busy.remove(run_id)
+            steps.calls.append(("transform", {"run_id": run_id, **kwargs}))
+            raise TransformBusyError("other-run", "2026-11-26T10:15:00Z")
+        return real(run_id, **kwargs)
+
+    monkeypatch.setattr(sys.modules["pipeline.transform"], "transform", flaky)
+    execution = pipeline_aws.run({"tables": []}, name="backlog-retry")
+
+    assert execution.status == "SUCCEEDED", execution.cause
+    assert [
+        (c.event["run_id"], c.error) for c in pipeline_aws.router.calls("transform_handler")
+    ] == [
+        ("backlog-retry", None),
+        ("backlog-retry.t2", "TransformBusyError"),
+        ("backlog-retry.t2", None),
+    ]
+    assert pipeline_aws.recorder.delays == [10]
+    assert [a["run_id"] for s, a in steps.calls if s == "load"] == ["backlog-retry"]
+
+
+def test_a_transform_that_never_stops_reporting_more_fails_after_the_bound_with_an_alert(
+    pipeline_aws, steps
+):
+    steps.transform_more = math.inf
+    execution = pipeline_aws.run({"tables": ["design"]}, name="runaway")
+
+    assert execution.status == "FAILED"
+    assert execution.error == "TransformBacklogLimit"
+    assert [a["run_id"] for a in steps.transforms()] == ["runaway"] + [
+        f"runaway.t{n}" for n in range(2, 21)
+    ]
+    # What the 20 runs transformed is loaded once before the run fails.
+    assert [s for s, _ in steps.calls if s != "extract"] == ["transform"] * 20 + ["load"]
+    assert "after 20 invocations" in execution.cause and "runaway.t20" in execution.cause
+    [alert] = pipeline_aws.notifications()
+    assert alert["subject"] == "totesys-etl: transform backlog left after 20 runs"
+    message = alert["message"]
+    assert message["run_id"] == "runaway"
+    assert message["execution_arn"].endswith(":runaway")
+    assert message["transform_runs"] == 20
+    assert message["last_transform_run_id"] == "runaway.t20"
+    assert message["last_transform"]["more"] is True
+    assert message["rerun_input"] == {"tables": []}
+    assert max(execution.payload_sizes()) < 10 * KIB
 
 
 def test_handlers_emit_rows_and_durations_per_table_in_the_dashboard_namespace(
