@@ -9,7 +9,12 @@ RSS is its own:
 - `polars`: `pipeline.transform.transform` (all stars; only sales has rows here);
 - `pandas`: the same sales work written pandas-style (read, de-duplicate, check, split
   timestamps, parse dates, look up dimensions, write Parquet).
-Prints seconds, rows/s, peak RSS and the pandas/polars ratio. Not a test: numbers vary.
+- `no-change`: a second transform after the overlap window re-delivered the newest 500 rows;
+- `delta`: a third one after 10,000 old orders changed (ids 1..10,000, a new version each).
+The incremental runs read and rewrite only the state buckets of the ids they touch
+(pipeline/transform/state.py), so their cost should not grow with the table.
+Prints seconds, CPU seconds, rows/s, peak RSS and the pandas/polars ratio. Not a test:
+numbers vary (compare CPU time and ratios on a busy host).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.lake import Lake
 from tests.lake_builders import write_batch
@@ -135,11 +141,29 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_polars(root: str) -> dict[str, Any]:
+def incremental_batches(ingest: Lake, rows: int, step: str) -> int:
+    """Write the batch of an incremental step; returns its row count."""
+    full = sales_batch(rows).slice(0, rows)
+    if step == "no-change":  # the overlap window re-delivers the newest versions
+        batch = full.slice(max(0, rows - 500))
+    else:  # 10,000 old orders change: a new version each, one second after the newest
+        batch = full.slice(0, min(rows, 10_000))
+        newest = pc.max(full.column("last_updated")).as_py() + dt.timedelta(seconds=1)
+        stamp = pa.array([newest] * batch.num_rows, batch.schema.field("last_updated").type)
+        units = pc.add(batch.column("units_sold"), 1).cast(pa.int32())
+        batch = batch.set_column(
+            batch.schema.get_field_index("last_updated"), "last_updated", stamp
+        )
+        batch = batch.set_column(batch.schema.get_field_index("units_sold"), "units_sold", units)
+    write_batch(ingest, "sales_order", f"bench-{step}", batch)
+    return batch.num_rows
+
+
+def run_polars(root: str, run_id: str = "bench-t") -> dict[str, Any]:
     from pipeline.transform import transform
 
     start, cpu = time.perf_counter(), _cpu()
-    result = transform("bench-t", ingest_url=f"{root}/ingest", processed_url=f"{root}/polars")
+    result = transform(run_id, ingest_url=f"{root}/ingest", processed_url=f"{root}/polars")
     seconds = time.perf_counter() - start
     return {
         "cpu": _cpu() - cpu,
@@ -205,9 +229,26 @@ def run_pandas(root: str) -> dict[str, Any]:
     }
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS: `VmHWM` on Linux (`ru_maxrss` survives exec, so a spawned
+    child would report the parent's peak if it is higher, e.g. after generating the data)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _child(name: str, root: str, queue: Any) -> None:
-    out = {"polars": run_polars, "pandas": run_pandas}[name](root)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    steps = {
+        "polars": run_polars,
+        "pandas": run_pandas,
+        "no-change": lambda r: run_polars(r, "bench-t2"),
+        "delta": lambda r: run_polars(r, "bench-t3"),
+    }
+    out = steps[name](root)
+    out["peak_rss_mb"] = peak_rss_mb()
     queue.put(out)
 
 
@@ -233,10 +274,14 @@ def main() -> None:
             f"in {time.perf_counter() - start:.1f}s"
         )
         results = {name: measure(name, tmp) for name in ("polars", "pandas")}
+        rows_in = {"polars": args.rows, "pandas": args.rows}
+        for step in ("no-change", "delta"):
+            rows_in[step] = incremental_batches(Lake(f"{tmp}/ingest"), args.rows, step)
+            results[step] = measure(step, tmp)
     for name, r in results.items():
         print(
-            f"{name:7} {r['seconds']:6.2f} s (cpu {r['cpu']:5.2f} s)  "
-            f"{args.rows / r['seconds']:>10,.0f} rows/s  "
+            f"{name:9} {r['seconds']:6.2f} s (cpu {r['cpu']:5.2f} s)  "
+            f"{rows_in[name]:>9,} rows in {rows_in[name] / r['seconds']:>10,.0f} rows/s  "
             f"peak RSS {r['peak_rss_mb']:6.0f} MB  fact rows {r['rows_out']:,}"
         )
     ratio = results["pandas"]["seconds"] / results["polars"]["seconds"]

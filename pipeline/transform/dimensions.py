@@ -191,3 +191,13 @@ def build_dimensions(states: States, changed: States) -> DimensionOutput:
         bad = emit.filter(~good)
         out.quarantine[spec.source] = quarantine_frame(spec.source, bad, rules)
     return out
+
+
+# Lookup tables whose dimension row is built from that row alone: any subset of their current
+# state (the buckets of the ids a run touches) builds the same rows and valid keys. The others
+# join (or are joined by) another table and are read whole; they are small.
+JOINED_TABLES: frozenset[str] = frozenset(
+    {spec.source for spec in DIMENSIONS if spec.lookups}
+    | {table for spec in DIMENSIONS for table in spec.lookups.values()}
+)
+ROW_LOCAL_TABLES: frozenset[str] = frozenset(spec.source for spec in DIMENSIONS) - JOINED_TABLES

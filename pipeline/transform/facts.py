@@ -32,10 +32,11 @@ from pipeline.transform.quality import (
     row_rules,
 )
 
-# Versions already handled, kept per fact table to skip re-deliveries (overlap windows, full
-# re-extracts) exactly: 12 bytes each, so totesys' whole history fits many times over; past
-# the cap only the newest are kept and older re-deliveries fall back on the load's ON CONFLICT.
-SEEN_MAX_VERSIONS = 4_000_000
+# Versions already handled, kept per fact table and id bucket (state.py) to skip re-deliveries
+# (overlap windows, full re-extracts) exactly: 12 bytes each, and a run reads only the buckets
+# of the ids it received. Past the cap (16 versions per id on average) a bucket keeps only
+# its newest versions, and older re-deliveries fall back on the load's ON CONFLICT.
+SEEN_MAX_PER_BUCKET = 1_000_000
 PENDING_TTL = dt.timedelta(days=7)
 PENDING_SINCE = "_pending_since"
 RETRY = "_retry"
@@ -53,7 +54,7 @@ class FactSpec:
 class FactOutput:
     rows: pl.DataFrame
     quarantine: pl.DataFrame
-    seen: pl.DataFrame
+    new_seen: pl.DataFrame  # versions handled for the first time (id, last_updated)
     pending: pl.DataFrame
     rows_in: int
     duplicates: int
@@ -167,7 +168,8 @@ def transform_fact(
     valid_keys: dict[str, pl.Series],
     now: dt.datetime,
 ) -> FactOutput:
-    """Fact rows, quarantined rows and the next `seen`/`pending` state of one fact table."""
+    """Fact rows, quarantined rows, new `seen` versions and the next `pending` state of one
+    fact table. `seen` needs to hold only the stored versions of the ids in `raw`."""
     t = TABLES[spec.source]
     pk, lu = t.primary_key, t.cursor
     keyed = annotate(raw, key_rules(spec.source))
@@ -204,10 +206,6 @@ def transform_fact(
     rows = (checked if bad.height == 0 else checked.filter(good)).select(_projection(spec))
     n_new = checked.height - pending.height
     new_versions = checked if pending.height == 0 else checked.filter(~retried)
-    handled = pl.concat([seen, new_versions.select(pk, lu)])
-    next_seen = (
-        handled if handled.height <= SEEN_MAX_VERSIONS else handled.top_k(SEEN_MAX_VERSIONS, by=lu)
-    )
 
     missing = pl.col(RULE) >= len(rules) - len(spec.references)  # reference rules come last
     new_bad = bad.filter(~retried)
@@ -229,7 +227,7 @@ def transform_fact(
     return FactOutput(
         rows=rows,
         quarantine=quarantined,
-        seen=next_seen,
+        new_seen=new_versions.select(pk, lu),
         pending=next_pending,
         rows_in=rows_in,
         duplicates=rows_in - bad_key_rows.height - n_new,
@@ -240,4 +238,21 @@ def transform_fact(
             "new": new_bad.filter(missing).height,
             "kept": next_pending.height,
         },
+    )
+
+
+def grow_seen(seen: pl.DataFrame, added: pl.DataFrame, bucket: pl.Expr, lu: str) -> pl.DataFrame:
+    """Stored versions plus this run's, each bucket capped at its newest `SEEN_MAX_PER_BUCKET`."""
+    handled = pl.concat([seen, added])
+    if handled.height <= SEEN_MAX_PER_BUCKET:
+        return handled
+    name = bucket.meta.output_name()
+    per_bucket = handled.select(bucket).group_by(name).len()["len"]
+    if per_bucket.le(SEEN_MAX_PER_BUCKET).all():
+        return handled
+    return (
+        handled.with_columns(bucket)
+        .sort(lu, descending=True)
+        .filter(pl.int_range(pl.len()).over(name) < SEEN_MAX_PER_BUCKET)
+        .select(handled.columns)
     )

@@ -17,12 +17,20 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from pipeline.catalog import TABLES
 from pipeline.lake import Lake
 from pipeline.transform import state as st
 from pipeline.transform.current import LOOKUP_TABLES, empty_state, merge
 from pipeline.transform.dim_date import build_dim_date, referenced_dates
-from pipeline.transform.dimensions import build_dimensions
-from pipeline.transform.facts import FACTS, empty_pending, empty_seen, transform_fact
+from pipeline.transform.dimensions import ROW_LOCAL_TABLES, build_dimensions
+from pipeline.transform.facts import (
+    FACTS,
+    FactSpec,
+    empty_pending,
+    empty_seen,
+    grow_seen,
+    transform_fact,
+)
 from pipeline.transform.inputs import (
     Batch,
     check_row_count,
@@ -39,7 +47,10 @@ from pipeline.warehouse_schema import WAREHOUSE_TABLES
 log = logging.getLogger(__name__)
 
 CONSUMED = "consumed"
-MAX_ROWS_PER_RUN = 8_000_000  # measured: 8M sales rows peak at 1.5 GB RSS (Lambda: 3008 MB)
+READ_ALL_STATE_ROWS = 500_000  # a fact batch this big reads every state bucket it may need
+# Measured: 8.58M rows in one run (the full history of 2M sales orders, all tables) peak at
+# 1.1 GB RSS, and 8M sales rows at about 1.5 GB (Lambda: 3008 MB).
+MAX_ROWS_PER_RUN = 8_000_000
 _EMPTY_CONSUMED = pl.DataFrame(schema={"key": pl.String, "run_id": pl.String})
 
 
@@ -100,10 +111,15 @@ def pending_batches(ingest: Lake, processed: Lake, base: st.StatePointers) -> li
 
 def take_batches(batches: list[Batch]) -> tuple[list[Batch], bool]:
     """The oldest batches up to `TRANSFORM_MAX_ROWS` rows (at least one), so a long backlog
-    is worked off over several runs in bounded memory; True if some were left for later."""
+    is worked off over several runs in bounded memory; True if some were left for later.
+
+    Lookup-table batches go first (each table keeps its commit order): when the cap splits
+    a backlog, the dimensions a deferred fact batch needs are in place before it, instead of
+    facts being quarantined and held pending for dimension rows deferred to the next run.
+    """
     limit = int(os.environ.get("TRANSFORM_MAX_ROWS", MAX_ROWS_PER_RUN))
     taken, rows = [], 0
-    for batch in batches:
+    for batch in sorted(batches, key=lambda b: b.table not in LOOKUP_TABLES):  # stable
         if taken and rows + batch.rows > limit:
             return taken, True
         taken.append(batch)
@@ -124,7 +140,8 @@ def _execute(
     by_table: dict[str, list[tuple[int, Batch]]] = defaultdict(list)
     for ordinal, batch in enumerate(batches):
         by_table[batch.table].append((ordinal, batch))
-    work = _Work(ingest, processed, base, by_table, TransformResult(run_id, "ok"))
+    store = st.StateStore(processed, base, run_id)
+    work = _Work(ingest, store, by_table, TransformResult(run_id, "ok"))
     work.result.inputs = [b.key for b in batches]
     work.result.more = more
     states, changed = work.lookups()
@@ -135,44 +152,91 @@ def _execute(
     outputs["dim_date"] = build_dim_date(
         referenced_dates({f.name: outputs[f.name] for f in FACTS if outputs[f.name].height})
     )
-    return _commit(
-        processed, run_id, base, work.result, outputs, work.quarantine, work.new_state, lease
-    )
+    return _commit(processed, run_id, base, work.result, outputs, work.quarantine, store, lease)
 
 
 @dataclass
 class _Work:
-    """One run's inputs and what it has produced so far (counts, quarantine, new state)."""
+    """One run's inputs and what it has produced so far (counts, quarantine, state updates).
+
+    State is read by id bucket (state.py): the `seen` buckets of the fact ids received, the
+    `current` buckets of the row-local lookup tables for the ids received or referenced by
+    this run's fact rows (new and pending), and the small joined lookup tables whole.
+    """
 
     ingest: Lake
-    processed: Lake
-    base: st.StatePointers
+    store: st.StateStore
     by_table: dict[str, list[tuple[int, Batch]]]
     result: TransformResult
     quarantine: dict[str, list[pl.DataFrame]] = field(default_factory=lambda: defaultdict(list))
-    new_state: dict[str, pl.DataFrame] = field(default_factory=dict)  # state kind -> frame
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    raw: dict[str, pl.LazyFrame] = field(default_factory=dict)  # fact source -> new rows
+    pending: dict[str, pl.DataFrame] = field(default_factory=dict)  # fact source -> pending
+    # buckets to read (None: all): of `seen` per fact source, of `current` per lookup table
+    seen_buckets: dict[str, set[int] | None] = field(default_factory=dict)
+    lookup_buckets: dict[str, set[int] | None] = field(default_factory=lambda: defaultdict(set))
+
+    def __post_init__(self) -> None:
+        for spec in FACTS:
+            source = spec.source
+            self.pending[source] = self.store.read_whole(f"pending/{source}", empty_pending(source))
+            self.raw[source] = scan_batches(self.ingest, source, self.by_table.get(source, []))
+            self._touch(spec)
+
+    def _touch(self, spec: FactSpec) -> None:
+        """Buckets of the fact's new ids and of the row-local lookup ids its rows reference.
+
+        A big batch touches (nearly) every bucket: then all are read without scanning ids.
+        """
+        source, pk = spec.source, TABLES[spec.source].primary_key
+        batches = self.by_table.get(source, [])
+        if sum(b.rows for _, b in batches) >= READ_ALL_STATE_ROWS:
+            self.seen_buckets[source] = None
+            for target in spec.references.values():
+                self.lookup_buckets[target] = None
+            return
+        refs = {c: t for c, t in spec.references.items() if t in ROW_LOCAL_TABLES}
+        rows = self.pending[source].lazy().select(list(refs))
+        if batches:
+            rows = pl.concat([rows, self.raw[source].select(list(refs))])
+        if refs:
+            found = rows.select(
+                self.store.bucket_of(c).unique().implode().alias(c) for c in refs
+            ).collect()
+            for column, target in refs.items():
+                wanted = self.lookup_buckets[target]
+                if wanted is not None:
+                    wanted |= set(found[column][0].drop_nulls().to_list())
+        ids = self.raw[source].select(self.store.bucket_of(pk).unique()).collect()
+        self.seen_buckets[source] = set(ids[st.BUCKET].drop_nulls().to_list())
 
     def lookups(self) -> tuple[dict[str, pl.DataFrame], dict[str, pl.DataFrame]]:
         """Check new lookup rows and fold them into the current state: (states, changed)."""
         states, changed = {}, {}
         for table in LOOKUP_TABLES:
-            current = st.read_state(
-                self.processed, self.base, f"current/{table}", empty_state(table)
-            )
+            kind, pk = f"current/{table}", TABLES[table].primary_key
+            checked = None
+            if table in self.by_table:
+                rules = key_rules(table) + row_rules(table)
+                raw = scan_batches(self.ingest, table, self.by_table[table])
+                checked = annotate(raw, rules).collect()
+                check_row_count(table, self.by_table[table], checked.height)
+                bad = checked.filter(pl.col(RULE).is_not_null())
+                self.quarantine[table].append(quarantine_frame(table, bad, rules))
+                checked = checked.filter(pl.col(RULE).is_null())
+                self.result.rows_in[table] = checked.height + bad.height
+            buckets = None  # all
+            if table in ROW_LOCAL_TABLES and self.lookup_buckets[table] is not None:
+                buckets = set(self.lookup_buckets[table] or ())
+                if checked is not None:
+                    buckets |= self.store.buckets_in(checked[pk])
+            current = self.store.read(kind, empty_state(table), pk, buckets)
             states[table], changed[table] = current, current.clear()
-            if table not in self.by_table:
+            if checked is None:
                 continue
-            rules = key_rules(table) + row_rules(table)
-            raw = scan_batches(self.ingest, table, self.by_table[table])
-            checked = annotate(raw, rules).collect()
-            check_row_count(table, self.by_table[table], checked.height)
-            bad = checked.filter(pl.col(RULE).is_not_null())
-            self.quarantine[table].append(quarantine_frame(table, bad, rules))
-            merged = merge(table, current, checked.filter(pl.col(RULE).is_null()))
+            merged = merge(table, current, checked)
             states[table], changed[table] = merged.state, merged.changed
-            self.new_state[f"current/{table}"] = merged.state
-            self.result.rows_in[table] = checked.height
+            self.store.update(kind, merged.state, pk, self.store.buckets_in(merged.changed[pk]))
             self.result.duplicates[table] = merged.duplicates
         return states, changed
 
@@ -181,21 +245,33 @@ class _Work:
         out = {}
         for spec in FACTS:
             source = spec.source
-            seen = st.read_state(self.processed, self.base, f"seen/{source}", empty_seen(source))
-            pending = st.read_state(
-                self.processed, self.base, f"pending/{source}", empty_pending(source)
-            )
+            t = TABLES[source]
+            pending = self.pending[source]
             if source not in self.by_table and pending.height == 0:
                 out[spec.name] = pl.DataFrame()
                 continue
-            raw = scan_batches(self.ingest, source, self.by_table.get(source, []))
+            kind = f"seen/{source}"
+            seen = self.store.read(
+                kind, empty_seen(source), t.primary_key, self.seen_buckets[source]
+            )
             fact = transform_fact(
-                spec, raw, seen=seen, pending=pending, valid_keys=valid_keys, now=self.now
+                spec,
+                self.raw[source],
+                seen=seen,
+                pending=pending,
+                valid_keys=valid_keys,
+                now=self.now,
             )
             out[spec.name] = fact.rows
             self.quarantine[source].append(fact.quarantine)
-            self.new_state[f"seen/{source}"] = fact.seen
-            self.new_state[f"pending/{source}"] = fact.pending
+            if fact.new_seen.height:  # rewrite the buckets that got new versions
+                bucket = self.store.bucket_of(t.primary_key)
+                grown = grow_seen(seen, fact.new_seen, bucket, t.cursor)
+                dirty = self.store.buckets_in(fact.new_seen[t.primary_key]) if seen.height else None
+                self.store.update(kind, grown, t.primary_key, dirty)
+            counts = fact.pending_counts
+            if counts["new"] or counts["resolved"] or counts["expired"]:
+                self.store.replace(f"pending/{source}", fact.pending)
             if source in self.by_table:
                 check_row_count(source, self.by_table[source], fact.rows_in)
                 self.result.rows_in[source] = fact.rows_in
@@ -221,7 +297,7 @@ def _commit(
     result: TransformResult,
     outputs: dict[str, pl.DataFrame],
     quarantine: dict[str, list[pl.DataFrame]],
-    new_state: dict[str, pl.DataFrame],
+    store: st.StateStore,
     lease: Lease,
 ) -> TransformResult:
     """Write data, quarantine and state; then the head; then the manifest (commit point)."""
@@ -236,19 +312,17 @@ def _commit(
         if rejected:
             bad = pl.concat(rejected, how="vertical_relaxed")
             quarantine_files[table] = write_quarantine(processed, table, run_id, bad)
-    pointers = st.StatePointers(run_id, dict(base.files))
-    for kind, frame in new_state.items():
-        pointers.files[kind] = st.write_state(processed, run_id, kind, frame)
     consumed = pl.concat(
         [
-            st.read_state(processed, base, CONSUMED, _EMPTY_CONSUMED),
+            store.read_whole(CONSUMED, _EMPTY_CONSUMED),
             pl.DataFrame(
                 {"key": result.inputs, "run_id": [run_id] * len(result.inputs)},
                 schema=_EMPTY_CONSUMED.schema,
             ),
         ]
     )
-    pointers.files[CONSUMED] = st.write_state(processed, run_id, CONSUMED, consumed)
+    store.replace(CONSUMED, consumed)
+    pointers = store.flush()  # only the snapshots that changed; the others carry forward
     result.rows_out = {name: int(w["rows"]) for name, w in written.items()}
     manifest = {
         "run_id": run_id,

@@ -1,16 +1,18 @@
-"""Property checks over random deliveries of sales rows across batches and runs:
-rows in = rows out + quarantined + duplicates; each version emitted exactly once;
+"""Property checks over random deliveries of sales rows across batches and runs (and state
+buckets): rows in = rows out + quarantined + duplicates; each version emitted exactly once;
 every date a fact references is in the same run's dim_date."""
 
 from __future__ import annotations
 
 import tempfile
 from decimal import Decimal
+from unittest import mock
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.lake import Lake
+from pipeline.transform import state as transform_state
 from pipeline.transform import transform
 from tests.lake_builders import read_outputs, read_quarantine, row, write_batch, write_lookups
 
@@ -47,8 +49,12 @@ def test_accounting_and_exactly_once(data, versions):
         data.draw(st.lists(st.integers(0, len(deliveries)), min_size=runs - 1, max_size=runs - 1))
     )
     chunks = [deliveries[a:b] for a, b in zip([0, *cuts], [*cuts, len(deliveries)], strict=True)]
+    width = data.draw(st.sampled_from([2, transform_state.BUCKET_IDS]))  # ids per state bucket
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        mock.patch.object(transform_state, "BUCKET_IDS", width),
+    ):
         ingest, processed = Lake(f"{tmp}/in"), Lake(f"{tmp}/out")
         write_lookups(ingest, "lookups")
         emitted: list[tuple[int, object]] = []

@@ -205,3 +205,25 @@ def test_pending_rows_expire_after_the_ttl():
     assert out.pending["sales_order_id"].to_list() == [2]
     assert out.pending_counts == {"retried": 2, "resolved": 0, "expired": 1, "new": 0, "kept": 1}
     assert out.quarantine.height == 0  # already quarantined when first seen
+
+
+def test_seen_versions_are_capped_per_bucket_keeping_the_newest(monkeypatch):
+    import polars as pl
+
+    from pipeline.transform import facts
+
+    monkeypatch.setattr(facts, "SEEN_MAX_PER_BUCKET", 2)
+    at = [dt.datetime(2024, 11, 1, 9, 0, s) for s in range(4)]
+    seen = pl.DataFrame(
+        {"sales_order_id": [1, 1, 11], "last_updated": at[:3]},
+        schema=facts.seen_schema("sales_order"),
+    )
+    added = pl.DataFrame(
+        {"sales_order_id": [2], "last_updated": [at[3]]}, schema=facts.seen_schema("sales_order")
+    )
+    bucket = (pl.col("sales_order_id") // 10).alias("__bucket")
+    grown = facts.grow_seen(seen, added, bucket, "last_updated")
+    assert sorted(grown.rows()) == [(1, at[1]), (2, at[3]), (11, at[2])]  # bucket 0 kept 2
+    assert facts.grow_seen(seen.head(2), added.clear(), bucket, "last_updated").height == 2
+    spread = seen.with_columns(pl.Series("sales_order_id", [1, 21, 11], pl.Int32))
+    assert facts.grow_seen(spread, added, bucket, "last_updated").height == 4  # 3 buckets
