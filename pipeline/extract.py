@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LAG = timedelta(minutes=15)
 DEFAULT_PART_ROWS = 1_000_000
+ZSTD_LEVEL = 1  # see `_write_parts`
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,127}$")
 
 
@@ -221,7 +222,10 @@ def _write_parts(
 
     Only one batch is held at a time, so memory is bounded by the batch size, not the table.
     Dictionary encoding only for text columns: on ids, amounts and timestamps it overflows
-    and falls back, which measured 3x slower and 70% larger files.
+    and falls back, which measured 3x slower and 70% larger files. zstd level 1, not the
+    lake's default 3: 10% less encoding CPU for 1% larger files (1.4M payment rows: 0.28 vs
+    0.31 CPU-s, 32.9 vs 32.6 MB); encoding is a fifth of the extract's client CPU, the
+    rest is ADBC decoding the COPY stream.
     """
     out = _Written()
     dictionary = [f.name for f in schema if pa.types.is_string(f.type)]
@@ -239,7 +243,11 @@ def _write_parts(
                     key = next(keys)
                     writer = part.enter_context(
                         lake.parquet_writer(
-                            key, schema, sorting_columns=sorting, use_dictionary=dictionary
+                            key,
+                            schema,
+                            sorting_columns=sorting,
+                            use_dictionary=dictionary,
+                            compression_level=ZSTD_LEVEL,
                         )
                     )
                     out.files.append(key)
