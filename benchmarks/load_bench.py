@@ -1,18 +1,20 @@
 """Load step throughput against the raw binary COPY limit, measured in the same run.
 
-Builds N synthetic `fact_sales_order` rows (plus the dimension rows they reference) as a
-processed batch in a temporary lake, then, each in a fresh database of the same server:
+Builds N synthetic `fact_sales_order` rows (plus the dimension rows they reference) and N
+`dim_transaction` rows (the big dimension of a real first load) as a processed batch in a
+temporary lake, then, each in a fresh database of the same server:
 
 - raw: binary `COPY ... FROM STDIN` of the same rows, pre-encoded (the encoding is not
-  timed), into a table shaped like `fact_sales_order` with the same indexes
-  (`LIKE ... INCLUDING ALL`: serial PK, natural-key UNIQUE; no foreign keys);
+  timed), into tables shaped like `fact_sales_order` and `dim_transaction` with the same
+  indexes (`LIKE ... INCLUDING ALL`: PKs, natural-key UNIQUE; no foreign keys);
 - raw_fk (with `--fk-baseline`): the same COPY into the real `fact_sales_order`, whose
   nine foreign keys PostgreSQL checks row by row (slow: shows what the load avoids);
 - load: `pipeline.load.load` end to end into empty tables (manifest, footer checks,
-  dimensions staged and upserted, facts COPYed into the real table with FK triggers
+  dimensions COPYed into their empty tables, facts COPYed into the real table with FK triggers
   bypassed after a set-based check, ledger, commit);
-- load_incremental (with `--incremental`): a second batch of as many new fact rows into
-  the now full table, which adds the natural-key lookup against existing rows.
+- load_incremental (with `--incremental`): a second batch of as many new fact and
+  dim_transaction rows into the now full tables, which adds the key lookups against
+  existing rows (facts: natural key; the dimension: its primary key, then new keys COPYed).
 
 Each phase runs in its own process so its peak RSS is its own. Usage:
 
@@ -47,6 +49,20 @@ DIM_ROWS = 1000
 FIRST_DAY = date(2019, 1, 1)
 DAYS = 2000
 PART_ROWS = 500_000
+
+
+def _transactions(n: int, first_id: int = 1) -> pa.Table:
+    ids = np.arange(first_id, first_id + n, dtype=np.int32)
+    sale = ids % 3 != 0
+    return pa.table(
+        {
+            "transaction_id": ids,
+            "transaction_type": np.where(sale, "SALE", "PURCHASE"),
+            "sales_order_id": pa.array(ids, mask=~sale),
+            "purchase_order_id": pa.array(ids, mask=sale),
+        },
+        schema=WAREHOUSE_TABLES["dim_transaction"].arrow_schema,
+    )
 
 
 def _dims() -> dict[str, pa.Table]:
@@ -128,7 +144,11 @@ def build_lake(path: str, rows: int, run_id: str = "bench", first_id: int = 1) -
     """A processed batch: dimensions and `rows` facts, parts of PART_ROWS rows."""
     lake = Lake(path)
     outputs: dict[str, Any] = {}
-    tables = {**_dims(), "fact_sales_order": _facts(rows, first_id=first_id)}
+    tables = {
+        **_dims(),
+        "dim_transaction": _transactions(rows, first_id=first_id),
+        "fact_sales_order": _facts(rows, first_id=first_id),
+    }
     for name, table in tables.items():
         keys = []
         for i, start in enumerate(range(0, table.num_rows, PART_ROWS)):
@@ -154,36 +174,43 @@ def _peak_rss_mb() -> float:
 
 
 def _raw_copy(dsn: str, rows: int, with_fk: bool, queue: Any) -> None:
-    """Pre-encode the rows, then time only the binary COPY into the target table."""
+    """Pre-encode the rows, then time only the binary COPYs into the target tables."""
     migrate(dsn)
-    table = _facts(rows)
-    cols = sql.SQL(", ").join(map(sql.Identifier, FACT.column_names))
+    data = {"fact_sales_order": _facts(rows), "dim_transaction": _transactions(rows)}
     with psycopg.connect(dsn, autocommit=True) as conn:
-        target = "fact_sales_order"
         if with_fk:  # the referenced dimension rows, as the load would have them
             _insert_dims(conn)
-        else:
-            target = "raw_fact_sales_order"
-            conn.execute(
-                sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(
-                    sql.Identifier(target), sql.Identifier(FACT.name)
+        copies = []
+        for name, table in data.items():
+            spec = WAREHOUSE_TABLES[name]
+            target = name
+            if not with_fk:
+                target = f"raw_{name}"
+                conn.execute(
+                    sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(
+                        sql.Identifier(target), sql.Identifier(name)
+                    )
                 )
+            chunks = [
+                pgbinary.encode_batch(spec.columns, b)
+                for b in table.to_batches(max_chunksize=65_536)
+            ]
+            cols = sql.SQL(", ").join(map(sql.Identifier, spec.column_names))
+            stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+                sql.Identifier(target), cols
             )
-        chunks = [
-            pgbinary.encode_batch(FACT.columns, b) for b in table.to_batches(max_chunksize=65_536)
-        ]
-        del table
-        copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-            sql.Identifier(target), cols
-        )
+            copies.append((stmt, chunks))
+        del data
         started = time.perf_counter()
-        with conn.transaction(), conn.cursor() as cur, cur.copy(copy_sql) as copy:
-            copy.write(pgbinary.HEADER)
-            for chunk in chunks:
-                copy.write(chunk)
-            copy.write(pgbinary.TRAILER)
+        for copy_sql, chunks in copies:
+            with conn.transaction(), conn.cursor() as cur, cur.copy(copy_sql) as copy:
+                copy.write(pgbinary.HEADER)
+                for chunk in chunks:
+                    copy.write(chunk)
+                copy.write(pgbinary.TRAILER)
         seconds = time.perf_counter() - started
-    queue.put({"seconds": seconds, "rows_per_s": rows / seconds, "peak_rss_mb": _peak_rss_mb()})
+    total = 2 * rows
+    queue.put({"seconds": seconds, "rows_per_s": total / seconds, "peak_rss_mb": _peak_rss_mb()})
 
 
 def _insert_dims(conn: psycopg.Connection) -> None:
@@ -204,10 +231,12 @@ def _timed_load(dsn: str, lake_path: str, rows: int) -> dict[str, float]:
     started = time.perf_counter()
     result = load("bench-load", processed_url=lake_path, warehouse_dsn=dsn)
     seconds = time.perf_counter() - started
-    loaded = result.rows.get("fact_sales_order", 0)
-    if loaded != rows:
-        raise SystemExit(f"load wrote {loaded} fact rows, expected {rows}")
-    return {"seconds": seconds, "rows_per_s": rows / seconds, "peak_rss_mb": _peak_rss_mb()}
+    for name in ("fact_sales_order", "dim_transaction"):
+        loaded = result.rows.get(name, 0)
+        if loaded != rows:
+            raise SystemExit(f"load wrote {loaded} {name} rows, expected {rows}")
+    total = 2 * rows  # the big tables; the small dimensions are not counted
+    return {"seconds": seconds, "rows_per_s": total / seconds, "peak_rss_mb": _peak_rss_mb()}
 
 
 def _our_load(dsn: str, lake_path: str, rows: int, incremental: bool, queue: Any) -> None:
@@ -260,7 +289,10 @@ def run(rows: int, admin_dsn: str, fk_baseline: bool, incremental: bool) -> dict
 
 
 def _print(results: dict[str, Any]) -> None:
-    print(f"rows: {results['rows']:,} (lake built in {results['build_lake_s']} s)")
+    print(
+        f"rows: {results['rows']:,} facts + {results['rows']:,} dim_transaction "
+        f"(lake built in {results['build_lake_s']} s)"
+    )
     for name in ("raw_copy", "raw_copy_fk", "load", "load_incremental"):
         if r := results.get(name):
             print(

@@ -147,11 +147,9 @@ def load_batch(
             if table.is_fact:
                 written[table.name] = facts.append(conn, lake, out, batch.run_id)
                 continue
-            apply.stage(conn, lake, out, batch.run_id)
-            written[table.name] = apply.upsert_dimension(
-                conn, table, batch.run_id, batch.committed_at
+            written[table.name] = apply.apply_dimension(
+                conn, lake, out, batch.run_id, batch.committed_at
             )
-            apply.drop_stage(conn, table)
         record_batch(conn, batch, load_run_id, written, rows_in, time.perf_counter() - started)
     duration = time.perf_counter() - started
     log.info(

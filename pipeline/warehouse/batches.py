@@ -141,7 +141,8 @@ def read_columns(lake: Lake, out: TableOutput, columns: list[str]) -> pa.Table:
     parts = []
     for key in out.files:
         try:
-            parts.append(pq.read_table(lake.path(key), columns=columns, filesystem=lake.fs))
+            with _open(lake, key) as pf:  # not pq.read_table: that imports pandas
+                parts.append(pf.read(columns=columns))
         except (OSError, pa.ArrowInvalid) as exc:
             raise CorruptBatchError(
                 f"processed file {lake.uri(key)} is corrupt ({exc}); re-run the transform"

@@ -3,25 +3,30 @@
 `INSERT ... SELECT ... ON CONFLICT` from a staging table costs about as much as the raw
 COPY again (row-at-a-time inserts) on top of the staging COPY itself. Since loads are
 serialized by the load lock, the rows to skip can be known up front instead: versions
-repeated inside the batch (the first one wins, as ON CONFLICT DO NOTHING would keep) and
-versions already in the table (one indexed lookup on the natural key). Into an empty
-table (a first load, a backfill) the COPY is simply tried and the natural-key constraint
-reports repeats, in which case the mask is computed and the COPY redone. The rows are
-COPYed into the table itself, with record ids numbered here (max + 1, in batch order) so
-a re-run after a crash numbers exactly like one clean pass; the sequence does not roll
-back and is only moved forward afterwards. The natural-key UNIQUE constraint still
-guards against any other writer.
+already in the table (one indexed lookup of the batch's natural keys, skipped when the
+table is empty) and versions repeated inside the batch (the first one wins, as ON CONFLICT
+DO NOTHING would keep). Repeats are rare (the transform de-duplicates), so the COPY is
+tried first and the natural-key constraint reports them, in which case the in-batch mask
+is computed and the COPY redone. The rows are COPYed into the table itself, with record
+ids numbered here (max + 1, in batch order) so a re-run after a crash numbers exactly like
+one clean pass; the sequence does not roll back and is only moved forward afterwards. The
+natural-key UNIQUE constraint still guards against any other writer.
 
 Foreign keys: PostgreSQL checks them with one trigger query per row and column, about
 ten times the cost of the insert. Each referenced dimension is checked set-based instead
-(the batch's distinct keys, collected while streaming), and for batches of at least
-`BULK_FK_ROWS` rows the per-row triggers are switched off for this transaction
-(`session_replication_role = replica`, if the role may set it) while the referenced
-dimensions are locked in SHARE mode so the checked keys stay valid until commit.
+(the batch's distinct keys, collected while streaming: `KeySet`; many keys by key range,
+see `_missing_key`), and for batches of at least `BULK_FK_ROWS` rows the per-row triggers
+are switched off for this transaction (`session_replication_role = replica`, if the role
+may set it) while the referenced dimensions are locked in SHARE mode so the checked keys
+stay valid until commit.
+
+Arrow arrays are built from numpy buffers (`pgbinary.int32_array`, ...), never from Python
+objects: pyarrow's Python-object conversion imports pandas, a second of every cold start.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -29,7 +34,6 @@ from typing import Any
 import numpy as np
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
 from psycopg import sql
 
 from pipeline.errors import LoadConflictError, ReferentialIntegrityError
@@ -39,7 +43,8 @@ from pipeline.warehouse_schema import WAREHOUSE_TABLES, WarehouseTable, WColumn
 
 log = logging.getLogger(__name__)
 
-BULK_FK_ROWS = 50_000
+BULK_FK_ROWS = 1_000  # per-row FK triggers cost ~15 us a row; the set-based check ~10 ms
+PROBE_KEYS = 20_000  # up to this many distinct keys per column: one index probe each
 _I = sql.Identifier
 
 
@@ -53,56 +58,22 @@ def _nk_ints(table: pa.Table) -> pa.Table:
     )
 
 
-def _rows_already_loaded(
-    conn: psycopg.Connection, table: WarehouseTable, keys: pa.Table
+def keep_mask(
+    conn: psycopg.Connection, lake: Lake, out: batches.TableOutput, *, dedupe: bool = True
 ) -> np.ndarray:
-    """Positions (in batch order) of the versions the fact table already holds.
-
-    The batch's natural keys go to a temporary table by binary COPY and only the matching
-    positions come back (binary COPY, parsed with numpy): memory stays flat even when a
-    large batch is loaded twice.
-    """
-    spec = {c.name: c for c in table.columns}
-    columns = [WColumn("_row", "integer"), *(spec[n] for n in table.natural_key)]
-    keys = keys.add_column(0, "_row", pa.array(np.arange(keys.num_rows, dtype=np.int32)))
-    tmp = _I(f"_keys_{table.name}")
-    conn.execute(
-        sql.SQL("CREATE TEMPORARY TABLE {} ({}) ON COMMIT DROP").format(
-            tmp,
-            sql.SQL(", ").join(
-                sql.SQL("{} {}").format(_I(c.name), sql.SQL(c.pg_type)) for c in columns
-            ),
-        )
-    )
-    with conn.cursor() as cur:
-        with cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(tmp)) as copy:
-            copy.write(pgbinary.HEADER)
-            for rb in keys.to_batches(max_chunksize=batches.READ_BATCH_ROWS):
-                copy.write(pgbinary.encode_batch(columns, rb))
-            copy.write(pgbinary.TRAILER)
-        match = sql.SQL(" AND ").join(
-            sql.SQL("f.{c} = k.{c}").format(c=_I(n)) for n in table.natural_key
-        )
-        query = sql.SQL(
-            "COPY (SELECT k._row FROM {tmp} k JOIN {t} f ON {match}) TO STDOUT (FORMAT BINARY)"
-        ).format(tmp=tmp, t=_I(table.name), match=match)
-        with cur.copy(query) as copy:
-            data = b"".join(bytes(block) for block in copy)
-    conn.execute(sql.SQL("DROP TABLE {}").format(tmp))
-    return pgbinary.decode_int_column(data)
-
-
-def keep_mask(conn: psycopg.Connection, lake: Lake, out: batches.TableOutput) -> np.ndarray:
-    """Which rows of the batch (in file order) are new versions: the first of each natural
-    key inside the batch, unless the table already holds it."""
+    """Which rows of the batch (in file order) are new versions: not already in the table
+    and, with `dedupe`, the first of each natural key inside the batch."""
     names = list(out.table.natural_key)
     typed = batches.read_columns(lake, out, names)
-    keys = _nk_ints(typed)
-    keys = keys.append_column("_row", pa.array(np.arange(keys.num_rows, dtype=np.int64)))
-    firsts = keys.group_by(names, use_threads=False).aggregate([("_row", "min")])
-    mask = np.zeros(keys.num_rows, dtype=bool)
-    mask[firsts["_row_min"].to_numpy()] = True
-    mask[_rows_already_loaded(conn, out.table, typed)] = False
+    if dedupe:
+        keys = _nk_ints(typed)
+        keys = keys.append_column("_row", pgbinary.int32_array(np.arange(keys.num_rows)))
+        firsts = keys.group_by(names, use_threads=False).aggregate([("_row", "min")])
+        mask = np.zeros(keys.num_rows, dtype=bool)
+        mask[firsts["_row_min"].to_numpy()] = True
+    else:
+        mask = np.ones(typed.num_rows, dtype=bool)
+    mask[apply.rows_present(conn, out.table, out.table.natural_key, typed)] = False
     return mask
 
 
@@ -125,27 +96,114 @@ def _bypass_fk_triggers(conn: psycopg.Connection, table: WarehouseTable) -> bool
     return True
 
 
+class KeySet:
+    """The distinct values of one referencing column (int32 keys; dates as days since 1970),
+    collected chunk by chunk as a presence bitmap over [lo, hi]: a scatter per chunk instead
+    of hashing. A range too wide for a bitmap falls back to sorted unique chunks."""
+
+    MAX_SPAN = 1 << 26  # bytes of bitmap at most (64 MB)
+
+    def __init__(self) -> None:
+        self.lo = 0
+        self.present: np.ndarray | None = np.zeros(0, dtype=bool)
+        self.sparse: list[np.ndarray] = []
+
+    def add(self, array: pa.Array) -> None:
+        values = pgbinary.raw_values(array, "<i4")
+        valid = pgbinary.validity(array)
+        if valid is not None:  # NOT NULL columns: COPY refuses the batch anyway
+            values = values[valid]
+        if not len(values):
+            return
+        if self.present is None:
+            self.sparse.append(np.unique(values))
+            return
+        lo, hi = int(values.min()), int(values.max())
+        held = len(self.present)
+        if held:
+            lo, hi = min(lo, self.lo), max(hi, self.lo + held - 1)
+        if hi - lo + 1 > self.MAX_SPAN:
+            self.sparse = [self.values(), np.unique(values)]
+            self.present = None
+            return
+        if not held or lo != self.lo or hi - lo + 1 != held:  # widen the bitmap
+            grown = np.zeros(hi - lo + 1, dtype=bool)
+            if held:
+                grown[self.lo - lo : self.lo - lo + held] = self.present
+            self.lo, self.present = lo, grown
+        self.present[values.astype(np.int64) - lo] = True
+
+    def values(self) -> np.ndarray:
+        """The distinct keys, sorted (int64)."""
+        if self.present is None:
+            return np.unique(np.concatenate(self.sparse)).astype(np.int64)
+        return self.lo + np.flatnonzero(self.present)
+
+
 def check_references(
     conn: psycopg.Connection,
     lake: Lake,
     out: batches.TableOutput,
-    keys: dict[str, pa.Array],
+    keys: dict[str, KeySet],
     batch: str,
 ) -> None:
     """Every distinct referencing value of the batch exists in its dimension."""
     for column in out.table.columns:
         if not column.references or column.name not in keys:
             continue
-        dim = WAREHOUSE_TABLES[column.references]
-        missing = conn.execute(
-            sql.SQL(
-                "SELECT k FROM unnest(%s::{t}[]) AS u(k) "
-                "WHERE NOT EXISTS (SELECT 1 FROM {d} d WHERE d.{pk} = u.k) LIMIT 1"
-            ).format(t=sql.SQL(column.pg_type), d=_I(dim.name), pk=_I(dim.primary_key)),
-            (keys[column.name].to_pylist(),),
+        missing = _missing_key(conn, column, keys[column.name].values())
+        if missing is not None:
+            raise reference_error(lake, out, column.name, missing, batch)
+
+
+def _py(column: WColumn, value: int) -> int | dt.date:
+    return _EPOCH + dt.timedelta(days=value) if column.pg_type == "date" else value
+
+
+_EPOCH = dt.date(1970, 1, 1)
+
+
+def _missing_key(conn: psycopg.Connection, column: WColumn, keys: np.ndarray) -> str | None:
+    """One of `keys` (distinct, sorted; dates as days) absent from the referenced
+    dimension, or None.
+
+    A few keys, or keys spread thinly over their range: one index probe each. Many keys
+    (a bulk load: millions of transaction ids) would cost a probe each too, so first the
+    dimension's keys in [min, max] are counted: the keys are integers, so a count equal to
+    the width of the range means every value in it exists. When the dimension has gaps
+    there, its keys in the range are fetched (binary COPY) and compared here with numpy.
+    """
+    if len(keys) == 0:
+        return None
+    dim = WAREHOUSE_TABLES[str(column.references)]
+    pk, d = _I(dim.primary_key), _I(dim.name)
+    lo, hi = _py(column, int(keys[0])), _py(column, int(keys[-1]))
+    span = int(keys[-1]) - int(keys[0]) + 1
+    if len(keys) > PROBE_KEYS and len(keys) * 4 >= span:
+        (count,) = conn.execute(  # type: ignore[misc]
+            sql.SQL("SELECT count(*) FROM {d} WHERE {pk} BETWEEN %s AND %s").format(d=d, pk=pk),
+            (lo, hi),
         ).fetchone()
-        if missing:
-            raise reference_error(lake, out, column.name, str(missing[0]), batch)
+        if count == span:
+            return None
+        query = sql.SQL(
+            "COPY (SELECT {pk} FROM {d} WHERE {pk} BETWEEN {lo} AND {hi}) TO STDOUT (FORMAT BINARY)"
+        ).format(pk=pk, d=d, lo=sql.Literal(lo), hi=sql.Literal(hi))
+        with conn.cursor() as cur, cur.copy(query) as copy:
+            data = b"".join(bytes(block) for block in copy)
+        present = pgbinary.decode_int_column(data)
+        if column.pg_type == "date":
+            present = present + pgbinary.PG_EPOCH_DAYS
+        absent = np.flatnonzero(~np.isin(keys, present))
+        return str(_py(column, int(keys[absent[0]]))) if len(absent) else None
+    missing = conn.execute(
+        sql.SQL(
+            "SELECT k FROM unnest(%s::{t}[]) AS u(k) "
+            "WHERE NOT EXISTS (SELECT 1 FROM {d} d WHERE d.{pk} = u.k) LIMIT 1"
+        ).format(t=sql.SQL(column.pg_type), d=d, pk=pk),
+        ([_py(column, int(k)) for k in keys],),
+    ).fetchone()
+    return None if missing is None else str(missing[0])
 
 
 def reference_error(
@@ -179,12 +237,14 @@ def _copy_columns(table: WarehouseTable) -> tuple[WColumn, ...]:
 def append(conn: psycopg.Connection, lake: Lake, out: batches.TableOutput, batch: str) -> int:
     """COPY the batch's new fact versions into the table; return the number of rows added.
 
-    When no version of the batch can already be in the table, the COPY is tried as is
-    (in a savepoint) and the natural-key constraint catches versions repeated inside the
-    batch; only then, or when the table holds overlapping keys, is the mask computed.
+    Versions repeated inside a batch are rare (the transform de-duplicates), so the COPY
+    is first tried (in a savepoint) skipping only the versions the table already holds
+    (nothing when it is empty); if the natural-key constraint then reports a repeat, the
+    in-batch first occurrences are computed too and the COPY redone. A repeat even then
+    was written by someone else meanwhile: `LoadConflictError` (transient).
     """
     table = out.table
-    mask = keep_mask(conn, lake, out) if _may_overlap(conn, lake, out) else None
+    mask = keep_mask(conn, lake, out, dedupe=False) if _may_overlap(conn, lake, out) else None
     rows = out.rows if mask is None else int(mask.sum())
     if rows == 0:
         return 0
@@ -193,15 +253,16 @@ def append(conn: psycopg.Connection, lake: Lake, out: batches.TableOutput, batch
     (base,) = conn.execute(sql.SQL("SELECT coalesce(max({}), 0) FROM {}").format(rid, t)).fetchone()  # type: ignore[misc]
     try:
         keys = _copy(conn, lake, out, batch, mask, base + 1)
-    except psycopg.errors.UniqueViolation as exc:
-        if mask is not None:
+    except psycopg.errors.UniqueViolation:
+        mask = keep_mask(conn, lake, out)  # versions repeated inside the batch
+        rows = int(mask.sum())
+        try:
+            keys = _copy(conn, lake, out, batch, mask, base + 1)
+        except psycopg.errors.UniqueViolation as exc:
             raise LoadConflictError(
                 f"{table.name}: a row with the same natural key was written by someone else "
                 f"during load of batch {batch} ({exc.diag.message_detail}); retry the load"
             ) from None
-        mask = keep_mask(conn, lake, out)  # versions repeated inside the batch
-        rows = int(mask.sum())
-        keys = _copy(conn, lake, out, batch, mask, base + 1)
     check_references(conn, lake, out, keys, batch)
     if bypass:
         conn.execute("SET LOCAL session_replication_role = origin")
@@ -230,7 +291,7 @@ def _copy(
     """One COPY attempt in a savepoint; return the distinct referencing values copied."""
     table = out.table
     columns = _copy_columns(table)
-    seen: dict[str, list[pa.Array]] = {c.name: [] for c in table.columns if c.references}
+    seen = {c.name: KeySet() for c in table.columns if c.references}
     copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         _I(table.name), sql.SQL(", ").join(_I(c.name) for c in columns)
     )
@@ -247,7 +308,7 @@ def _copy(
         raise
     except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
         raise apply.copy_error(exc, table, batch) from None
-    return {n: pc.unique(pa.concat_arrays(a)) for n, a in seen.items() if a}
+    return seen
 
 
 def _encode(
@@ -256,7 +317,7 @@ def _encode(
     batch: str,
     mask: np.ndarray | None,
     first_id: int,
-    seen: dict[str, list[pa.Array]],
+    seen: dict[str, KeySet],
 ) -> Iterator[bytes]:
     """COPY data of the rows to keep, with record ids from `first_id` and the lineage;
     the distinct values of each referencing column are collected into `seen`."""
@@ -265,14 +326,14 @@ def _encode(
     for rb in batches.stream(lake, out):
         if mask is not None:
             part, offset = mask[offset : offset + rb.num_rows], offset + rb.num_rows
-            rb = rb.filter(pa.array(part))
+            rb = rb.filter(pgbinary.bool_array(part))
         n = rb.num_rows
-        ids = pa.array(np.arange(next_id, next_id + n, dtype=np.int32))
-        lineage = pa.array([batch] * n, pa.string())
+        ids = pgbinary.int32_array(np.arange(next_id, next_id + n))
+        lineage = pgbinary.constant_text(batch.encode(), n)
         full = rb.add_column(0, table.primary_key, ids).append_column(ddl.LINEAGE_COLUMN, lineage)
         yield pgbinary.encode_batch(columns, full)
-        for name, values in seen.items():
-            values.append(pc.unique(rb.column(name)))
+        for name, keyset in seen.items():
+            keyset.add(rb.column(name))
         next_id += n
 
 

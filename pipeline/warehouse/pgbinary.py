@@ -19,7 +19,7 @@ from pipeline.warehouse_schema import WColumn
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 TRAILER = b"\xff\xff"
-_PG_EPOCH_DAYS = 10_957  # 2000-01-01 - 1970-01-01
+PG_EPOCH_DAYS = 10_957  # 2000-01-01 - 1970-01-01
 _NUMERIC_NEG = 0x4000
 
 # pg type -> numpy dtype of its payload (fixed-width types only)
@@ -35,17 +35,44 @@ FIXED: dict[str, np.dtype] = {
 }
 
 
+def raw_values(array: pa.Array, dtype: str) -> np.ndarray:
+    """The values buffer of a fixed-width array, zero copy (undefined where null)."""
+    width = np.dtype(dtype).itemsize
+    return np.frombuffer(
+        array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * width
+    )
+
+
+def _bits(buffer: pa.Buffer, offset: int, n: int) -> np.ndarray:
+    """An Arrow bitmap (validity or boolean values) as a numpy bool array."""
+    bits = np.unpackbits(np.frombuffer(buffer, dtype=np.uint8), bitorder="little")
+    return bits[offset : offset + n].view(bool)
+
+
+def validity(array: pa.Array) -> np.ndarray | None:
+    """Which rows hold a value; None when none is null."""
+    if array.null_count == 0:
+        return None
+    return _bits(array.buffers()[0], array.offset, len(array))
+
+
 def _values(column: WColumn, array: pa.Array) -> np.ndarray:
-    """The column's payload in wire layout (undefined where the value is null)."""
+    """The column's payload in wire layout (undefined where the value is null).
+
+    Read straight from the Arrow buffers: no `fill_null` or other Python-scalar
+    conversion, which would make pyarrow import pandas (seconds on a cold start).
+    """
     n = len(array)
     if column.pg_type in ("integer", "date"):
-        out = array.view(pa.int32()).fill_null(0).to_numpy().astype(">i4")
-        return out - _PG_EPOCH_DAYS if column.pg_type == "date" else out
+        out = raw_values(array, "<i4")
+        if column.pg_type == "date":  # arithmetic first: its result is native-endian
+            out = out - PG_EPOCH_DAYS
+        return out.astype(">i4")
     if column.pg_type == "time(3)":
-        millis = array.view(pa.int32()).fill_null(0).to_numpy()
+        millis = raw_values(array, "<i4")
         return (millis.astype(np.int64) * 1000).astype(">i8")  # microseconds since midnight
     if column.pg_type == "boolean":
-        return array.fill_null(False).to_numpy(zero_copy_only=False).astype("u1")
+        return _bits(array.buffers()[1], array.offset, n).astype("u1")
     if column.pg_type == "numeric(10,2)":
         return _numeric_values(array, n)
     raise TypeError(f"no fixed-width binary encoding for {column.pg_type}")
@@ -86,8 +113,17 @@ class _Row:
         self.parts.append(part)
 
     def _segment(self) -> np.ndarray:
-        seg = np.empty(self.n, dtype=np.dtype(self.fields))
+        # constants (field count, fixed lengths) go into one template row repeated n times:
+        # half the strided per-field writes of a fact row
+        template = np.zeros(1, dtype=np.dtype(self.fields))
+        arrays = {}
         for name, value in self.values.items():
+            if isinstance(value, np.ndarray):
+                arrays[name] = value
+            else:
+                template[name] = value
+        seg = np.repeat(template, self.n)
+        for name, value in arrays.items():
             seg[name] = value
         self.fields, self.values = [], {}
         return seg
@@ -104,7 +140,10 @@ class _Row:
         if not self.parts:  # all fixed-width and non-null: the wire layout already
             return self._segment().tobytes()
         self._flush()
-        joined = pc.binary_join_element_wise(*self.parts, b"")
+        no_separator = pa.Array.from_buffers(  # n empty strings (no Python scalar)
+            pa.binary(), self.n, [None, pa.py_buffer(bytes(4 * (self.n + 1))), pa.py_buffer(b"")]
+        )
+        joined = pc.binary_join_element_wise(*self.parts, no_separator)
         offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32)
         start, end = offsets[joined.offset], offsets[joined.offset + self.n]
         return joined.buffers()[2].to_pybytes()[start:end]
@@ -122,22 +161,49 @@ def _var_payload(valid: np.ndarray, payload: np.ndarray) -> pa.Array:
 
 
 def _text(row: _Row, data: pa.Array) -> None:
-    lengths = pc.binary_length(data).fill_null(-1).to_numpy()
-    width = int(lengths[0]) if len(lengths) else 0
-    if data.null_count == 0 and width > 0 and (lengths == width).all():
+    n = len(data)
+    offsets = _raw_offsets(data)
+    lengths = np.diff(offsets)
+    valid = validity(data)
+    width = int(lengths[0]) if n else 0
+    if valid is None and width > 0 and (lengths == width).all():
         # all values one length (codes, a constant lineage): a fixed-width field
-        start = np.frombuffer(data.buffers()[1], dtype=np.int32)[data.offset]
-        raw = np.frombuffer(data.buffers()[2], dtype=f"S{width}", count=len(data), offset=start)
+        raw = np.frombuffer(data.buffers()[2], dtype=f"S{width}", count=n, offset=int(offsets[0]))
         row.fixed(np.dtype(">i4"), width)
         row.fixed(np.dtype(f"S{width}"), raw)
         return
+    payload = pa.Array.from_buffers(  # the same bytes, without the validity bitmap
+        pa.binary(), n, [None, data.buffers()[1], data.buffers()[2]], offset=data.offset
+    )
+    if valid is not None:
+        if lengths[~valid].any():  # null slots that still span bytes: drop those bytes
+            keep = np.repeat(valid, lengths)
+            body = np.frombuffer(data.buffers()[2], dtype=np.uint8)
+            body = body[offsets[0] : offsets[-1]][keep]
+            kept = np.where(valid, lengths, 0)
+            new_offsets = np.zeros(n + 1, dtype=np.int32)
+            np.cumsum(kept, out=new_offsets[1:])
+            payload = pa.Array.from_buffers(
+                pa.binary(),
+                n,
+                [None, pa.py_buffer(new_offsets.tobytes()), pa.py_buffer(body.tobytes())],
+            )
+        lengths = np.where(valid, lengths, -1)
     row.fixed(np.dtype(">i4"), lengths.astype(">i4"))
-    row.variable(data.fill_null(b""))
+    row.variable(payload)
+
+
+def _raw_offsets(data: pa.Array) -> np.ndarray:
+    return np.frombuffer(
+        data.buffers()[1], dtype=np.int32, count=len(data) + 1, offset=data.offset * 4
+    )
 
 
 def encode_batch(columns: Sequence[WColumn], batch: pa.RecordBatch) -> bytes:
     """The tuples of `batch` (columns in `columns` order) as binary COPY data, no header."""
     n = batch.num_rows
+    if n == 0:
+        return b""
     row = _Row(n)
     row.fixed(np.dtype(">i2"), len(columns))
     for column in columns:
@@ -149,14 +215,35 @@ def encode_batch(columns: Sequence[WColumn], batch: pa.RecordBatch) -> bytes:
             continue
         dtype = FIXED[column.pg_type]
         values = _values(column, array)
-        if array.null_count == 0:
+        valid = validity(array)
+        if valid is None:
             row.fixed(np.dtype(">i4"), dtype.itemsize)
             row.fixed(dtype, values)
         else:
-            valid = array.is_valid().to_numpy(zero_copy_only=False)
             row.fixed(np.dtype(">i4"), np.where(valid, dtype.itemsize, -1).astype(">i4"))
             row.variable(_var_payload(valid, values))
     return row.tobytes()
+
+
+def int32_array(values: np.ndarray) -> pa.Array:
+    """A numpy integer array as an Arrow int32 array, without pyarrow's Python conversion."""
+    data = np.ascontiguousarray(values, dtype=np.int32)
+    return pa.Array.from_buffers(pa.int32(), len(data), [None, pa.py_buffer(data)])
+
+
+def bool_array(values: np.ndarray) -> pa.Array:
+    """A numpy bool array as an Arrow boolean array (a filter mask)."""
+    bits = np.packbits(np.asarray(values, dtype=bool), bitorder="little")
+    return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(bits)])
+
+
+def constant_text(value: bytes, n: int) -> pa.Array:
+    """A string array of `n` copies of `value` (the lineage column), built without Python
+    objects per row."""
+    width = len(value)
+    offsets = np.arange(n + 1, dtype=np.int32) * np.int32(width)
+    data = pa.py_buffer(value * n)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets.tobytes()), data])
 
 
 def decode_int_column(data: bytes) -> np.ndarray:

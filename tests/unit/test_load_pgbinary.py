@@ -126,3 +126,57 @@ def test_decode_int_column_reads_what_copy_to_sends() -> None:
     two = [WColumn("i", "integer"), WColumn("j", "integer")]
     with pytest.raises(ValueError, match="one-column"):
         decode_int_column(HEADER + encode_batch(two, _batch(two, [{"i": 1, "j": 2}])) + TRAILER)
+
+
+def test_sliced_batches_with_nulls_encode_their_own_rows() -> None:
+    rows = [
+        {
+            "i": None if k % 3 == 0 else k,
+            "d": None if k % 4 == 1 else dt.date(2024, 2, 29),
+            "t": None if k % 5 == 2 else dt.time(12, 0, 0, 1000 * k),
+            "n": None if k % 2 else Decimal(k),
+            "b": None if k % 3 == 2 else k % 2 == 0,
+            "s": None if k % 4 == 3 else "é" * k,
+        }
+        for k in range(19)
+    ]
+    batch = _batch(COLUMNS, rows)
+    singles = [encode_batch(COLUMNS, _batch(COLUMNS, [r])) for r in rows]
+    assert encode_batch(COLUMNS, batch) == b"".join(singles)
+    for start, length in [(1, 9), (5, 14), (9, 3), (17, 2)]:
+        part = batch.slice(start, length)
+        assert encode_batch(COLUMNS, part) == b"".join(singles[start : start + length])
+
+
+def test_null_text_slots_that_still_span_bytes_are_sent_as_null() -> None:
+    import numpy as np
+
+    cols = [WColumn("s", "text")]
+    offsets = np.array([0, 2, 5, 6], dtype=np.int32)  # row 1 is null but spans b"xyz"
+    validity = np.packbits(np.array([1, 0, 1], dtype=bool), bitorder="little")
+    data = pa.Array.from_buffers(
+        pa.string(),
+        3,
+        [
+            pa.py_buffer(validity.tobytes()),
+            pa.py_buffer(offsets.tobytes()),
+            pa.py_buffer(b"abxyzc"),
+        ],
+        null_count=1,
+    )
+    batch = pa.RecordBatch.from_arrays([data], names=["s"])
+    expected = b"".join(struct.pack(">h", 1) + _field(v) for v in (b"ab", None, b"c"))
+    assert encode_batch(cols, batch) == expected
+
+
+def test_array_helpers_build_arrow_arrays_without_python_objects() -> None:
+    import numpy as np
+
+    from pipeline.warehouse.pgbinary import bool_array, constant_text, int32_array
+
+    assert int32_array(np.arange(3, 6)).to_pylist() == [3, 4, 5]
+    mask = np.array([True, False] * 5 + [True])
+    assert bool_array(mask).to_pylist() == mask.tolist()
+    assert constant_text(b"run-1", 3).to_pylist() == ["run-1"] * 3
+    assert constant_text(b"", 2).to_pylist() == ["", ""]
+    assert constant_text(b"x", 0).to_pylist() == []
