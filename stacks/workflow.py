@@ -446,7 +446,7 @@ class PipelineWorkflow(Construct):
         """The loop bound: a transform still reported `more` after transformMaxRuns runs.
 
         What those runs transformed has been loaded; the rest waits for the next execution.
-        A real backlog that big is unlikely (8M rows a run), so this usually means a bug
+        A real backlog that big is unlikely (4M rows a run), so this usually means a bug
         that keeps reporting `more`: fail loudly rather than spin.
         """
         max_runs = self.config.transform_max_runs
