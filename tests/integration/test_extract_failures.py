@@ -10,7 +10,6 @@ from psycopg.conninfo import make_conninfo
 
 from pipeline import watermark
 from pipeline.errors import AuthenticationError, SchemaDriftError, SourceUnavailableError
-from pipeline.extract import extract_table
 from pipeline.lake import Lake
 from tests.integration.test_extract_helpers import (
     add_currencies,
@@ -18,15 +17,12 @@ from tests.integration.test_extract_helpers import (
     batch_versions,
     lake_url,
     mark,
+    run,
     source,
     source_versions,
 )
 
 __all__ = ["lake_url", "source"]  # fixtures
-
-
-def run(source: str, lake_url: str, run_id: str, table: str = "currency", **kw):
-    return extract_table(table, run_id, lake_url=lake_url, source_dsn=source, **kw)
 
 
 class CrashError(Exception):

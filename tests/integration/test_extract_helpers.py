@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from pipeline import watermark
-from pipeline.extract import read_batch
+from pipeline.extract import extract_table, read_batch
 from pipeline.lake import Lake
 from pipeline.source_schema import create_source_schema
 
@@ -110,3 +111,8 @@ def all_versions(lake_url: str, table: str) -> set[tuple[int, str]]:
 
 def mark(lake_url: str, table: str = "currency") -> watermark.Watermark | None:
     return watermark.load(Lake(lake_url), table)
+
+
+def run(source: str, lake_url: str, run_id: str, table: str = "currency", **kw: Any):
+    """Extract `table` from `source` into `lake_url` under `run_id`."""
+    return extract_table(table, run_id, lake_url=lake_url, source_dsn=source, **kw)

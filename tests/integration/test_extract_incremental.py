@@ -24,15 +24,12 @@ from tests.integration.test_extract_helpers import (
     batch_versions,
     lake_url,
     mark,
+    run,
     source,
     source_versions,
 )
 
 __all__ = ["lake_url", "source"]  # fixtures
-
-
-def run(source: str, lake_url: str, run_id: str, table: str = "currency", **kw):
-    return extract_table(table, run_id, lake_url=lake_url, source_dsn=source, **kw)
 
 
 def test_first_run_is_full_and_typed_exactly_as_the_catalog(source: str, lake_url: str) -> None:

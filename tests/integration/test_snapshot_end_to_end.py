@@ -15,21 +15,10 @@ from psycopg import sql
 
 from pipeline.runner import RunSettings, run_pipeline
 from pipeline.simulator.snapshot import load_snapshot
+from tests.integration.test_transform_snapshot import EXPECTED_ROWS as EXPECTED_WAREHOUSE_ROWS
 
 pytestmark = pytest.mark.postgres
 
-EXPECTED_WAREHOUSE_ROWS = {
-    "fact_sales_order": 11_187,
-    "fact_purchase_order": 4_649,
-    "fact_payment": 15_836,
-    "dim_staff": 20,
-    "dim_location": 30,
-    "dim_design": 473,
-    "dim_currency": 3,
-    "dim_counterparty": 20,
-    "dim_transaction": 15_836,
-    "dim_payment_type": 4,
-}
 SNAPSHOT_ROWS = {
     "address": 30, "counterparty": 20, "currency": 3, "department": 8, "design": 473,
     "payment": 15_836, "payment_type": 4, "purchase_order": 4_649, "sales_order": 11_187,
