@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from pipeline.catalog import TABLES
@@ -68,6 +67,8 @@ def scan_batches(lake: Lake, table: str, batches: list[tuple[int, Batch]]) -> pl
         if lake.is_local:
             lf = pl.scan_parquet(paths)
         else:
+            import pyarrow.dataset as pads  # only for S3; its import pulls in pandas if present
+
             lf = pl.scan_pyarrow_dataset(
                 pads.dataset(paths, schema=schema, filesystem=lake.fs, format="parquet")
             )
