@@ -181,7 +181,11 @@ class Lake:
         tables = []
         for key in keys:
             try:
-                tables.append(pq.read_table(self.path(key), filesystem=self.fs, schema=schema))
+                # ParquetFile, not pq.read_table: the latter imports pyarrow.dataset (and
+                # pandas when installed), over a second of every cold start.
+                with self.fs.open_input_file(self.path(key)) as f:
+                    table = pq.ParquetFile(f).read()
+                tables.append(table if schema is None else table.cast(schema))
             except (FileNotFoundError, OSError, pa.ArrowInvalid) as exc:
                 raise CorruptBatchError(
                     f"cannot read lake file {self.uri(key)}: {exc}. Re-run the step that wrote it."
