@@ -360,36 +360,50 @@ class PipelineWorkflow(Construct):
         )
         return transform.next(more_to_transform)
 
-    def _notify_tables_failed(self) -> sfn.Chain:
+    def _alert_then_fail(
+        self,
+        describe_id: str,
+        notify_id: str,
+        subject: str,
+        fields: dict[str, object],
+        fail: sfn.Fail,
+    ) -> sfn.Chain:
+        """Describe the problem (with where to find the execution), publish it, then fail."""
         alert = sfn.Pass(
             self,
-            "DescribeTableFailures",
+            describe_id,
             parameters={
                 "alert": {
                     "pipeline": self.config.prefix,
-                    "problem": "extract failed for some tables; the other tables were loaded",
                     "run_id.$": "$$.Execution.Name",
                     "execution_arn.$": "$$.Execution.Id",
                     "state_machine_arn.$": "$$.StateMachine.Id",
-                    "failed_tables.$": "$.failed_tables",
-                    "failures.$": "$.failed",
-                    "rerun_input": {"tables.$": "$.failed_tables"},
-                    "how_to_rerun": (
-                        "Fix the cause named in failures, then start a new execution of "
-                        "state_machine_arn with rerun_input as its input."
-                    ),
+                    **fields,
                 }
             },
             result_path="$.notice",
         )
         publish = tasks.SnsPublish(
             self,
-            "NotifyTablesFailed",
+            notify_id,
             topic=self.topic,
-            subject=f"{self.config.prefix}: tables failed to extract",
+            subject=subject,
             message=sfn.TaskInput.from_json_path_at("States.JsonToString($.notice.alert)"),
             result_path=JsonPath.DISCARD,
         )
+        return alert.next(publish).next(fail)
+
+    def _notify_tables_failed(self) -> sfn.Chain:
+        alert_fields = {
+            "problem": "extract failed for some tables; the other tables were loaded",
+            "failed_tables.$": "$.failed_tables",
+            "failures.$": "$.failed",
+            "rerun_input": {"tables.$": "$.failed_tables"},
+            "how_to_rerun": (
+                "Fix the cause named in failures, then start a new execution of "
+                "state_machine_arn with rerun_input as its input."
+            ),
+        }
         fail = sfn.Fail(
             self,
             "TablesFailed",
@@ -400,47 +414,38 @@ class PipelineWorkflow(Construct):
                 JsonPath.json_to_string(JsonPath.object_at("$.notice.alert.rerun_input")),
             ),
         )
-        return alert.next(publish).next(fail)
+        return self._alert_then_fail(
+            "DescribeTableFailures",
+            "NotifyTablesFailed",
+            f"{self.config.prefix}: tables failed to extract",
+            alert_fields,
+            fail,
+        )
 
     def _notify_step_failed(self) -> sfn.Chain:
-        alert = sfn.Pass(
-            self,
-            "DescribeStepFailure",
-            parameters={
-                "alert": {
-                    "pipeline": self.config.prefix,
-                    "problem": (
-                        "transform or load failed after retries; nothing from this run was loaded"
-                    ),
-                    "transform_run_id.$": "$.transform_call.run_id",
-                    "run_id.$": "$$.Execution.Name",
-                    "execution_arn.$": "$$.Execution.Id",
-                    "state_machine_arn.$": "$$.StateMachine.Id",
-                    "error.$": "$.failure.Error",
-                    "cause.$": "$.failure.Cause",
-                    "failed_tables.$": "$.failed_tables",
-                    "rerun_input": {"tables": []},
-                    "how_to_rerun": (
-                        "Fix the cause, then redrive this execution, or start a new execution "
-                        "with rerun_input (transform and load pick up every batch not yet "
-                        "loaded)."
-                    ),
-                }
-            },
-            result_path="$.notice",
-        )
-        publish = tasks.SnsPublish(
-            self,
-            "NotifyStepFailed",
-            topic=self.topic,
-            subject=f"{self.config.prefix}: transform or load failed",
-            message=sfn.TaskInput.from_json_path_at("States.JsonToString($.notice.alert)"),
-            result_path=JsonPath.DISCARD,
-        )
+        alert_fields = {
+            "problem": ("transform or load failed after retries; nothing from this run was loaded"),
+            "transform_run_id.$": "$.transform_call.run_id",
+            "error.$": "$.failure.Error",
+            "cause.$": "$.failure.Cause",
+            "failed_tables.$": "$.failed_tables",
+            "rerun_input": {"tables": []},
+            "how_to_rerun": (
+                "Fix the cause, then redrive this execution, or start a new execution "
+                "with rerun_input (transform and load pick up every batch not yet "
+                "loaded)."
+            ),
+        }
         fail = sfn.Fail(
             self, "StepFailed", error_path="$.failure.Error", cause_path="$.failure.Cause"
         )
-        return alert.next(publish).next(fail)
+        return self._alert_then_fail(
+            "DescribeStepFailure",
+            "NotifyStepFailed",
+            f"{self.config.prefix}: transform or load failed",
+            alert_fields,
+            fail,
+        )
 
     def _notify_backlog_limit(self) -> sfn.Chain:
         """The loop bound: a transform still reported `more` after transformMaxRuns runs.
@@ -450,41 +455,22 @@ class PipelineWorkflow(Construct):
         that keeps reporting `more`: fail loudly rather than spin.
         """
         max_runs = self.config.transform_max_runs
-        alert = sfn.Pass(
-            self,
-            "DescribeBacklogLimit",
-            parameters={
-                "alert": {
-                    "pipeline": self.config.prefix,
-                    "problem": (
-                        f"transform still reported more batches after {max_runs} invocations "
-                        "(the transformMaxRuns bound); what they transformed was loaded"
-                    ),
-                    "run_id.$": "$$.Execution.Name",
-                    "execution_arn.$": "$$.Execution.Id",
-                    "state_machine_arn.$": "$$.StateMachine.Id",
-                    "transform_runs.$": "$.transform_call.n",
-                    "last_transform_run_id.$": "$.transform_call.run_id",
-                    "last_transform.$": "$.transform",
-                    "rerun_input": {"tables": []},
-                    "how_to_rerun": (
-                        "If the backlog is real (see last_transform.rows_in), start a new "
-                        "execution with rerun_input or wait for the schedule: each run takes "
-                        "the next batches. If transform keeps reporting more without rows, "
-                        "it is a bug: check the transform function's logs."
-                    ),
-                }
-            },
-            result_path="$.notice",
-        )
-        publish = tasks.SnsPublish(
-            self,
-            "NotifyBacklogLimit",
-            topic=self.topic,
-            subject=f"{self.config.prefix}: transform backlog left after {max_runs} runs",
-            message=sfn.TaskInput.from_json_path_at("States.JsonToString($.notice.alert)"),
-            result_path=JsonPath.DISCARD,
-        )
+        alert_fields = {
+            "problem": (
+                f"transform still reported more batches after {max_runs} invocations "
+                "(the transformMaxRuns bound); what they transformed was loaded"
+            ),
+            "transform_runs.$": "$.transform_call.n",
+            "last_transform_run_id.$": "$.transform_call.run_id",
+            "last_transform.$": "$.transform",
+            "rerun_input": {"tables": []},
+            "how_to_rerun": (
+                "If the backlog is real (see last_transform.rows_in), start a new "
+                "execution with rerun_input or wait for the schedule: each run takes "
+                "the next batches. If transform keeps reporting more without rows, "
+                "it is a bug: check the transform function's logs."
+            ),
+        }
         fail = sfn.Fail(
             self,
             "TransformBacklogLimit",
@@ -496,4 +482,10 @@ class PipelineWorkflow(Construct):
                 JsonPath.string_at("$.transform_call.run_id"),
             ),
         )
-        return alert.next(publish).next(fail)
+        return self._alert_then_fail(
+            "DescribeBacklogLimit",
+            "NotifyBacklogLimit",
+            f"{self.config.prefix}: transform backlog left after {max_runs} runs",
+            alert_fields,
+            fail,
+        )
