@@ -49,17 +49,25 @@ def merge(table: str, state: pl.DataFrame, incoming: pl.DataFrame) -> Merged:
     """
     t = TABLES[table]
     pk, lu = t.primary_key, t.cursor
-    latest = (
-        incoming.sort([lu, BATCH_COLUMN], maintain_order=True)
-        .unique(subset=[pk], keep="last", maintain_order=True)
-        .select(t.column_names)
-    )
+    # Pick the winning row of each id on the key columns only, then gather the full rows
+    # once: sorting, de-duplicating and joining whole rows copied the batch several times.
+    row = "__row"
+    keys = incoming.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias(row), pk, lu, BATCH_COLUMN)
     stored = state.select(pk, pl.col(lu).alias("__stored_lu"))
-    changed = (
-        latest.join(stored, on=pk, how="left")
+    winners = (
+        keys.sort([lu, BATCH_COLUMN], maintain_order=True)
+        .unique(subset=[pk], keep="last", maintain_order=True)
+        .join(stored, on=pk, how="left")
         .filter(pl.col("__stored_lu").is_null() | (pl.col(lu) > pl.col("__stored_lu")))
-        .drop("__stored_lu")
-        .sort(pk)
+        .sort(pk)[row]
     )
-    new_state = pl.concat([state.join(changed.select(pk), on=pk, how="anti"), changed]).sort(pk)
+    del keys
+    changed = incoming.select(pl.col(t.column_names).gather(winners)).with_columns(
+        pl.col(pk).set_sorted()
+    )
+    if state.height == 0:  # first load: the new state is the changed rows, not a copy
+        new_state = changed
+    else:
+        kept = state.join(changed.select(pk), on=pk, how="anti")
+        new_state = pl.concat([kept, changed]).sort(pk)
     return Merged(new_state, changed, incoming.height - changed.height)

@@ -178,10 +178,11 @@ def transform_fact(
         keyed.filter(pl.col(RULE).is_null())
         .select([*t.column_names, BATCH_COLUMN])
         .unique(subset=[pk, lu], keep="first", maintain_order=True)  # earliest batch wins
-        .join(seen.lazy(), on=[pk, lu], how="anti", maintain_order="left")
-        .with_columns(
-            pl.lit(False).alias(RETRY), pl.lit(None, pl.Datetime("us", "UTC")).alias(PENDING_SINCE)
-        )
+    )
+    if seen.height:  # (the anti-join copies every row: skipped when nothing was seen yet)
+        candidates = candidates.join(seen.lazy(), on=[pk, lu], how="anti", maintain_order="left")
+    candidates = candidates.with_columns(
+        pl.lit(False).alias(RETRY), pl.lit(None, pl.Datetime("us", "UTC")).alias(PENDING_SINCE)
     )
     retry = pending.lazy().with_columns(
         pl.lit(-1, pl.Int32).alias(BATCH_COLUMN), pl.lit(True).alias(RETRY)

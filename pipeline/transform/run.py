@@ -147,6 +147,9 @@ def _execute(
     work.result.more = more
     states, changed = work.lookups()
     dims = build_dimensions(states, changed)
+    # Release the lookup states (a big batch reads all 2.8M transaction rows) before the
+    # facts and the writes; the store keeps the ones it must flush.
+    del states, changed
     for table, bad in dims.quarantine.items():
         work.quarantine[table].append(bad)
     outputs: dict[str, pl.DataFrame] = {**dims.rows, **work.facts(dims.valid_keys)}
@@ -224,7 +227,8 @@ class _Work:
                 check_row_count(table, self.by_table[table], checked.height)
                 bad = checked.filter(pl.col(RULE).is_not_null())
                 self.quarantine[table].append(quarantine_frame(table, bad, rules))
-                checked = checked.filter(pl.col(RULE).is_null())
+                if bad.height:  # (filtering copies every row: skipped when all are good)
+                    checked = checked.filter(pl.col(RULE).is_null())
                 self.result.rows_in[table] = checked.height + bad.height
             buckets = None  # all
             if table in ROW_LOCAL_TABLES and self.lookup_buckets[table] is not None:
@@ -236,6 +240,7 @@ class _Work:
             if checked is None:
                 continue
             merged = merge(table, current, checked)
+            del checked
             states[table], changed[table] = merged.state, merged.changed
             self.store.update(kind, merged.state, pk, self.store.buckets_in(merged.changed[pk]))
             self.result.duplicates[table] = merged.duplicates
