@@ -37,6 +37,30 @@ def _insert_rows(conn: psycopg.Connection, table: str, frame: Any) -> None:
             cur.execute(query, row)  # type: ignore[arg-type]
 
 
+def pandas_sales_fact(sales: Any) -> Any:
+    """fact_sales_order from sales_order rows (agreed dates already parsed), pandas-style."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "sales_order_id": sales["sales_order_id"],
+            "created_date": sales["created_at"].dt.date,
+            "created_time": sales["created_at"].dt.time,
+            "last_updated_date": sales["last_updated"].dt.date,
+            "last_updated_time": sales["last_updated"].dt.time,
+            "sales_staff_id": sales["staff_id"],
+            "counterparty_id": sales["counterparty_id"],
+            "units_sold": sales["units_sold"],
+            "unit_price": sales["unit_price"],
+            "currency_id": sales["currency_id"],
+            "design_id": sales["design_id"],
+            "agreed_payment_date": sales["agreed_payment_date"],
+            "agreed_delivery_date": sales["agreed_delivery_date"],
+            "agreed_delivery_location_id": sales["agreed_delivery_location_id"],
+        }
+    )
+
+
 def pandas_baseline(source_dsn: str, admin_dsn: str, *, rows_limit: int) -> dict[str, Any]:
     import pandas as pd
 
@@ -80,24 +104,9 @@ def pandas_baseline(source_dsn: str, admin_dsn: str, *, rows_limit: int) -> dict
             "counterparty_legal_phone_number": cp["phone"],
         }
     )
-    fact = pd.DataFrame(
-        {
-            "sales_order_id": sales["sales_order_id"],
-            "created_date": sales["created_at"].dt.date,
-            "created_time": sales["created_at"].dt.time,
-            "last_updated_date": sales["last_updated"].dt.date,
-            "last_updated_time": sales["last_updated"].dt.time,
-            "sales_staff_id": sales["staff_id"],
-            "counterparty_id": sales["counterparty_id"],
-            "units_sold": sales["units_sold"],
-            "unit_price": sales["unit_price"],
-            "currency_id": sales["currency_id"],
-            "design_id": sales["design_id"],
-            "agreed_payment_date": pd.to_datetime(sales["agreed_payment_date"]).dt.date,
-            "agreed_delivery_date": pd.to_datetime(sales["agreed_delivery_date"]).dt.date,
-            "agreed_delivery_location_id": sales["agreed_delivery_location_id"],
-        }
-    )
+    for col in ("agreed_delivery_date", "agreed_payment_date"):
+        sales[col] = pd.to_datetime(sales[col]).dt.date
+    fact = pandas_sales_fact(sales)
     dates = pd.Series(
         pd.concat(
             [

@@ -35,12 +35,14 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import polars as pl
 import psycopg
 import pyarrow as pa
 from psycopg import sql
 
 from pipeline import pgserver
 from pipeline.lake import Lake
+from pipeline.transform.dim_date import build_dim_date
 from pipeline.warehouse import migrate, pgbinary
 from pipeline.warehouse_schema import WAREHOUSE_TABLES
 
@@ -78,21 +80,10 @@ def _dims() -> dict[str, pa.Table]:
         return pa.Table.from_arrays(cols, schema=spec.arrow_schema)
 
     days = [FIRST_DAY + timedelta(days=i) for i in range(DAYS)]
-    dim_date = pa.Table.from_pylist(
-        [
-            {
-                "date_id": d,
-                "year": d.year,
-                "month": d.month,
-                "day": d.day,
-                "day_of_week": d.isoweekday(),
-                "day_name": d.strftime("%A"),
-                "month_name": d.strftime("%B"),
-                "quarter": (d.month - 1) // 3 + 1,
-            }
-            for d in days
-        ],
-        schema=WAREHOUSE_TABLES["dim_date"].arrow_schema,
+    dim_date = (
+        build_dim_date(pl.Series(days, dtype=pl.Date))
+        .to_arrow()
+        .cast(WAREHOUSE_TABLES["dim_date"].arrow_schema)
     )
     return {
         "dim_date": dim_date,

@@ -18,7 +18,7 @@ and are quoted; values are always parameters.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 
 import numpy as np
@@ -63,22 +63,19 @@ def stage(
     copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         stage_name(table), _cols(table.column_names)
     )
-    try:
-        with conn.cursor() as cur:
-            with cur.copy(copy_sql) as copy:
-                copy.write(pgbinary.HEADER)
-                for record_batch in _masked(batches.stream(lake, out), mask):
-                    copy.write(pgbinary.encode_batch(table.columns, record_batch))
-                copy.write(pgbinary.TRAILER)
-            staged = cur.rowcount
-    except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
-        raise copy_error(exc, table, batch) from None
-    expected = out.rows if mask is None else int(mask.sum())
-    if staged != expected:
-        raise DataQualityError(
-            f"processed batch {batch}: staged {staged} {table.name} rows, expected {expected}"
-        )
-    return staged
+    chunks = (
+        pgbinary.encode_batch(table.columns, record_batch)
+        for record_batch in _masked(batches.stream(lake, out), mask)
+    )
+    return _copy_checked(
+        conn,
+        copy_sql,
+        chunks,
+        table,
+        batch,
+        out.rows if mask is None else int(mask.sum()),
+        "staged",
+    )
 
 
 def _masked(
@@ -209,11 +206,29 @@ def copy_rows(
             )
             yield pgbinary.encode_batch(columns, with_lineage)
 
+    expected = out.rows if mask is None else int(mask.sum())
+    return _copy_checked(
+        conn, copy_sql, batches.prefetch(encoded()), table, batch, expected, "copied"
+    )
+
+
+def _copy_checked(
+    conn: psycopg.Connection,
+    copy_sql: sql.Composable,
+    chunks: Iterable[bytes],
+    table: WarehouseTable,
+    batch: str,
+    expected: int,
+    verb: str,
+) -> int:
+    """Binary COPY of pre-encoded chunks; bad data becomes a typed error naming the table,
+    and a row count other than `expected` (a short or over-long file) is refused.
+    A `UniqueViolation` passes through untouched: callers use it to pick another path."""
     try:
         with conn.cursor() as cur:
             with cur.copy(copy_sql) as copy:
                 copy.write(pgbinary.HEADER)
-                for chunk in batches.prefetch(encoded()):
+                for chunk in chunks:
                     copy.write(chunk)
                 copy.write(pgbinary.TRAILER)
             written = cur.rowcount
@@ -221,10 +236,9 @@ def copy_rows(
         raise
     except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
         raise copy_error(exc, table, batch) from None
-    expected = out.rows if mask is None else int(mask.sum())
     if written != expected:
         raise DataQualityError(
-            f"processed batch {batch}: copied {written} {table.name} rows, expected {expected}"
+            f"processed batch {batch}: {verb} {written} {table.name} rows, expected {expected}"
         )
     return written
 
