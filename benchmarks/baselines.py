@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from pipeline import pgserver
 from pipeline.catalog import TABLES
+from pipeline.local import pgserver
 
 
 def _frame(conn: psycopg.Connection, query: str, params: tuple[Any, ...] = ()) -> Any:
@@ -64,7 +64,7 @@ def pandas_sales_fact(sales: Any) -> Any:
 def pandas_baseline(source_dsn: str, admin_dsn: str, *, rows_limit: int) -> dict[str, Any]:
     import pandas as pd
 
-    from pipeline.warehouse import migrate
+    from pipeline.load.migrations import migrate
 
     target = pgserver.create_database(admin_dsn, "bench_baseline")
     migrate(target)

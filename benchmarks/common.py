@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from pipeline.source_schema import create_source_schema
+from pipeline.local.simulator.schema import create_source_schema
 
 # Small parent tables, sized like the real totesys lookups.
 PARENT_ROWS = {"address": 30, "counterparty": 20, "currency": 3, "department": 8, "staff": 20}

@@ -19,7 +19,7 @@ from typing import Any
 import pipeline.transform  # noqa: F401  (imported up front: step time excludes imports)
 from pipeline.catalog import TABLE_NAMES
 from pipeline.load import load
-from pipeline.runner import RunSettings, extract_table_fully, transform_backlog
+from pipeline.local.runner import RunSettings, extract_table_fully, transform_backlog
 
 
 def peak_rss_mb() -> float:

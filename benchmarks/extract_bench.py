@@ -45,8 +45,8 @@ import psycopg
 from psycopg import sql
 
 from benchmarks.common import best_of, create_sales_orders, timed
-from pipeline import pgserver
 from pipeline.catalog import TABLES
+from pipeline.local import pgserver
 
 TABLE = TABLES["sales_order"]
 TARGET_RATIO = 0.5
@@ -189,7 +189,7 @@ def _seeded(sales_orders: int, dsn: str | None, seeded: str | None) -> Iterator[
     if seeded:
         yield seeded, 0.0
         return
-    from pipeline.simulator.seed import SALES_ORDERS, seed
+    from pipeline.local.simulator.seed import SALES_ORDERS, seed
 
     with _database(dsn) as db:
         with timed() as build:

@@ -40,10 +40,11 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from pipeline import pgserver
 from pipeline.lake import Lake
+from pipeline.load import pgbinary
+from pipeline.load.migrations import migrate
+from pipeline.local import pgserver
 from pipeline.transform.dim_date import build_dim_date
-from pipeline.warehouse import migrate, pgbinary
 from pipeline.warehouse_schema import WAREHOUSE_TABLES
 
 FACT = WAREHOUSE_TABLES["fact_sales_order"]

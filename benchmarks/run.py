@@ -30,8 +30,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pipeline import pgserver
 from pipeline.catalog import TABLES
+from pipeline.local import pgserver
 from pipeline.warehouse_schema import WAREHOUSE_TABLES
 
 SNAPSHOT_SALES_ORDERS = 11_187
@@ -131,7 +131,7 @@ def change_rows(source_dsn: str, n: int) -> None:
 
 def measure(args: argparse.Namespace, admin_dsn: str, workdir: Path) -> dict[str, Any]:
     from benchmarks.baselines import dlt_baseline, pandas_baseline
-    from pipeline.simulator.seed import seed
+    from pipeline.local.simulator.seed import seed
 
     source = pgserver.create_database(admin_dsn, "bench_totesys")
     warehouse = pgserver.create_database(admin_dsn, "bench_warehouse")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from pipeline import pgserver
+from pipeline.local import pgserver
 
 SNAPSHOT_DIR = os.path.join(
     os.path.dirname(__file__), "..", "..", "shared", "data", "totesys-snapshot-2024-11"

@@ -34,7 +34,7 @@ KIB = 1024
 
 @pytest.fixture
 def databases(pipeline_aws, make_database: Callable[[str], str]) -> dict[str, str]:
-    from pipeline.simulator.seed import seed
+    from pipeline.local.simulator.seed import seed
 
     source, warehouse = make_database("source"), make_database("warehouse")
     seed(source, scale=0.02, seed=5)
@@ -44,7 +44,7 @@ def databases(pipeline_aws, make_database: Callable[[str], str]) -> dict[str, st
 
 def clean_pass(source: str, make_database: Callable[[str], str], lake: Path) -> dict[str, Any]:
     """The warehouse one uninterrupted local run builds from the same source state."""
-    from pipeline.runner import RunSettings, run_pipeline
+    from pipeline.local.runner import RunSettings, run_pipeline
 
     warehouse = make_database("clean")
     report = run_pipeline(

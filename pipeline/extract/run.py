@@ -1,0 +1,458 @@
+"""The extract step: one table's new or changed rows into the ingestion zone.
+
+Layout and result: docs/CONTRACTS.md. One call = one snapshot of the source (see
+`pipeline.extract.source`), streamed as typed Parquet parts, committed by a manifest, then the
+watermark. The order matters (R5): a crash before the manifest leaves only unlisted parts,
+which readers ignore and a re-run with the same run id overwrites at the same keys; a crash
+after it is repaired by the replay, which re-saves the watermark the manifest records.
+
+Which rows (the window, `plan`):
+- first run: everything (mode `full`);
+- later runs: from `min(watermark, run_started) - lag`, up to the source clock at the
+  snapshot (mode `incremental`). The overlap re-reads the last `lag` (default 15 min) on
+  purpose: a totesys transaction stamps `last_updated` when it writes but becomes visible
+  when it commits, so a row can appear later with a timestamp at or below a saved
+  watermark (R2), and rows sharing the watermark's millisecond arrive in separate
+  transactions (R1). Any version that becomes visible within `lag` of its timestamp is
+  delivered; the duplicates this re-read produces are removed downstream on
+  (id, last_updated). Only the source's own clock is used, so client clock skew is moot;
+  if the source's TimeZone is not UTC, a DST change moves naive timestamps back by an
+  hour: a warning says so (use a lag above one hour there).
+- `since`/`until`: a backfill of that window (mode `backfill`), watermark untouched;
+- `max_rows`: stop after that many rows at a (last_updated, key) boundary, `more: true`;
+  the next call, with `next_run_id`, resumes exactly after that row (no overlap, so a
+  huge backlog always progresses). A resume record keyed by `next_run_id` carries the
+  window, so continuations need no arguments but the table and that run id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.catalog import Table, get_table
+from pipeline.credentials import SOURCE, resolve_dsn
+from pipeline.errors import ConfigurationError
+from pipeline.extract import watermark
+from pipeline.extract.drift import check as check_drift
+from pipeline.extract.source import SourceSnapshot, Window, to_catalog
+from pipeline.extract.watermark import Watermark, iso_ms, read_watermark
+from pipeline.lake import Lake
+
+__all__ = ["ExtractResult", "extract_table", "manifest_key", "plan", "read_batch", "read_watermark"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LAG = timedelta(minutes=15)
+DEFAULT_PART_ROWS = 1_000_000
+ZSTD_LEVEL = 1  # see `_write_parts`
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,127}$")
+
+
+def _lag() -> timedelta:
+    return timedelta(seconds=float(os.environ.get("EXTRACT_LAG_SECONDS", DEFAULT_LAG.seconds)))
+
+
+def _part_rows() -> int:
+    return int(os.environ.get("EXTRACT_PART_ROWS", DEFAULT_PART_ROWS))
+
+
+# -- keys (docs/CONTRACTS.md) ----------------------------------------------------------
+def manifest_key(table: str, run_id: str) -> str:
+    return f"_manifests/{table}/{run_id}.json"
+
+
+def part_key(table: str, day: str, run_id: str, index: int) -> str:
+    return f"{table}/date={day}/{run_id}/part-{index:05d}.parquet"
+
+
+def _resume_key(table: str, run_id: str) -> str:
+    return f"_state/{table}/resume/{run_id}.json"
+
+
+def _attempt_key(table: str, run_id: str) -> str:
+    return f"_state/{table}/runs/{run_id}.json"
+
+
+def schema_fingerprint(schema: pa.Schema) -> str:
+    return hashlib.sha256(schema.to_string().encode()).hexdigest()[:16]
+
+
+# -- result ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExtractResult:
+    """What one call did; `to_dict()` is the small JSON the state machine passes on."""
+
+    table: str
+    run_id: str
+    status: str  # "ok" | "replayed"
+    mode: str  # "full" | "incremental" | "backfill"
+    rows: int
+    files: list[str]
+    manifest: str
+    cursor: dict[str, str | None]
+    warnings: list[str] = field(default_factory=list)
+    more: bool = False
+    next_run_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "run_id": self.run_id,
+            "status": self.status,
+            "mode": self.mode,
+            "rows": self.rows,
+            "files": list(self.files),
+            "manifest": self.manifest,
+            "cursor": {"from": self.cursor.get("from"), "to": self.cursor.get("to")},
+            "warnings": list(self.warnings),
+            "more": self.more,
+            "next_run_id": self.next_run_id,
+        }
+
+    @classmethod
+    def from_manifest(cls, key: str, manifest: dict[str, Any], status: str) -> ExtractResult:
+        return cls(
+            table=manifest["table"],
+            run_id=manifest["run_id"],
+            status=status,
+            mode=manifest["mode"],
+            rows=manifest["rows"],
+            files=manifest["files"],
+            manifest=key,
+            cursor=manifest["cursor"],
+            warnings=manifest["warnings"],
+            more=manifest["more"],
+            next_run_id=manifest["next_run_id"],
+        )
+
+
+# -- the window ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    mode: str
+    window: Window
+    run_started: datetime  # source clock when this run's first segment started
+    root: str  # the run id of the first segment; continuations are `<root>.<n>`
+    segment: int
+
+
+def naive_utc(value: datetime | str | None, name: str) -> datetime | None:
+    """Parse a window bound: ISO text or datetime; aware values are converted to UTC."""
+    if value is None or isinstance(value, datetime):
+        parsed = value
+    else:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ConfigurationError(f"{name} must be an ISO timestamp, got {value!r}") from None
+    if parsed is not None and parsed.tzinfo is not None:
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    return parsed
+
+
+def plan(
+    run_id: str,
+    now: datetime,
+    *,
+    state: Watermark | None,
+    resume: dict[str, Any] | None,
+    since: datetime | None,
+    until: datetime | None,
+    lag: timedelta,
+) -> Plan:
+    """Decide which rows this call reads (pure: all inputs are explicit)."""
+    if resume is not None:  # a continuation: exactly after the previous segment's last row
+        end = naive_utc(resume["until"], "until")
+        return Plan(
+            mode=resume["mode"],
+            window=Window(
+                since=datetime.fromisoformat(resume["since"]),
+                after_key=int(resume["after_key"]),
+                until=min(end, now) if end else now,
+            ),
+            run_started=datetime.fromisoformat(resume["run_started"]),
+            root=resume["root"],
+            segment=int(resume["segment"]),
+        )
+    if since is not None or until is not None:
+        if since is not None and until is not None and since >= until:
+            raise ConfigurationError(f"backfill window is empty: since {since} >= until {until}")
+        window = Window(since=since, until=min(until, now) if until else now)
+        return Plan("backfill", window, now, run_id, 1)
+    if state is None:
+        return Plan("full", Window(since=None, until=now), now, run_id, 1)
+    if state.more:  # an earlier run stopped at max_rows and was not continued
+        window = Window(since=state.last_updated, after_key=state.key, until=now)
+        return Plan("incremental", window, state.run_started, run_id, 1)
+    start = min(state.last_updated, state.run_started) - lag
+    return Plan("incremental", Window(since=start, until=now), now, run_id, 1)
+
+
+# -- writing ---------------------------------------------------------------------------
+@dataclass
+class _Written:
+    files: list[str] = field(default_factory=list)
+    rows: int = 0
+    first: datetime | None = None
+    last: datetime | None = None
+    last_key: int | None = None
+
+
+def _write_parts(
+    lake: Lake,
+    keys: Iterator[str],
+    schema: pa.Schema,
+    table: Table,
+    batches: Iterable[pa.RecordBatch],
+    part_rows: int,
+) -> _Written:
+    """Stream batches into Parquet parts of at most `part_rows` rows (one row group a batch).
+
+    Only one batch is held at a time, so memory is bounded by the batch size, not the table.
+    Dictionary encoding only for text columns: on ids, amounts and timestamps it overflows
+    and falls back, which measured 3x slower and 70% larger files. zstd level 1, not the
+    lake's default 3: 10% less encoding CPU for 1% larger files (1.4M payment rows: 0.28 vs
+    0.31 CPU-s, 32.9 vs 32.6 MB); encoding is a fifth of the extract's client CPU, the
+    rest is ADBC decoding the COPY stream.
+    """
+    out = _Written()
+    dictionary = [f.name for f in schema if pa.types.is_string(f.type)]
+    sorting = [
+        pq.SortingColumn(schema.get_field_index(table.cursor)),
+        pq.SortingColumn(schema.get_field_index(table.primary_key)),
+    ]
+    with contextlib.ExitStack() as part:
+        writer, in_part = None, 0
+        for raw in batches:
+            batch = to_catalog(raw, schema, table.name)
+            offset = 0
+            while offset < batch.num_rows:
+                if writer is None:
+                    key = next(keys)
+                    writer = part.enter_context(
+                        lake.parquet_writer(
+                            key,
+                            schema,
+                            sorting_columns=sorting,
+                            use_dictionary=dictionary,
+                            compression_level=ZSTD_LEVEL,
+                        )
+                    )
+                    out.files.append(key)
+                    in_part = 0
+                chunk = batch.slice(offset, part_rows - in_part)
+                writer.write_batch(chunk)
+                offset += chunk.num_rows
+                in_part += chunk.num_rows
+                if in_part >= part_rows:
+                    part.close()  # the part is complete and durable
+                    writer = None
+            if batch.num_rows:
+                cursor = batch.column(table.cursor)
+                out.first = out.first or cursor[0].as_py()
+                out.last = cursor[-1].as_py()
+                out.last_key = batch.column(table.primary_key)[-1].as_py()
+                out.rows += batch.num_rows
+    return out
+
+
+def _run_day(lake: Lake, table: str, run_id: str) -> str:
+    """The date partition of this run's keys: fixed by its first attempt, so a re-run
+    after a crash (even past midnight) writes exactly the same keys."""
+    key = _attempt_key(table, run_id)
+    now = datetime.now(UTC)
+    lake.create_json(
+        key, {"run_id": run_id, "first_attempt_at": now.isoformat(), "day": f"{now:%Y-%m-%d}"}
+    )
+    return str(lake.read_json(key)["day"])
+
+
+def _check_arguments(run_id: str, max_rows: int | None) -> None:
+    if not _RUN_ID.match(run_id) or ".." in run_id:
+        raise ConfigurationError(
+            f"run id {run_id!r} is not usable in lake keys: use 1-128 letters, digits and ._=+-"
+        )
+    if max_rows is not None and max_rows < 1:
+        raise ConfigurationError(f"max_rows must be at least 1, got {max_rows}")
+
+
+def _finish(lake: Lake, manifest: dict[str, Any]) -> None:
+    """The follow-ups of a committed manifest, idempotent: resume record, then watermark."""
+    if manifest["more"]:
+        lake.create_json(
+            _resume_key(manifest["table"], manifest["next_run_id"]), manifest["resume"]
+        )
+    if manifest["watermark"] is not None:
+        watermark.save(lake, Watermark.from_json(manifest["watermark"]))
+
+
+def _log(result: ExtractResult, started: float) -> None:
+    for warning in result.warnings:
+        log.warning(warning, extra={"table": result.table, "run_id": result.run_id})
+    log.info(
+        "extract done",
+        extra={
+            "table": result.table,
+            "run_id": result.run_id,
+            "rows": result.rows,
+            "duration_s": round(time.perf_counter() - started, 3),
+            "status": result.status,
+            "mode": result.mode,
+            "more": result.more,
+        },
+    )
+
+
+# -- the step --------------------------------------------------------------------------
+def extract_table(
+    table: str,
+    run_id: str,
+    *,
+    lake_url: str,
+    source_dsn: str | None = None,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+    max_rows: int | None = None,
+) -> ExtractResult:
+    """Extract `table` for `run_id` into the ingestion zone at `lake_url` (see module doc)."""
+    started = time.perf_counter()
+    spec = get_table(table)
+    _check_arguments(run_id, max_rows)
+    lake = Lake(lake_url)
+    key = manifest_key(spec.name, run_id)
+    if lake.exists(key):  # R8: this (run, table) is committed already
+        recorded = lake.read_json(key)
+        _finish(lake, recorded)
+        result = ExtractResult.from_manifest(key, recorded, "replayed")
+        _log(result, started)
+        return result
+
+    resume = (
+        lake.read_json(_resume_key(spec.name, run_id))
+        if lake.exists(_resume_key(spec.name, run_id))
+        else None
+    )
+    lower, upper = naive_utc(since, "since"), naive_utc(until, "until")
+    backfill = resume["mode"] == "backfill" if resume else (lower or upper) is not None
+    state = None if backfill else watermark.load(lake, spec.name)
+    dsn = resolve_dsn(SOURCE, source_dsn)
+
+    with SourceSnapshot.open(dsn, spec) as source:
+        drift = check_drift(spec, source.columns())
+        warnings = list(drift.warnings)
+        if source.timezone.upper() not in {"UTC", "ETC/UTC", "GMT", "Z"}:
+            warnings.append(
+                f"source TimeZone is {source.timezone!r}, not UTC: naive timestamps repeat an "
+                "hour when DST ends; set EXTRACT_LAG_SECONDS above 3600"
+            )
+        schema = pa.schema(
+            [f.with_nullable(True) if f.name in drift.relaxed else f for f in spec.arrow_schema]
+        )
+        day = _run_day(lake, spec.name, run_id)  # after the drift check: drift writes nothing
+        todo = plan(
+            run_id, source.now, state=state, resume=resume, since=lower, until=upper, lag=_lag()
+        )
+        keys = (part_key(spec.name, day, run_id, i) for i in range(10**5))
+        written = _write_parts(
+            lake, keys, schema, spec, source.batches(todo.window, max_rows), _part_rows()
+        )
+        more = bool(
+            max_rows is not None
+            and written.rows == max_rows
+            and source.has_more(todo.window, written.last, written.last_key)  # type: ignore[arg-type]
+        )
+
+    manifest = _manifest(spec, run_id, todo, written, schema, warnings, more, state)
+    if not lake.create_json(key, manifest):  # a concurrent attempt of this run committed first
+        manifest = lake.read_json(key)
+        status = "replayed"
+    else:
+        status = "ok"
+    _finish(lake, manifest)
+    result = ExtractResult.from_manifest(key, manifest, status)
+    _log(result, started)
+    return result
+
+
+def _manifest(
+    spec: Table,
+    run_id: str,
+    todo: Plan,
+    written: _Written,
+    schema: pa.Schema,
+    warnings: list[str],
+    more: bool,
+    state: Watermark | None,
+) -> dict[str, Any]:
+    """The commit record of this batch (docs/CONTRACTS.md), with what its follow-ups need."""
+    next_run_id = f"{todo.root}.{todo.segment + 1}" if more else None
+    mark = None
+    if todo.mode != "backfill":
+        if written.last is not None:
+            mark = Watermark(
+                spec.name, written.last, written.last_key or 0, todo.run_started, more, run_id
+            )
+        elif state is not None and state.more:  # the rest of a cut-off run had vanished
+            mark = Watermark(
+                spec.name, state.last_updated, state.key, state.run_started, False, run_id
+            )
+    window = todo.window
+    resume = None
+    if more:
+        resume = {
+            "table": spec.name,
+            "run_id": next_run_id,
+            "root": todo.root,
+            "segment": todo.segment + 1,
+            "mode": todo.mode,
+            "since": written.last.isoformat(timespec="microseconds"),  # type: ignore[union-attr]
+            "after_key": written.last_key,
+            "until": _iso_us(window.until) if todo.mode == "backfill" else None,
+            "run_started": _iso_us(todo.run_started),
+        }
+    return {
+        "table": spec.name,
+        "run_id": run_id,
+        "files": written.files,
+        "rows": written.rows,
+        "cursor": {
+            "from": iso_ms(written.first) if written.first else None,
+            "to": iso_ms(written.last) if written.last else None,
+            "to_key": written.last_key,
+        },
+        "window": {
+            "since": _iso_us(window.since) if window.since else None,
+            "until": _iso_us(window.until),
+            "after_key": window.after_key,
+        },
+        "mode": todo.mode,
+        "segment": todo.segment,
+        "schema_fingerprint": schema_fingerprint(schema),
+        "warnings": warnings,
+        "more": more,
+        "next_run_id": next_run_id,
+        "resume": resume,
+        "watermark": mark.to_json() if mark else None,
+        "committed_at": datetime.now(UTC).isoformat(timespec="microseconds"),
+    }
+
+
+def _iso_us(value: datetime) -> str:
+    return value.isoformat(timespec="microseconds")
+
+
+def read_batch(lake: Lake, manifest: dict[str, Any]) -> pa.Table:
+    """All rows of one committed batch, read from its manifest-listed files only."""
+    return lake.read_parquet(manifest["files"], schema=get_table(manifest["table"]).arrow_schema)
