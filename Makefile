@@ -23,6 +23,7 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/python -m pytest
@@ -32,7 +33,7 @@ bench: venv
 	$(BIN)/python -m benchmarks.run
 
 lock: $(BIN)/uv
-	$(BIN)/uv pip compile --quiet pyproject.toml --extra dev --extra cdk --python-version 3.11 -o requirements/dev.lock
+	$(BIN)/uv pip compile --quiet pyproject.toml --extra dev --extra cdk --extra local --python-version 3.11 -o requirements/dev.lock
 	$(BIN)/uv pip compile --quiet pyproject.toml --python-version 3.12 --python-platform aarch64-manylinux_2_28 -o requirements/lambda-arm64.lock
 	$(BIN)/uv pip compile --quiet pyproject.toml --python-version 3.12 --python-platform x86_64-manylinux_2_28 -o requirements/lambda-x86_64.lock
 

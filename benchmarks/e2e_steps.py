@@ -19,7 +19,8 @@ from typing import Any
 import pipeline.transform  # noqa: F401  (imported up front: step time excludes imports)
 from pipeline.catalog import TABLE_NAMES
 from pipeline.load import load
-from pipeline.local.runner import RunSettings, extract_table_fully, transform_backlog
+from pipeline.local.runner import extract_table_fully, transform_backlog
+from pipeline.settings import Settings
 
 
 def peak_rss_mb() -> float:
@@ -30,13 +31,10 @@ def peak_rss_mb() -> float:
 
 
 def run_step(args: argparse.Namespace) -> dict[str, Any]:
+    settings = Settings.from_env().replace(
+        ingest_url=args.ingest_url, processed_url=args.processed_url
+    )
     if args.step == "extract":
-        settings = RunSettings(
-            source_dsn=None,
-            warehouse_dsn=None,
-            ingest_url=args.ingest_url,
-            processed_url=args.processed_url,
-        )
         with ThreadPoolExecutor(args.workers) as pool:
             results = dict(
                 zip(
@@ -47,8 +45,8 @@ def run_step(args: argparse.Namespace) -> dict[str, Any]:
             )
         return {"rows": sum(r["rows"] for r in results.values()), "tables": results}
     if args.step == "transform":
-        return transform_backlog(args.run_id, args.ingest_url, args.processed_url)
-    return load(args.run_id, processed_url=args.processed_url).to_dict()
+        return transform_backlog(args.run_id, settings)
+    return load(args.run_id, settings).to_dict()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,7 @@ from psycopg import sql
 from benchmarks.common import best_of, create_sales_orders, timed
 from pipeline.catalog import TABLES
 from pipeline.local import pgserver
+from pipeline.settings import Settings
 
 TABLE = TABLES["sales_order"]
 TARGET_RATIO = 0.5
@@ -108,7 +109,7 @@ def _child(lake: str) -> None:
 
     dsn = sys.stdin.read()
     with timed() as t:
-        result = extract_table(TABLE.name, "bench", lake_url=lake, source_dsn=dsn)
+        result = extract_table(TABLE.name, "bench", Settings(ingest_url=lake, source_dsn=dsn))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(json.dumps({"seconds": t.seconds, "rows": result.rows, "peak_rss_mb": peak_mb,
                       "files": len(result.files)}))  # fmt: skip
@@ -128,7 +129,7 @@ def _child_all(lake: str, run_id: str, workers: int) -> None:
     def one(table: str) -> int:
         rows, call = 0, run_id
         while True:
-            result = extract_table(table, call, lake_url=lake, source_dsn=dsn)
+            result = extract_table(table, call, Settings(ingest_url=lake, source_dsn=dsn))
             rows += result.rows
             if not result.more:
                 return rows

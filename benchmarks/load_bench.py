@@ -44,6 +44,7 @@ from pipeline.lake import Lake
 from pipeline.load import pgbinary
 from pipeline.load.migrations import migrate
 from pipeline.local import pgserver
+from pipeline.settings import Settings
 from pipeline.transform.dim_date import build_dim_date
 from pipeline.warehouse_schema import WAREHOUSE_TABLES
 
@@ -221,7 +222,7 @@ def _timed_load(dsn: str, lake_path: str, rows: int) -> dict[str, float]:
     from pipeline.load import load
 
     started = time.perf_counter()
-    result = load("bench-load", processed_url=lake_path, warehouse_dsn=dsn)
+    result = load("bench-load", Settings(processed_url=lake_path, warehouse_dsn=dsn))
     seconds = time.perf_counter() - started
     for name in ("fact_sales_order", "dim_transaction"):
         loaded = result.rows.get(name, 0)

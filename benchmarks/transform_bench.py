@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.lake import Lake
+from pipeline.settings import Settings
 from tests.lake_builders import write_batch
 
 LOOKUPS = {
@@ -163,7 +164,9 @@ def run_polars(root: str, run_id: str = "bench-t") -> dict[str, Any]:
     from pipeline.transform import transform
 
     start, cpu = time.perf_counter(), _cpu()
-    result = transform(run_id, ingest_url=f"{root}/ingest", processed_url=f"{root}/polars")
+    result = transform(
+        run_id, Settings(ingest_url=f"{root}/ingest", processed_url=f"{root}/polars")
+    )
     seconds = time.perf_counter() - start
     return {
         "cpu": _cpu() - cpu,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pipeline.errors import AuthenticationError, ConfigurationError, SourceUnavailableError
+from pipeline.settings import Settings
 
 _URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)")
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
@@ -25,15 +25,23 @@ _AUTH_SQLSTATES = {"28000", "28P01"}
 
 @dataclass(frozen=True)
 class DatabaseRole:
-    """Where one database's credentials come from (`source` = totesys, `warehouse`)."""
+    """Which `Settings` fields hold one database's credentials (`source` = totesys)."""
 
     name: str
-    dsn_env: str
-    secret_env: str
+    dsn_field: str
+    secret_field: str
+
+    def setting_names(self) -> tuple[str, str]:
+        """The environment variables behind the two fields (for messages)."""
+        fields = Settings.__dataclass_fields__
+        return (
+            fields[self.dsn_field].metadata["env"][0],
+            fields[self.secret_field].metadata["env"][0],
+        )
 
 
-SOURCE = DatabaseRole("source", "TOTESYS_DSN", "TOTESYS_SECRET_ARN")
-WAREHOUSE = DatabaseRole("warehouse", "WAREHOUSE_DSN", "WAREHOUSE_SECRET_ARN")
+SOURCE = DatabaseRole("source", "source_dsn", "source_secret_arn")
+WAREHOUSE = DatabaseRole("warehouse", "warehouse_dsn", "warehouse_secret_arn")
 
 
 def redact(text: str, *secrets: str | None) -> str:
@@ -75,17 +83,16 @@ def _secret_dsn(secret_arn: str) -> str:
         ) from None
 
 
-def resolve_dsn(role: DatabaseRole, explicit: str | None = None) -> str:
-    """The DSN for `role`: the explicit value, else `<ROLE>_DSN`, else `<ROLE>_SECRET_ARN`."""
-    if explicit:
-        return explicit
-    if dsn := os.environ.get(role.dsn_env):
-        return dsn
-    if arn := os.environ.get(role.secret_env):
-        return _secret_dsn(arn)
+def resolve_dsn(role: DatabaseRole, settings: Settings) -> str:
+    """The DSN for `role`: its DSN setting, else the DSN built from its secret."""
+    if dsn := getattr(settings, role.dsn_field):
+        return str(dsn)
+    if arn := getattr(settings, role.secret_field):
+        return _secret_dsn(str(arn))
+    dsn_env, secret_env = role.setting_names()
     raise ConfigurationError(
-        f"no {role.name} database configured: pass a DSN, or set {role.dsn_env} "
-        f"(local) or {role.secret_env} (a Secrets Manager secret ARN)"
+        f"no {role.name} database configured: pass a DSN, or set {dsn_env} "
+        f"(local) or {secret_env} (a Secrets Manager secret ARN)"
     )
 
 

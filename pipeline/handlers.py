@@ -31,6 +31,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 from pipeline.errors import ConfigurationError
+from pipeline.settings import Settings
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "totesys-etl")
 NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "TotesysEtl")
@@ -44,11 +45,10 @@ if os.environ.get("AWS_LAMBDA_RUNTIME_API"):  # only inside Lambda: leave test l
 
 
 # -- helpers ---------------------------------------------------------------------------
-def _env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        raise ConfigurationError(f"environment variable {name} is not set on this function")
-    return value
+def _settings(*required: str) -> Settings:
+    """The function's settings, from the environment the stack gives it (read per call, so
+    a test or a configuration change never sees a stale copy)."""
+    return Settings.from_env(required=required)
 
 
 def _optional(event: Mapping[str, Any], key: str) -> Any:
@@ -113,16 +113,14 @@ def extract_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
     table = str(_required(event, "table"))
     run_id = str(_required(event, "run_id"))
-    max_rows = os.environ.get("EXTRACT_MAX_ROWS")
     logger.append_keys(table=table, run_id=run_id)
     with _timed("extract", table=table, run_id=run_id) as summary:
         result = extract_table(
             table,
             run_id,
-            lake_url=_env("INGEST_URL"),
+            _settings("ingest_url"),
             since=_optional(event, "since"),
             until=_optional(event, "until"),
-            max_rows=int(max_rows) if max_rows else None,
         ).to_dict()
         summary.update(rows=result.get("rows"), more=bool(result.get("more")))
     _emit("RowsExtracted", MetricUnit.Count, result.get("rows", 0), table=table)
@@ -142,9 +140,7 @@ def transform_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     run_id = str(_required(event, "run_id"))
     logger.append_keys(run_id=run_id)
     with _timed("transform", run_id=run_id) as summary:
-        result = transform(
-            run_id, ingest_url=_env("INGEST_URL"), processed_url=_env("PROCESSED_URL")
-        ).to_dict()
+        result = transform(run_id, _settings("ingest_url", "processed_url")).to_dict()
         summary.update(status=result.get("status"), quarantined=result.get("quarantined"))
     for table, rows in (result.get("quarantined") or {}).items():
         _emit("RowsQuarantined", MetricUnit.Count, rows, table=table)
@@ -168,7 +164,7 @@ def load_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     run_id = str(_required(event, "run_id"))
     logger.append_keys(run_id=run_id)
     with _timed("load", run_id=run_id) as summary:
-        result = load(run_id, processed_url=_env("PROCESSED_URL")).to_dict()
+        result = load(run_id, _settings("processed_url")).to_dict()
         summary.update(status=result.get("status"), rows=result.get("rows"))
     rows = result.get("rows")
     if isinstance(rows, Mapping):

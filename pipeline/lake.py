@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,15 +26,17 @@ from pipeline.errors import ConfigurationError, CorruptBatchError
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 3}
 
 
-def _s3_endpoint() -> str | None:
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-
-
 @dataclass
 class Lake:
-    """A lake zone rooted at `url`. Keys are `/`-separated paths relative to the root."""
+    """A lake zone rooted at `url`. Keys are `/`-separated paths relative to the root.
+
+    `endpoint` and `region` matter for S3 only (`Settings.s3_endpoint`, `aws_region`:
+    pyarrow's S3 client does not read the AWS SDK's endpoint variables itself).
+    """
 
     url: str
+    endpoint: str | None = None
+    region: str | None = None
     fs: pafs.FileSystem = field(init=False, repr=False)
     root: str = field(init=False)
     bucket: str | None = field(init=False, default=None)
@@ -45,10 +47,10 @@ class Lake:
             bucket, _, prefix = url[5:].partition("/")
             if not bucket:
                 raise ConfigurationError(f"lake URL {self.url!r} names no bucket")
-            endpoint = _s3_endpoint()
+            endpoint = self.endpoint
             self.fs = pafs.S3FileSystem(
                 endpoint_override=endpoint,
-                region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+                region=self.region,
                 scheme="http" if endpoint and endpoint.startswith("http://") else "https",
                 allow_bucket_creation=False,
             )
@@ -82,12 +84,13 @@ class Lake:
 
     # -- bytes and JSON --------------------------------------------------------------
     def exists(self, key: str) -> bool:
-        return self.fs.get_file_info(self.path(key)).type == pafs.FileType.File
+        return bool(self.fs.get_file_info(self.path(key)).type == pafs.FileType.File)
 
     def read_bytes(self, key: str) -> bytes:
         try:
             with self.fs.open_input_stream(self.path(key)) as f:
-                return f.read()
+                data: bytes = f.read()
+                return data
         except FileNotFoundError:
             raise CorruptBatchError(f"lake file {self.uri(key)} does not exist") from None
 
@@ -121,8 +124,9 @@ class Lake:
         from botocore.exceptions import ClientError
 
         object_key = self.path(key).split("/", 1)[1]
+        assert self.bucket is not None  # not local, so an S3 lake
         try:
-            boto3.client("s3", endpoint_url=_s3_endpoint()).put_object(
+            boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region).put_object(
                 Bucket=self.bucket, Key=object_key, Body=data, IfNoneMatch="*"
             )
             return True
@@ -176,7 +180,7 @@ class Lake:
         self._makedirs(key)
         pq.write_table(table, self.path(key), filesystem=self.fs, **{**PARQUET_OPTIONS, **options})
 
-    def read_parquet(self, keys: list[str], schema: pa.Schema | None = None) -> pa.Table:
+    def read_parquet(self, keys: Sequence[str], schema: pa.Schema | None = None) -> pa.Table:
         """Read the listed files into one table; a missing or broken file is a typed error."""
         tables = []
         for key in keys:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from pipeline.local import pgserver
+from pipeline.settings import Settings
 
 SNAPSHOT_DIR = os.path.join(
     os.path.dirname(__file__), "..", "..", "shared", "data", "totesys-snapshot-2024-11"
@@ -103,6 +104,12 @@ def moto_server() -> Iterator[str]:
     finally:
         mp.undo()
         server.stop()
+
+
+@pytest.fixture
+def s3_settings(moto_server: str) -> Settings:
+    """Settings that reach the moto server's S3 (endpoint and region, no lake URLs yet)."""
+    return Settings(s3_endpoint=moto_server, aws_region=MOTO_REGION)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline.catalog import TABLES
 from pipeline.lake import Lake
+from pipeline.settings import Settings
 from pipeline.warehouse_schema import WAREHOUSE_TABLES
 
 _clock = itertools.count()
@@ -260,6 +261,6 @@ def run_transform(lakes: tuple[Lake, Lake], run_id: str = "t1") -> dict[str, Any
     from pipeline.transform import transform
 
     ingest, processed = lakes
-    result = transform(run_id, ingest_url=ingest.url, processed_url=processed.url)
+    result = transform(run_id, Settings(ingest_url=ingest.url, processed_url=processed.url))
     assert result.status == "ok"
     return {"result": result, **read_outputs(processed, run_id)}

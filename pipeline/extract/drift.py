@@ -69,10 +69,10 @@ def check(table: Table, source: Sequence[SourceColumn]) -> DriftReport:
             "written as nullable so NULL rows can be quarantined"
         )
     known = set(table.column_names)
-    for column in source:
-        if column.name not in known:
+    for live_column in source:
+        if live_column.name not in known:
             warnings.append(
-                f"schema drift in {table.name}: new source column {column.name!r} "
-                f"({column.type}) is not in the catalog and was not extracted"
+                f"schema drift in {table.name}: new source column {live_column.name!r} "
+                f"({live_column.type}) is not in the catalog and was not extracted"
             )
     return DriftReport(warnings=warnings, relaxed=relaxed)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -49,23 +48,14 @@ from pipeline.extract.drift import check as check_drift
 from pipeline.extract.source import SourceSnapshot, Window, to_catalog
 from pipeline.extract.watermark import Watermark, iso_ms, read_watermark
 from pipeline.lake import Lake
+from pipeline.settings import Settings
 
 __all__ = ["ExtractResult", "extract_table", "manifest_key", "plan", "read_batch", "read_watermark"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LAG = timedelta(minutes=15)
-DEFAULT_PART_ROWS = 1_000_000
 ZSTD_LEVEL = 1  # see `_write_parts`
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,127}$")
-
-
-def _lag() -> timedelta:
-    return timedelta(seconds=float(os.environ.get("EXTRACT_LAG_SECONDS", DEFAULT_LAG.seconds)))
-
-
-def _part_rows() -> int:
-    return int(os.environ.get("EXTRACT_PART_ROWS", DEFAULT_PART_ROWS))
 
 
 # -- keys (docs/CONTRACTS.md) ----------------------------------------------------------
@@ -319,18 +309,21 @@ def _log(result: ExtractResult, started: float) -> None:
 def extract_table(
     table: str,
     run_id: str,
+    settings: Settings,
     *,
-    lake_url: str,
-    source_dsn: str | None = None,
     since: datetime | str | None = None,
     until: datetime | str | None = None,
-    max_rows: int | None = None,
 ) -> ExtractResult:
-    """Extract `table` for `run_id` into the ingestion zone at `lake_url` (see module doc)."""
+    """Extract `table` for `run_id` into the ingestion zone (see module doc).
+
+    Reads `settings.ingest_url`, the source credentials, `extract_lag`, `extract_part_rows`
+    and `extract_max_rows`; `since`/`until` make it a backfill of that window.
+    """
     started = time.perf_counter()
     spec = get_table(table)
+    max_rows = settings.extract_max_rows
     _check_arguments(run_id, max_rows)
-    lake = Lake(lake_url)
+    lake = settings.ingest_lake()
     key = manifest_key(spec.name, run_id)
     if lake.exists(key):  # R8: this (run, table) is committed already
         recorded = lake.read_json(key)
@@ -347,7 +340,7 @@ def extract_table(
     lower, upper = naive_utc(since, "since"), naive_utc(until, "until")
     backfill = resume["mode"] == "backfill" if resume else (lower or upper) is not None
     state = None if backfill else watermark.load(lake, spec.name)
-    dsn = resolve_dsn(SOURCE, source_dsn)
+    dsn = resolve_dsn(SOURCE, settings)
 
     with SourceSnapshot.open(dsn, spec) as source:
         drift = check_drift(spec, source.columns())
@@ -362,11 +355,22 @@ def extract_table(
         )
         day = _run_day(lake, spec.name, run_id)  # after the drift check: drift writes nothing
         todo = plan(
-            run_id, source.now, state=state, resume=resume, since=lower, until=upper, lag=_lag()
+            run_id,
+            source.now,
+            state=state,
+            resume=resume,
+            since=lower,
+            until=upper,
+            lag=settings.extract_lag,
         )
         keys = (part_key(spec.name, day, run_id, i) for i in range(10**5))
         written = _write_parts(
-            lake, keys, schema, spec, source.batches(todo.window, max_rows), _part_rows()
+            lake,
+            keys,
+            schema,
+            spec,
+            source.batches(todo.window, max_rows),
+            settings.extract_part_rows,
         )
         more = bool(
             max_rows is not None

@@ -285,14 +285,14 @@ class SourceSnapshot:
                 session = _connect(conninfo, table, dsn)
                 snapshot = cls(session, table, dsn)
             yield snapshot
-            session.execute("COMMIT")
+            snapshot._session.execute("COMMIT")
         except adbc_driver_manager.Error as exc:
             _close(session)
             raise _typed_error(exc, table.name, dsn) from None
         except BaseException:
             _close(session)  # the transaction may be open or the stream half read: never reuse
             raise
-        _POOL.give(conninfo, session)  # clean: the snapshot committed, no statement open
+        _POOL.give(conninfo, snapshot._session)  # clean: committed, no statement open
 
     def _one(self, query: str, params: tuple[str, ...]) -> tuple[Any, ...]:
         rows = self._session.rows(query, params)
@@ -352,7 +352,7 @@ class SourceSnapshot:
             if column.pg_type in ENUMS or column.pg_type.startswith("numeric"):
                 items.append(sql.SQL("{}::text AS {}").format(name, name))
             else:
-                items.append(name)
+                items.append(sql.Composed([name]))
         return sql.SQL(", ").join(items)
 
     def batches(self, window: Window, limit: int | None = None) -> Iterator[pa.RecordBatch]:

@@ -214,7 +214,7 @@ def copy_rows(
 
 def _copy_checked(
     conn: psycopg.Connection,
-    copy_sql: sql.Composable,
+    copy_sql: sql.Composed,
     chunks: Iterable[bytes],
     table: WarehouseTable,
     batch: str,

@@ -80,12 +80,12 @@ def create_table(table: WarehouseTable) -> sql.Composed:
     )
 
 
-def star_schema_statements() -> list[sql.Composable]:
+def star_schema_statements() -> list[sql.Composed]:
     """The eleven tables, dimensions first so the facts' foreign keys resolve."""
     return [create_table(t) for t in (*DIMENSIONS, *FACTS)]
 
 
-def ledger_statements() -> list[sql.Composable]:
+def ledger_statements() -> list[sql.Composed]:
     """The run ledger: one row per processed batch, written in the batch's own transaction."""
     ledger = sql.Identifier(LEDGER_TABLE)
     return [

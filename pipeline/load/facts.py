@@ -287,7 +287,7 @@ def _copy(
     batch: str,
     mask: np.ndarray | None,
     first_id: int,
-) -> dict[str, pa.Array]:
+) -> dict[str, KeySet]:
     """One COPY attempt in a savepoint; return the distinct referencing values copied."""
     table = out.table
     columns = _copy_columns(table)

@@ -28,7 +28,7 @@ MIGRATION_LOCK = 0x70E5_0001  # pg_advisory_xact_lock key, one per database
 class Migration:
     version: str
     description: str
-    statements: Callable[[], list[sql.Composable]]
+    statements: Callable[[], list[sql.Composed]]
 
     def rendered(self, conn: psycopg.Connection) -> list[str]:
         return [s.as_string(conn) for s in self.statements()]
@@ -99,12 +99,9 @@ def apply_migrations(conn: psycopg.Connection) -> list[str]:
     return applied
 
 
-def migrate(dsn: str | None = None) -> list[str]:
-    """Bring the warehouse schema up to date; return the migration versions applied now.
+def migrate(dsn: str) -> list[str]:
+    """Bring the warehouse schema at `dsn` up to date; return the versions applied now."""
+    from pipeline.credentials import connect
 
-    `dsn` of None resolves through `WAREHOUSE_DSN` / `WAREHOUSE_SECRET_ARN`.
-    """
-    from pipeline.credentials import WAREHOUSE, connect, resolve_dsn
-
-    with connect(resolve_dsn(WAREHOUSE, dsn), what="warehouse", autocommit=True) as conn:
+    with connect(dsn, what="warehouse", autocommit=True) as conn:
         return apply_migrations(conn)

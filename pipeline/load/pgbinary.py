@@ -146,7 +146,8 @@ class _Row:
         joined = pc.binary_join_element_wise(*self.parts, no_separator)
         offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32)
         start, end = offsets[joined.offset], offsets[joined.offset + self.n]
-        return joined.buffers()[2].to_pybytes()[start:end]
+        data: bytes = joined.buffers()[2].to_pybytes()
+        return data[start:end]
 
 
 def _var_payload(valid: np.ndarray, payload: np.ndarray) -> pa.Array:

@@ -26,6 +26,7 @@ from pipeline.errors import LoadConflictError, SourceUnavailableError
 from pipeline.lake import Lake
 from pipeline.load import apply, batches, ddl, facts
 from pipeline.load.migrations import apply_migrations
+from pipeline.settings import Settings
 from pipeline.warehouse_schema import DIMENSIONS, FACTS
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,11 @@ class LoadResult:
         }
 
 
-def load(run_id: str, *, processed_url: str, warehouse_dsn: str | None = None) -> LoadResult:
-    """Load every pending processed batch into the warehouse (docs/CONTRACTS.md)."""
-    dsn = resolve_dsn(WAREHOUSE, warehouse_dsn)
-    lake = Lake(processed_url)
+def load(run_id: str, settings: Settings) -> LoadResult:
+    """Load every pending processed batch of `settings.processed_url` into the warehouse
+    (docs/CONTRACTS.md)."""
+    dsn = resolve_dsn(WAREHOUSE, settings)
+    lake = settings.processed_lake()
     with connect(dsn, what="warehouse", autocommit=True) as conn:
         try:
             apply_migrations(conn)
@@ -85,9 +87,9 @@ def _load_lock(conn: psycopg.Connection) -> Iterator[None]:
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOAD_LOCK,))
 
 
-def loaded_batches(warehouse_dsn: str | None = None) -> set[str]:
+def loaded_batches(settings: Settings) -> set[str]:
     """Run ids of the processed batches already in the ledger (empty before any load)."""
-    dsn = resolve_dsn(WAREHOUSE, warehouse_dsn)
+    dsn = resolve_dsn(WAREHOUSE, settings)
     with connect(dsn, what="warehouse", autocommit=True) as conn:
         exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (ddl.LEDGER_TABLE,)).fetchone()
         if not (exists and exists[0]):

@@ -1,41 +1,66 @@
 """`totesys-etl` command line: a thin adapter that parses options and calls the step modules.
 
-Every command maps its options (with environment fallbacks) onto one function of the
-package and prints the result; no pipeline logic lives here.
+Every command builds one `Settings` (the environment, then the options given on top) and
+calls one function of the package with it; no pipeline logic lives here.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from pipeline.errors import PipelineError
-
-
-def _env(name: str) -> str | None:
-    return os.environ.get(name) or None
+from pipeline.errors import ConfigurationError, PipelineError
+from pipeline.settings import Settings
 
 
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
+def _print_counts(verb: str, counts: dict[str, Any]) -> None:
+    width = max((len(k) for k in counts), default=0)
+    print(f"{verb}:")
+    for key, value in counts.items():
+        print(f"  {key:<{width}}  {value}")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The environment's settings with the options given on the command line on top."""
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(Settings)
+        if f.metadata["flag"] and hasattr(args, f.name)
+    }
+    if given.get("extract_lag") is not None:
+        given["extract_lag"] = timedelta(seconds=given["extract_lag"])
+    return Settings.from_env().replace(**given)
+
+
+def _source_dsn(args: argparse.Namespace) -> str:
+    """The totesys DSN the simulator writes to: `--dsn`, else `TOTESYS_DSN`."""
+    dsn = args.dsn or Settings.from_env().source_dsn
+    if not dsn:
+        raise ConfigurationError("no totesys database given: pass --dsn or set TOTESYS_DSN")
+    return dsn
+
+
+# -- commands ----------------------------------------------------------------------------
 def _cmd_seed(args: argparse.Namespace) -> int:
     if args.from_parquet:
         from pipeline.local.simulator.snapshot import load_snapshot
 
-        counts = load_snapshot(args.dsn, args.from_parquet, force=args.force)
+        counts = load_snapshot(_source_dsn(args), args.from_parquet, force=args.force)
     else:
         from pipeline.local.simulator.seed import seed
 
         counts = seed(
-            args.dsn, scale=args.scale, seed=args.seed, force=args.force, start=args.start
+            _source_dsn(args), scale=args.scale, seed=args.seed, force=args.force, start=args.start
         )
     _print_json(counts) if args.json else _print_counts("seeded", counts)
     return 0
@@ -44,52 +69,25 @@ def _cmd_seed(args: argparse.Namespace) -> int:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from pipeline.local.simulator.simulate import simulate
 
-    summary = simulate(args.dsn, days=args.days, seed=args.seed)
+    summary = simulate(_source_dsn(args), days=args.days, seed=args.seed)
     _print_json(summary) if args.json else _print_counts("simulated", summary)
     return 0
 
 
-DEFAULT_INGEST_URL = "lake/ingestion"
-DEFAULT_PROCESSED_URL = "lake/processed"
-
-
-def _table_list(text: str) -> list[str]:
-    from pipeline.catalog import get_table
-
-    try:
-        return [get_table(t.strip()).name for t in text.split(",") if t.strip()]
-    except PipelineError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _timestamp(text: str) -> datetime:
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO timestamp: {text!r}") from None
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline.catalog import TABLE_NAMES
-    from pipeline.local.runner import RunSettings, run_pipeline
+    from pipeline.local.runner import run_pipeline
 
-    settings = RunSettings(
-        source_dsn=args.source_dsn,
-        warehouse_dsn=args.warehouse_dsn,
-        ingest_url=args.ingest_url,
-        processed_url=args.processed_url,
-        tables=args.tables or TABLE_NAMES,
-        run_id=args.run_id,
-        extract_workers=args.workers,
-    )
+    settings = _settings(args)
+    tables = args.tables or TABLE_NAMES
     if args.json:
-        report = run_pipeline(settings)
+        report = run_pipeline(settings, tables=tables, run_id=args.run_id)
         _print_json(report.to_dict())
     else:
         from pipeline.local.console import print_run_summary, run_progress
 
-        with run_progress([*settings.tables, "transform", "load"]) as progress:
-            report = run_pipeline(settings, progress)
+        with run_progress([*tables, "transform", "load"]) as progress:
+            report = run_pipeline(settings, tables=tables, run_id=args.run_id, progress=progress)
         print_run_summary(report)
     return 0 if report.succeeded else 1
 
@@ -97,11 +95,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from pipeline.local.status import gather_status
 
-    status = gather_status(
-        ingest_url=args.ingest_url,
-        processed_url=args.processed_url,
-        warehouse_dsn=args.warehouse_dsn,
-    )
+    status = gather_status(_settings(args))
     if args.json:
         _print_json(status)
     else:
@@ -115,14 +109,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from pipeline.extract import extract_table
     from pipeline.local.runner import new_run_id
 
-    result = extract_table(
-        args.table,
-        args.run_id or new_run_id(),
-        lake_url=args.ingest_url,
-        source_dsn=args.source_dsn,
-        since=args.since,
-        until=args.until,
-    )
+    run_id = args.run_id or new_run_id()
+    result = extract_table(args.table, run_id, _settings(args), since=args.since, until=args.until)
     _print_json(result.to_dict())
     return 0
 
@@ -131,10 +119,7 @@ def _cmd_transform(args: argparse.Namespace) -> int:
     from pipeline.local.runner import new_run_id
     from pipeline.transform import transform
 
-    result = transform(
-        args.run_id or new_run_id(), ingest_url=args.ingest_url, processed_url=args.processed_url
-    )
-    _print_json(result.to_dict())
+    _print_json(transform(args.run_id or new_run_id(), _settings(args)).to_dict())
     return 0
 
 
@@ -142,19 +127,15 @@ def _cmd_load(args: argparse.Namespace) -> int:
     from pipeline.load import load
     from pipeline.local.runner import new_run_id
 
-    result = load(
-        args.run_id or new_run_id(),
-        processed_url=args.processed_url,
-        warehouse_dsn=args.warehouse_dsn,
-    )
-    _print_json(result.to_dict())
+    _print_json(load(args.run_id or new_run_id(), _settings(args)).to_dict())
     return 0
 
 
 def _cmd_init_warehouse(args: argparse.Namespace) -> int:
+    from pipeline.credentials import WAREHOUSE, resolve_dsn
     from pipeline.load.migrations import migrate
 
-    applied = migrate(args.dsn)
+    applied = migrate(resolve_dsn(WAREHOUSE, _settings(args)))
     _print_json({"applied": applied})
     return 0
 
@@ -165,20 +146,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(keep=args.keep, days=args.days, scale=args.scale)
 
 
-def _print_counts(verb: str, counts: dict[str, Any]) -> None:
-    width = max((len(k) for k in counts), default=0)
-    print(f"{verb}:")
-    for key, value in counts.items():
-        print(f"  {key:<{width}}  {value}")
+# -- option types --------------------------------------------------------------------------
+def _table_list(text: str) -> list[str]:
+    from pipeline.catalog import get_table
 
-
-def _add_dsn(p: argparse.ArgumentParser, env: str = "TOTESYS_DSN") -> None:
-    p.add_argument(
-        "--dsn",
-        default=_env(env),
-        required=_env(env) is None,
-        help=f"PostgreSQL DSN of the totesys database (default: ${env})",
-    )
+    try:
+        return [get_table(t.strip()).name for t in text.split(",") if t.strip()]
+    except PipelineError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_scale(text: str) -> float:
@@ -191,6 +166,26 @@ def _positive_scale(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more seconds, got {value}")
+    return value
+
+
 def _timestamp(text: str) -> datetime:
     try:
         return datetime.fromisoformat(text)
@@ -200,6 +195,36 @@ def _timestamp(text: str) -> datetime:
         ) from None
 
 
+# -- the parser ----------------------------------------------------------------------------
+def _setting_option(p: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
+    """An option that overrides setting `name`; its help names the variable and default."""
+    spec = Settings.__dataclass_fields__[name].metadata
+    default = spec["shown"] or Settings.__dataclass_fields__[name].default
+    p.add_argument(
+        spec["flag"],
+        dest=name,
+        default=None,
+        help=f"{spec['doc']} (default: ${spec['env'][0]}, else {default})",
+        **kwargs,
+    )
+
+
+def _lake_options(p: argparse.ArgumentParser, ingest: bool = True, processed: bool = True) -> None:
+    if ingest:
+        _setting_option(p, "ingest_url")
+    if processed:
+        _setting_option(p, "processed_url")
+
+
+def _database_options(
+    p: argparse.ArgumentParser, source: bool = True, warehouse: bool = True
+) -> None:
+    if source:
+        _setting_option(p, "source_dsn")
+    if warehouse:
+        _setting_option(p, "warehouse_dsn")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="totesys-etl",
@@ -207,13 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, func: Callable[[argparse.Namespace], int], help_: str):
+    def command(
+        name: str, func: Callable[[argparse.Namespace], int], help_: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(func=func)
         return p
 
+    def source_dsn(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dsn", help="PostgreSQL DSN of the totesys database ($TOTESYS_DSN)")
+
     p = command("seed", _cmd_seed, "create the totesys schema and fill it with synthetic data")
-    _add_dsn(p)
+    source_dsn(p)
     p.add_argument(
         "--scale", type=_positive_scale, default=1.0, help="1 = the real snapshot's size"
     )
@@ -234,74 +264,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the row counts as JSON")
 
     p = command("simulate", _cmd_simulate, "advance totesys business activity by N days")
-    _add_dsn(p)
+    source_dsn(p)
     p.add_argument("--days", type=int, required=True, help="number of days to simulate (>= 1)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: from the data)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    def lake_urls(p: argparse.ArgumentParser, ingest: bool = True, processed: bool = True) -> None:
-        if ingest:
-            p.add_argument(
-                "--ingest-url",
-                default=_env("INGEST_URL") or DEFAULT_INGEST_URL,
-                help="ingestion zone: s3://bucket/prefix or a folder (default: $INGEST_URL "
-                f"or {DEFAULT_INGEST_URL})",
-            )
-        if processed:
-            p.add_argument(
-                "--processed-url",
-                default=_env("PROCESSED_URL") or DEFAULT_PROCESSED_URL,
-                help=f"processed zone (default: $PROCESSED_URL or {DEFAULT_PROCESSED_URL})",
-            )
-
-    def databases(p: argparse.ArgumentParser, source: bool = True, warehouse: bool = True) -> None:
-        if source:
-            p.add_argument(
-                "--source-dsn",
-                default=_env("TOTESYS_DSN"),
-                help="totesys DSN (default: $TOTESYS_DSN, else $TOTESYS_SECRET_ARN)",
-            )
-        if warehouse:
-            p.add_argument(
-                "--warehouse-dsn",
-                default=_env("WAREHOUSE_DSN"),
-                help="warehouse DSN (default: $WAREHOUSE_DSN, else $WAREHOUSE_SECRET_ARN)",
-            )
-
     p = command("run", _cmd_run, "extract, transform and load: one full pipeline pass")
-    databases(p)
-    lake_urls(p)
+    _database_options(p)
+    _lake_options(p)
     p.add_argument("--tables", type=_table_list, default=None, help="a,b,... (default: all)")
     p.add_argument("--run-id", default=None, help="run id (default: a new sortable id)")
-    p.add_argument("--workers", type=int, default=4, help="tables extracted at once")
+    _setting_option(p, "extract_workers", type=_positive_int)
+    _setting_option(p, "extract_max_rows", type=_positive_int)
+    _setting_option(p, "extract_lag", type=_non_negative)
+    _setting_option(p, "transform_max_rows", type=_positive_int)
     p.add_argument("--json", action="store_true", help="print one JSON object, no progress")
 
     p = command("status", _cmd_status, "watermarks, pending batches and recent runs")
-    lake_urls(p)
-    databases(p, source=False)
+    _lake_options(p)
+    _database_options(p, source=False)
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = command("extract", _cmd_extract, "extract one table into the ingestion zone")
     p.add_argument("table", help="totesys table name")
-    databases(p, warehouse=False)
-    lake_urls(p, processed=False)
+    _database_options(p, warehouse=False)
+    _lake_options(p, processed=False)
     p.add_argument("--run-id", default=None, help="run id (default: a new sortable id)")
     p.add_argument("--since", type=_timestamp, default=None, help="backfill window start")
     p.add_argument("--until", type=_timestamp, default=None, help="backfill window end")
+    _setting_option(p, "extract_max_rows", type=_positive_int)
+    _setting_option(p, "extract_lag", type=_non_negative)
 
     p = command("transform", _cmd_transform, "transform new raw batches into the star schemas")
-    lake_urls(p)
+    _lake_options(p)
     p.add_argument("--run-id", default=None, help="run id (default: a new sortable id)")
+    _setting_option(p, "transform_max_rows", type=_positive_int)
 
     p = command("load", _cmd_load, "load processed batches into the warehouse")
-    lake_urls(p, ingest=False)
-    databases(p, source=False)
+    _lake_options(p, ingest=False)
+    _database_options(p, source=False)
     p.add_argument("--run-id", default=None, help="run id (default: a new sortable id)")
 
     p = command("init-warehouse", _cmd_init_warehouse, "create or upgrade the warehouse schema")
     p.add_argument(
         "--dsn",
-        default=_env("WAREHOUSE_DSN"),
+        dest="warehouse_dsn",
+        default=None,
         help="warehouse DSN (default: $WAREHOUSE_DSN, else $WAREHOUSE_SECRET_ARN)",
     )
 
@@ -320,13 +328,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = getattr(args, "json", False) or args.command == "demo"
     logs.configure(logging.WARNING if quiet else logging.INFO)
     try:
-        return args.func(args)
+        code: int = args.func(args)
     except PipelineError as exc:
         print(f"totesys-etl {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    return code
 
 
 if __name__ == "__main__":

@@ -15,9 +15,11 @@ from typing import Any
 import psycopg
 from rich.table import Table
 
+from pipeline.catalog import TABLE_NAMES
 from pipeline.local import pgserver
 from pipeline.local.console import console, print_run_summary, run_progress
-from pipeline.local.runner import RunReport, RunSettings, run_pipeline
+from pipeline.local.runner import RunReport, run_pipeline
+from pipeline.settings import Settings
 
 DEMO_DIR = Path(".demo")
 
@@ -42,16 +44,16 @@ REPORTS: dict[str, str] = {
 }
 
 
-def _run(label: str, settings: RunSettings) -> RunReport:
+def _run(label: str, settings: Settings) -> RunReport:
     console.rule(f"[bold]{label}")
-    with run_progress([*settings.tables, "transform", "load"]) as progress:
-        report = run_pipeline(settings, progress)
+    with run_progress([*TABLE_NAMES, "transform", "load"]) as progress:
+        report = run_pipeline(settings, progress=progress)
     print_run_summary(report)
     return report
 
 
 def _print_query(conn: psycopg.Connection, title: str, query: str) -> None:
-    cur = conn.execute(query)  # type: ignore[arg-type]  # constant SQL, no user input
+    cur = conn.execute(query)  # constant SQL, no user input
     table = Table(title=title, title_justify="left")
     for column in cur.description or []:
         table.add_column(column.name)
@@ -99,7 +101,7 @@ def run_demo(*, keep: bool = False, days: int = 5, scale: float = 1.0) -> int:
     try:
         source = pgserver.create_database(admin_dsn, "totesys")
         warehouse = pgserver.create_database(admin_dsn, "warehouse")
-        settings = RunSettings(
+        settings = Settings(
             source_dsn=source,
             warehouse_dsn=warehouse,
             ingest_url=str(workdir / "lake" / "ingestion"),
@@ -152,7 +154,7 @@ def _explain_kept(workdir: Path, warehouse_dsn: str, server: Any) -> None:
         f"connect: source {env_file} && psql -d warehouse   (or -d totesys)\n"
         + (
             f"stop the server: pg_ctl -D {server.directory / 'data'} stop"
-            if isinstance(server, pgserver.LocalCluster)
+            if isinstance(server, pgserver.LocalCluster) and server.directory
             else "stop the server: docker stop <container> (see `docker ps`)"
         )
     )

@@ -20,11 +20,11 @@ from typing import Any
 from pipeline.catalog import TABLE_NAMES, get_table
 from pipeline.errors import PipelineError
 from pipeline.lake import Lake
+from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
 RUNS_PREFIX = "_runs"
-DEFAULT_EXTRACT_WORKERS = 4
 
 # Called with (table, event, detail) as tables start and finish: drives progress displays.
 ProgressCallback = Callable[[str, str, dict[str, Any]], None]
@@ -34,17 +34,6 @@ def new_run_id(now: datetime | None = None) -> str:
     """Sortable, unique, safe as an S3 key part and a Step Functions execution name."""
     now = now or datetime.now(UTC)
     return f"local-{now:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
-
-
-@dataclass
-class RunSettings:
-    source_dsn: str | None
-    warehouse_dsn: str | None
-    ingest_url: str
-    processed_url: str
-    tables: Sequence[str] = TABLE_NAMES
-    run_id: str | None = None
-    extract_workers: int = DEFAULT_EXTRACT_WORKERS
 
 
 @dataclass
@@ -91,16 +80,14 @@ class RunReport:
         }
 
 
-def extract_table_fully(table: str, settings: RunSettings, run_id: str) -> dict[str, Any]:
+def extract_table_fully(table: str, settings: Settings, run_id: str) -> dict[str, Any]:
     """Extract one table to completion (following `more` for tables too big for one call)."""
     from pipeline.extract import extract_table
 
     total_rows, files = 0, 0
     call_run_id = run_id
     while True:
-        result = extract_table(
-            table, call_run_id, lake_url=settings.ingest_url, source_dsn=settings.source_dsn
-        ).to_dict()
+        result = extract_table(table, call_run_id, settings).to_dict()
         total_rows += result["rows"]
         files += len(result.get("files", []))
         if not result.get("more"):
@@ -114,10 +101,7 @@ def extract_table_fully(table: str, settings: RunSettings, run_id: str) -> dict[
     }
 
 
-MAX_TRANSFORM_ROUNDS = 20
-
-
-def transform_backlog(run_id: str, ingest_url: str, processed_url: str) -> dict[str, Any]:
+def transform_backlog(run_id: str, settings: Settings) -> dict[str, Any]:
     """Transform until no committed batch is left, as the state machine's loop does.
 
     One transform call is capped in rows (memory); when it reports `more`, the next call
@@ -127,9 +111,10 @@ def transform_backlog(run_id: str, ingest_url: str, processed_url: str) -> dict[
     from pipeline.transform import transform
 
     total: dict[str, Any] = {"run_ids": [], "rows_in": {}, "rows_out": {}, "quarantined": {}}
-    for n in range(1, MAX_TRANSFORM_ROUNDS + 1):
+    rounds = settings.transform_max_rounds
+    for n in range(1, rounds + 1):
         round_id = run_id if n == 1 else f"{run_id}.t{n}"
-        result = transform(round_id, ingest_url=ingest_url, processed_url=processed_url).to_dict()
+        result = transform(round_id, settings).to_dict()
         total["run_ids"].append(round_id)
         total["status"] = result["status"]
         for key in ("rows_in", "rows_out", "quarantined"):
@@ -139,15 +124,21 @@ def transform_backlog(run_id: str, ingest_url: str, processed_url: str) -> dict[
             total["rows"] = sum(total["rows_out"].values())
             return total
     raise PipelineError(
-        f"transform still reports a backlog after {MAX_TRANSFORM_ROUNDS} rounds of run "
+        f"transform still reports a backlog after {rounds} rounds of run "
         f"{run_id}; run `totesys-etl transform` again, or raise TRANSFORM_MAX_ROWS"
     )
 
 
-def run_pipeline(settings: RunSettings, progress: ProgressCallback | None = None) -> RunReport:
+def run_pipeline(
+    settings: Settings,
+    *,
+    tables: Sequence[str] = TABLE_NAMES,
+    run_id: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> RunReport:
     """Run one pipeline pass and return its report (never raises for a failed table)."""
-    tables = [get_table(t).name for t in settings.tables]
-    run_id = settings.run_id or new_run_id()
+    tables = [get_table(t).name for t in tables]
+    run_id = run_id or new_run_id()
     started = time.perf_counter()
     report = RunReport(run_id=run_id, started_at=datetime.now(UTC).isoformat())
     notify = progress or (lambda table, event, detail: None)
@@ -175,12 +166,10 @@ def run_pipeline(settings: RunSettings, progress: ProgressCallback | None = None
         from pipeline.load import load
 
         notify("transform", "started", {})
-        report.transform = transform_backlog(run_id, settings.ingest_url, settings.processed_url)
+        report.transform = transform_backlog(run_id, settings)
         notify("transform", "finished", report.transform)
         notify("load", "started", {})
-        report.load = load(
-            run_id, processed_url=settings.processed_url, warehouse_dsn=settings.warehouse_dsn
-        ).to_dict()
+        report.load = load(run_id, settings).to_dict()
         notify("load", "finished", report.load)
     except PipelineError as exc:
         report.error = f"{type(exc).__name__}: {exc}"
@@ -188,7 +177,7 @@ def run_pipeline(settings: RunSettings, progress: ProgressCallback | None = None
 
     report.duration_s = time.perf_counter() - started
     report.finished_at = datetime.now(UTC).isoformat()
-    Lake(settings.ingest_url).write_json(f"{RUNS_PREFIX}/{run_id}.json", report.to_dict())
+    settings.ingest_lake().write_json(f"{RUNS_PREFIX}/{run_id}.json", report.to_dict())
     log.info(
         "run finished",
         extra={
@@ -200,9 +189,8 @@ def run_pipeline(settings: RunSettings, progress: ProgressCallback | None = None
     return report
 
 
-def recent_runs(ingest_url: str, limit: int = 10) -> list[dict[str, Any]]:
-    """The newest run reports written by `run_pipeline`, newest first."""
-    lake = Lake(ingest_url)
+def recent_runs(lake: Lake, limit: int = 10) -> list[dict[str, Any]]:
+    """The newest run reports written by `run_pipeline` in the ingestion lake, newest first."""
     keys = lake.list(RUNS_PREFIX)
     reports = [lake.read_json(k) for k in keys]
     reports.sort(key=lambda r: r.get("started_at", ""), reverse=True)

@@ -11,19 +11,19 @@ from typing import Any
 from pipeline.catalog import TABLE_NAMES
 from pipeline.lake import Lake
 from pipeline.local.runner import recent_runs
+from pipeline.settings import Settings
 
 
 def _manifests(lake: Lake, prefix: str) -> list[tuple[str, dict[str, Any]]]:
     return [(k, lake.read_json(k)) for k in lake.list(prefix) if k.endswith(".json")]
 
 
-def gather_status(
-    *, ingest_url: str, processed_url: str, warehouse_dsn: str | None = None
-) -> dict[str, Any]:
-    """Per table watermark and last run, batches waiting for transform/load, recent runs."""
+def gather_status(settings: Settings) -> dict[str, Any]:
+    """Per table watermark and last run, batches waiting for transform/load, recent runs
+    (batches waiting for load only when a warehouse is configured)."""
     from pipeline.extract.watermark import read_watermark
 
-    ingest, processed = Lake(ingest_url), Lake(processed_url)
+    ingest, processed = settings.ingest_lake(), settings.processed_lake()
     processed_manifests = _manifests(processed, "_manifests")
     consumed = {key for _, m in processed_manifests for key in m.get("inputs", [])}
 
@@ -43,10 +43,10 @@ def gather_status(
         waiting_transform += [k for k, _ in batches if k not in consumed]
 
     loaded: set[str] | None = None
-    if warehouse_dsn:
+    if settings.warehouse_dsn or settings.warehouse_secret_arn:
         from pipeline.load.run import loaded_batches
 
-        loaded = loaded_batches(warehouse_dsn)
+        loaded = loaded_batches(settings)
     waiting_load = (
         None
         if loaded is None
@@ -58,6 +58,6 @@ def gather_status(
         "waiting_for_load": waiting_load,
         "recent_runs": [
             {k: r.get(k) for k in ("run_id", "status", "started_at", "duration_s", "rerun")}
-            for r in recent_runs(ingest_url)
+            for r in recent_runs(ingest)
         ],
     }

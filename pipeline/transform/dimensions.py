@@ -44,9 +44,7 @@ def _found(table: str, lookup: str, fk: str) -> Rule:
     )
 
 
-def _join(
-    states: States, table: str, lookup: str, fk: str, columns: dict[str, str]
-) -> pl.DataFrame:
+def _join(states: States, table: str, lookup: str, fk: str, columns: dict[str, str]) -> Built:
     """Left-join the lookup's columns (renamed) and flag rows whose lookup row is missing."""
     pk = TABLES[lookup].primary_key
     right = states[lookup].select(

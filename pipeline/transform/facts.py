@@ -134,7 +134,7 @@ FACT_SOURCES: tuple[str, ...] = tuple(f.source for f in FACTS)
 
 def seen_schema(source: str) -> pl.Schema:
     t = TABLES[source]
-    return pl.Schema({t.primary_key: pl.Int32, t.cursor: pl.Datetime("ms")})
+    return pl.Schema([(t.primary_key, pl.Int32), (t.cursor, pl.Datetime("ms"))])
 
 
 def empty_seen(source: str) -> pl.DataFrame:

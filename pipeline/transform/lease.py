@@ -59,7 +59,8 @@ class Lease:
 
     def _read(self) -> dict[str, str] | None:
         try:
-            return self.lake.read_json(LEASE_KEY)
+            held: dict[str, str] = self.lake.read_json(LEASE_KEY)
+            return held
         except CorruptBatchError:  # absent (or deleted while we looked)
             return None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypedDict
 
 import polars as pl
 import pyarrow as pa
@@ -15,6 +16,13 @@ from pipeline.transform.quality import REASON, RULE
 from pipeline.warehouse_schema import WAREHOUSE_TABLES
 
 PART_ROWS = 1_000_000
+
+
+class OutputFiles(TypedDict):
+    """One warehouse table's entry in a processed manifest's `outputs`."""
+
+    files: list[str]
+    rows: int
 
 
 def output_key(table: str, run_id: str, part: int = 0) -> str:
@@ -40,9 +48,7 @@ def to_arrow(df: pl.DataFrame, schema: pa.Schema, table: str) -> pa.Table:
     return arrow.cast(schema)
 
 
-def write_warehouse_table(
-    lake: Lake, table: str, run_id: str, df: pl.DataFrame
-) -> dict[str, object]:
+def write_warehouse_table(lake: Lake, table: str, run_id: str, df: pl.DataFrame) -> OutputFiles:
     """Parquet parts of up to `PART_ROWS` rows, encoded in parallel; no file for zero rows.
 
     Part keys are deterministic, so a re-run after a crash overwrites the same files.

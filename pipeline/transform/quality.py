@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import polars as pl
+from polars.expr.whenthen import ChainedThen, Then
 
 from pipeline.catalog import ENUMS, TABLES
 
@@ -120,7 +121,7 @@ def annotate(lf: pl.LazyFrame, rules: Iterable[Rule]) -> pl.LazyFrame:
     rules = list(rules)
     if not rules:
         return lf.with_columns(pl.lit(None, pl.Int16).alias(RULE))
-    index: pl.Expr = pl.when(rules[0].failed).then(pl.lit(0, pl.Int16))
+    index: Then | ChainedThen = pl.when(rules[0].failed).then(pl.lit(0, pl.Int16))
     for i, r in enumerate(rules[1:], start=1):
         index = index.when(r.failed).then(pl.lit(i, pl.Int16))
     return lf.with_columns(index.otherwise(pl.lit(None, pl.Int16)).alias(RULE))
@@ -134,7 +135,7 @@ def explain(bad: pl.DataFrame, rules: Iterable[Rule]) -> pl.DataFrame:
             pl.lit(None, pl.String).alias(RULE), pl.lit(None, pl.String).alias(REASON)
         )
     names = pl.Series([r.name for r in rules], dtype=pl.String)
-    reason: pl.Expr = pl.when(pl.col(RULE) == 0).then(rules[0].reason)
+    reason: Then | ChainedThen = pl.when(pl.col(RULE) == 0).then(rules[0].reason)
     for i, r in enumerate(rules[1:], start=1):
         reason = reason.when(pl.col(RULE) == i).then(r.reason)
     return bad.with_columns(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import polars as pl
 
 from pipeline.catalog import TABLES
 from pipeline.lake import Lake
+from pipeline.settings import Settings
 from pipeline.transform import state as st
 from pipeline.transform.current import LOOKUP_TABLES, empty_state, merge
 from pipeline.transform.dim_date import build_dim_date, referenced_dates
@@ -48,24 +48,22 @@ log = logging.getLogger(__name__)
 
 CONSUMED = "consumed"
 READ_ALL_STATE_ROWS = 500_000  # a fact batch this big reads every state bucket it may need
-# Memory bound of one run. Measured: 8.58M rows in one run (the full history of 2M sales
-# orders, all tables) peak at 1.1 GB RSS, 8M sales rows at about 1.5 GB. 4M keeps a run
-# under the 1 GB target (benchmarks.run); a larger backlog continues in `<run_id>.t<n>`.
-MAX_ROWS_PER_RUN = 4_000_000
 _EMPTY_CONSUMED = pl.DataFrame(schema={"key": pl.String, "run_id": pl.String})
 
 
-def transform(run_id: str, *, ingest_url: str, processed_url: str) -> TransformResult:
-    """Consume every committed, not yet consumed ingestion batch, in commit order."""
+def transform(run_id: str, settings: Settings) -> TransformResult:
+    """Consume the committed, not yet consumed ingestion batches, in commit order, up to
+    `settings.transform_max_rows` rows (`more` says whether some were left)."""
     started = time.monotonic()
-    ingest, processed = Lake(ingest_url), Lake(processed_url)
+    ingest, processed = settings.ingest_lake(), settings.processed_lake()
     result = _replay(processed, run_id) or _nothing_to_do(ingest, processed, run_id)
     if result is None:
         with leased(processed, run_id) as lease:
             result = _replay(processed, run_id)
             if result is None:
                 base = st.committed_state(processed)
-                batches, more = take_batches(pending_batches(ingest, processed, base))
+                pending = pending_batches(ingest, processed, base)
+                batches, more = take_batches(pending, settings.transform_max_rows)
                 result = (
                     _execute(ingest, processed, run_id, base, batches, lease, more=more)
                     if batches
@@ -110,16 +108,16 @@ def pending_batches(ingest: Lake, processed: Lake, base: st.StatePointers) -> li
     return read_batches(ingest, [k for k in list_manifest_keys(ingest) if k not in done])
 
 
-def take_batches(batches: list[Batch]) -> tuple[list[Batch], bool]:
-    """The oldest batches up to `TRANSFORM_MAX_ROWS` rows (at least one), so a long backlog
+def take_batches(batches: list[Batch], limit: int) -> tuple[list[Batch], bool]:
+    """The oldest batches up to `limit` rows (at least one), so a long backlog
     is worked off over several runs in bounded memory; True if some were left for later.
 
     Lookup-table batches go first (each table keeps its commit order): when the cap splits
     a backlog, the dimensions a deferred fact batch needs are in place before it, instead of
     facts being quarantined and held pending for dimension rows deferred to the next run.
     """
-    limit = int(os.environ.get("TRANSFORM_MAX_ROWS", MAX_ROWS_PER_RUN))
-    taken, rows = [], 0
+    taken: list[Batch] = []
+    rows = 0
     for batch in sorted(batches, key=lambda b: b.table not in LOOKUP_TABLES):  # stable
         if taken and rows + batch.rows > limit:
             return taken, True
@@ -329,7 +327,7 @@ def _commit(
     )
     store.replace(CONSUMED, consumed)
     pointers = store.flush()  # only the snapshots that changed; the others carry forward
-    result.rows_out = {name: int(w["rows"]) for name, w in written.items()}
+    result.rows_out = {name: w["rows"] for name, w in written.items()}
     manifest = {
         "run_id": run_id,
         "inputs": result.inputs,

@@ -57,6 +57,7 @@ def test_lock_is_what_pyproject_resolves_to_on_the_lambda_platform(arch):
     assert pins(compiled) == locked
     assert {"polars", "pyarrow", "psycopg-binary", "aws-lambda-powertools"} <= set(locked)
     assert not {"pytest", "moto", "aws-cdk-lib", "cdk-nag", "ruff"} & set(locked)
+    assert not {"faker", "rich", "testcontainers"} & set(locked)  # the `local` extra
 
 
 @pytest.mark.parametrize("arch", sorted(PLATFORMS))
@@ -121,3 +122,14 @@ def test_handlers_and_steps_import_with_runtime_dependencies_only(tmp_path):
     assert not [p for p in result["path"] if "site-packages" in p]
     dev_only = {"moto", "pytest", "aws_cdk", "cdk_nag", "jsii", "hypothesis", "pandas"}
     assert not {m.partition(".")[0] for m in result["modules"]} & dev_only
+
+
+def test_the_image_context_holds_the_runtime_package_without_the_local_tools(assembly):
+    """CDK stages the Docker build context through .dockerignore: what the image can COPY."""
+    staged = [p for p in assembly.outdir.glob("asset.*") if (p / "docker" / "Dockerfile").exists()]
+    assert staged, "no staged Docker image asset"
+    for context in staged:
+        package = context / "pipeline"
+        assert (package / "handlers.py").exists() and (package / "extract" / "run.py").exists()
+        assert not (package / "local").exists()
+        assert not list(context.rglob("__pycache__"))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.catalog import TABLE_NAMES
+from pipeline.settings import Settings
 from pipeline.warehouse_schema import WAREHOUSE_TABLES
 
 
@@ -40,9 +41,10 @@ class FakeSteps:
     transform_more: float = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def extract_table(self, table: str, run_id: str, **kwargs: Any) -> Result:
+    def extract_table(self, table: str, run_id: str, settings: Settings, **kwargs: Any) -> Result:
+        call = {"table": table, "run_id": run_id, "settings": settings, **kwargs}
         with self.lock:
-            self.calls.append(("extract", {"table": table, "run_id": run_id, **kwargs}))
+            self.calls.append(("extract", call))
         if self.before_extract:
             self.before_extract(table, run_id)
         if table in self.fail:
@@ -71,9 +73,9 @@ class FakeSteps:
             }
         )
 
-    def transform(self, run_id: str, **kwargs: Any) -> Result:
+    def transform(self, run_id: str, settings: Settings) -> Result:
         with self.lock:
-            self.calls.append(("transform", {"run_id": run_id, **kwargs}))
+            self.calls.append(("transform", {"run_id": run_id, "settings": settings}))
             # Per distinct run id, so a retried invocation reports what the first one did.
             seen = list(dict.fromkeys(a["run_id"] for a in self.transforms()))
             more = seen.index(run_id) < self.transform_more
@@ -90,9 +92,9 @@ class FakeSteps:
             }
         )
 
-    def load(self, run_id: str, **kwargs: Any) -> Result:
+    def load(self, run_id: str, settings: Settings) -> Result:
         with self.lock:
-            self.calls.append(("load", {"run_id": run_id, **kwargs}))
+            self.calls.append(("load", {"run_id": run_id, "settings": settings}))
         return Result(
             {
                 "run_id": run_id,

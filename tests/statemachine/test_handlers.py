@@ -34,14 +34,9 @@ def test_extract_maps_the_event_onto_the_step_and_returns_a_pointer(steps, monke
         {"table": "staff", "run_id": "r1", "since": "", "until": None}, context("extract")
     )
     [(_, call)] = steps.calls
-    assert call == {
-        "table": "staff",
-        "run_id": "r1",
-        "lake_url": "s3://ingest",
-        "since": None,
-        "until": None,
-        "max_rows": 5000,
-    }
+    settings = call.pop("settings")
+    assert call == {"table": "staff", "run_id": "r1", "since": None, "until": None}
+    assert (settings.ingest_url, settings.extract_max_rows) == ("s3://ingest", 5000)
     assert out["files_count"] == 3 and "files" not in out
     assert out["more"] is False and out["next_run_id"] is None
     assert out["manifest"] == "_manifests/staff/r1.json"

@@ -44,11 +44,12 @@ def databases(pipeline_aws, make_database: Callable[[str], str]) -> dict[str, st
 
 def clean_pass(source: str, make_database: Callable[[str], str], lake: Path) -> dict[str, Any]:
     """The warehouse one uninterrupted local run builds from the same source state."""
-    from pipeline.local.runner import RunSettings, run_pipeline
+    from pipeline.local.runner import run_pipeline
+    from pipeline.settings import Settings
 
     warehouse = make_database("clean")
     report = run_pipeline(
-        RunSettings(
+        Settings(
             source_dsn=source,
             warehouse_dsn=warehouse,
             ingest_url=str(lake / "ingestion"),

@@ -178,7 +178,7 @@ def test_transient_errors_that_persist_fail_only_that_table_after_the_retry_budg
 
 
 def test_a_transform_failure_is_reported_and_nothing_is_loaded(pipeline_aws, steps, monkeypatch):
-    def broken(run_id: str, **kwargs):
+    def broken(run_id: str, settings):
         raise CorruptBatchError("lake file s3://ingest/x.parquet does not exist")
 
     monkeypatch.setattr(sys.modules["pipeline.transform"], "transform", broken)
@@ -225,12 +225,12 @@ def test_a_looping_transform_is_retried_under_the_same_derived_run_id(
     real = steps.transform
     busy = ["backlog-retry.t2"]
 
-    def flaky(run_id: str, **kwargs):
+    def flaky(run_id: str, settings):
         if run_id in busy:
             busy.remove(run_id)
-            steps.calls.append(("transform", {"run_id": run_id, **kwargs}))
+            steps.calls.append(("transform", {"run_id": run_id, "settings": settings}))
             raise TransformBusyError("other-run", "2026-11-26T10:15:00Z")
-        return real(run_id, **kwargs)
+        return real(run_id, settings)
 
     monkeypatch.setattr(sys.modules["pipeline.transform"], "transform", flaky)
     execution = pipeline_aws.run({"tables": []}, name="backlog-retry")

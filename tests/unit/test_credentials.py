@@ -2,6 +2,7 @@ import pytest
 
 from pipeline.credentials import SOURCE, describe, redact, resolve_dsn
 from pipeline.errors import ConfigurationError
+from pipeline.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -24,16 +25,11 @@ def test_describe_never_shows_the_password() -> None:
     assert describe("postgresql://etl:pw123@db:5433/totesys") == "etl@db:5433/totesys"
 
 
-def test_resolve_dsn_prefers_explicit_then_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TOTESYS_DSN", "host=env")
-    assert resolve_dsn(SOURCE, "host=explicit") == "host=explicit"
-    assert resolve_dsn(SOURCE) == "host=env"
+def test_resolve_dsn_prefers_the_dsn_setting_over_the_secret() -> None:
+    settings = Settings(source_dsn="host=explicit", source_secret_arn="arn:never-fetched")
+    assert resolve_dsn(SOURCE, settings) == "host=explicit"
 
 
-def test_resolve_dsn_without_configuration_says_what_to_set(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.delenv("TOTESYS_DSN", raising=False)
-    monkeypatch.delenv("TOTESYS_SECRET_ARN", raising=False)
+def test_resolve_dsn_without_configuration_says_what_to_set() -> None:
     with pytest.raises(ConfigurationError, match="TOTESYS_DSN"):
-        resolve_dsn(SOURCE)
+        resolve_dsn(SOURCE, Settings())

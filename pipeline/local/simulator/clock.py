@@ -50,17 +50,18 @@ def is_weekday(day: int | np.ndarray) -> bool | np.ndarray:
 def next_weekday(day: np.ndarray) -> np.ndarray:
     """The first weekday on or after each epoch day (Saturday -> +2, Sunday -> +1)."""
     weekday = (day + 3) % 7
-    return day + np.where(weekday == 5, 2, np.where(weekday == 6, 1, 0))
+    shift: np.ndarray = np.where(weekday == 5, 2, np.where(weekday == 6, 1, 0))
+    return np.asarray(day + shift)
 
 
 def batch_time_ms(day: np.ndarray, payment_id: np.ndarray) -> np.ndarray:
     """When the morning batch of `day` marks payment `payment_id` as paid."""
-    return day * DAY_MS + BATCH_MS + payment_id % BATCH_SPREAD_MS
+    return np.asarray(day * DAY_MS + BATCH_MS + payment_id % BATCH_SPREAD_MS)
 
 
 def open_windows(start_ms: int, end_ms: int) -> tuple[np.ndarray, np.ndarray]:
     """Business-hour windows (starts, ends) inside [start_ms, end_ms), one per weekday."""
-    days = np.arange(day_of(start_ms), day_of(end_ms) + 1, dtype=np.int64)
+    days = np.arange(int(day_of(start_ms)), int(day_of(end_ms)) + 1, dtype=np.int64)
     days = days[is_weekday(days)]
     starts = np.maximum(days * DAY_MS + OPEN_MS, start_ms)
     ends = np.minimum(days * DAY_MS + CLOSE_MS, end_ms)
@@ -81,4 +82,4 @@ def business_times(rng: np.random.Generator, n: int, start_ms: int, end_ms: int)
     offsets = np.sort(rng.integers(0, total, size=n, dtype=np.int64))
     cumulative = np.cumsum(lengths)
     window = np.searchsorted(cumulative, offsets, side="right")
-    return starts[window] + offsets - (cumulative[window] - lengths[window])
+    return np.asarray(starts[window] + offsets - (cumulative[window] - lengths[window]))

@@ -40,9 +40,9 @@ def _column_sql(table: Table, column: Column) -> sql.Composable:
     return sql.SQL(" ").join(parts)
 
 
-def create_statements() -> list[sql.Composable]:
+def create_statements() -> list[sql.Composed]:
     """CREATE TYPE / CREATE TABLE statements in dependency order."""
-    statements: list[sql.Composable] = [
+    statements: list[sql.Composed] = [
         sql.SQL("CREATE TYPE {} AS ENUM ({})").format(
             sql.Identifier(name), sql.SQL(", ").join(sql.Literal(v) for v in values)
         )
@@ -66,7 +66,7 @@ def create_statements() -> list[sql.Composable]:
     return statements
 
 
-def drop_statements() -> list[sql.Composable]:
+def drop_statements() -> list[sql.Composed]:
     tables = [
         sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(t))
         for t in reversed(TABLES)

@@ -85,7 +85,9 @@ def latest_timestamp_ms(conn: psycopg.Connection) -> int | None:
 
 
 def _read_world(conn: psycopg.Connection) -> _World:
-    types = dict(conn.execute("SELECT payment_type_name::text, payment_type_id FROM payment_type"))
+    types: dict[str, int] = dict(
+        conn.execute("SELECT payment_type_name::text, payment_type_id FROM payment_type")
+    )
     ids = {
         name: _ids(conn, name)
         for name in ("staff", "counterparty", "address", "currency", "department", "design")
@@ -255,6 +257,8 @@ def simulate(dsn: str, *, days: int, seed: int | None = None) -> dict[str, int]:
                 counts, world = _new_orders(conn, day, rng, world)
                 totals.update(counts)
             totals["business_days"] += 1
-    keys = ("days", "business_days", "designs", "sales_orders", "purchase_orders")
-    keys += ("transactions", "payments", "payments_paid", "lookup_edits")
+    keys = (
+        *("days", "business_days", "designs", "sales_orders", "purchase_orders"),
+        *("transactions", "payments", "payments_paid", "lookup_edits"),
+    )
     return {key: int(totals[key]) for key in keys}

@@ -17,6 +17,7 @@ from pipeline.extract import watermark
 from pipeline.extract.run import extract_table, read_batch
 from pipeline.lake import Lake
 from pipeline.local.simulator.schema import create_source_schema
+from pipeline.settings import Settings
 
 PARENTS = [
     "INSERT INTO address (address_line_1, city, postal_code, country, phone, last_updated) "
@@ -113,6 +114,16 @@ def mark(lake_url: str, table: str = "currency") -> watermark.Watermark | None:
     return watermark.load(Lake(lake_url), table)
 
 
-def run(source: str, lake_url: str, run_id: str, table: str = "currency", **kw: Any):
-    """Extract `table` from `source` into `lake_url` under `run_id`."""
-    return extract_table(table, run_id, lake_url=lake_url, source_dsn=source, **kw)
+def run(
+    source: str,
+    lake_url: str,
+    run_id: str,
+    table: str = "currency",
+    *,
+    since: str | None = None,
+    until: str | None = None,
+    **knobs: Any,
+):
+    """Extract `table` from `source` into `lake_url` under `run_id`; `knobs` are settings."""
+    settings = Settings(ingest_url=lake_url, source_dsn=source, **knobs)
+    return extract_table(table, run_id, settings, since=since, until=until)

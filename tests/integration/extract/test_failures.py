@@ -37,7 +37,6 @@ def test_crash_after_some_parts_keeps_the_watermark_and_rerun_reuses_the_keys(
     run(source, lake_url, "r0")
     before = mark(lake_url)
     add_currencies(source, [f"2024-11-04 10:00:{s:02d}.000" for s in range(9)])
-    monkeypatch.setenv("EXTRACT_PART_ROWS", "4")
     lake = Lake(lake_url)
     opened: list[str] = []
     real_writer = Lake.parquet_writer
@@ -50,7 +49,7 @@ def test_crash_after_some_parts_keeps_the_watermark_and_rerun_reuses_the_keys(
 
     monkeypatch.setattr(Lake, "parquet_writer", crash_on_third_part)
     with pytest.raises(CrashError):
-        run(source, lake_url, "r1")
+        run(source, lake_url, "r1", extract_part_rows=4)
     leftovers = [k for k in lake.list("currency/") if "/r1/" in k]
     assert len(leftovers) == 2
     assert not lake.exists("_manifests/currency/r1.json")
@@ -58,7 +57,7 @@ def test_crash_after_some_parts_keeps_the_watermark_and_rerun_reuses_the_keys(
     assert all_versions(lake_url, "currency") == set(batch_versions(lake_url, "currency", "r0"))
 
     monkeypatch.setattr(Lake, "parquet_writer", real_writer)
-    again = run(source, lake_url, "r1")
+    again = run(source, lake_url, "r1", extract_part_rows=4)
 
     assert again.files[:2] == leftovers and len(again.files) > 2
     assert all_versions(lake_url, "currency") == source_versions(source)

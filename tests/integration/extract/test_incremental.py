@@ -17,6 +17,7 @@ from pipeline.catalog import TABLES
 from pipeline.extract import extract_table
 from pipeline.extract import source as source_module
 from pipeline.lake import Lake
+from pipeline.settings import Settings
 from tests.integration.extract.helpers import (
     add_currencies,
     add_sales_orders,
@@ -84,14 +85,14 @@ def test_rows_at_the_watermark_timestamp_arrive_next_run(
 
     Without any overlap window, so the inclusive boundary alone must deliver them.
     """
-    monkeypatch.setenv("EXTRACT_LAG_SECONDS", "0")
+    no_lag = dt.timedelta(0)
     add_currencies(source, ["2024-11-04 09:00:00.500"])
-    run(source, lake_url, "r1")
+    run(source, lake_url, "r1", extract_lag=no_lag)
     wm = mark(lake_url)
     assert wm is not None and wm.last_updated.isoformat() == "2024-11-04T09:00:00.500000"
     late = add_currencies(source, ["2024-11-04 09:00:00.500", "2024-11-04 09:00:00.500"])
 
-    second = run(source, lake_url, "r2")
+    second = run(source, lake_url, "r2", extract_lag=no_lag)
 
     got = batch_versions(lake_url, "currency", "r2")
     assert {(i, "2024-11-04T09:00:00.500") for i in late} <= set(got)
@@ -203,7 +204,7 @@ def test_max_rows_splits_a_large_table_into_continuations(source: str, lake_url:
     add_sales_orders(source, 25, "2024-11-04 09:00:00.000", step_ms=0)  # all one timestamp
     calls, run_id = [], "big"
     while run_id:
-        result = run(source, lake_url, run_id, table="sales_order", max_rows=10)
+        result = run(source, lake_url, run_id, table="sales_order", extract_max_rows=10)
         calls.append((result.run_id, result.rows, result.more))
         run_id = result.next_run_id
     assert calls == [("big", 10, True), ("big.2", 10, True), ("big.3", 5, False)]
@@ -215,14 +216,14 @@ def test_max_rows_splits_a_large_table_into_continuations(source: str, lake_url:
     wm = mark(lake_url, "sales_order")
     assert wm is not None and (wm.key, wm.more) == (25, False)
 
-    nothing_new = run(source, lake_url, "next", table="sales_order", max_rows=10)
+    nothing_new = run(source, lake_url, "next", table="sales_order", extract_max_rows=10)
     assert (nothing_new.rows, nothing_new.more) == (10, True)  # the overlap window re-read
 
 
 def test_a_cut_off_run_is_resumed_by_the_next_run(source: str, lake_url: str) -> None:
     """R20: if nobody follows `next_run_id`, the next scheduled run resumes exactly."""
     add_sales_orders(source, 12, "2024-11-04 09:00:00.000", step_ms=1)
-    first = run(source, lake_url, "r1", table="sales_order", max_rows=5)
+    first = run(source, lake_url, "r1", table="sales_order", extract_max_rows=5)
     second = run(source, lake_url, "r2", table="sales_order")
     assert first.more and not second.more
     assert second.rows == 7
@@ -235,9 +236,14 @@ def test_a_cut_off_run_is_resumed_by_the_next_run(source: str, lake_url: str) ->
 def test_a_backfill_continues_within_its_window(source: str, lake_url: str) -> None:
     add_currencies(source, [f"2024-11-04 09:00:{s:02d}.000" for s in range(9)])
     first = run(
-        source, lake_url, "b", since="2024-11-04 09:00:02", until="2024-11-04 09:00:07", max_rows=3
+        source,
+        lake_url,
+        "b",
+        since="2024-11-04 09:00:02",
+        until="2024-11-04 09:00:07",
+        extract_max_rows=3,
     )
-    second = run(source, lake_url, first.next_run_id, max_rows=3)
+    second = run(source, lake_url, first.next_run_id, extract_max_rows=3)
     assert (first.rows, first.more, second.rows, second.more) == (3, True, 2, False)
     assert second.mode == "backfill"
     got = {lu for _, lu in all_versions(lake_url, "currency")}
@@ -316,5 +322,5 @@ def test_source_dsn_defaults_to_the_environment(
     source: str, lake_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TOTESYS_DSN", source)
-    result = extract_table("currency", "r1", lake_url=lake_url)
+    result = extract_table("currency", "r1", Settings.from_env().replace(ingest_url=lake_url))
     assert result.rows == 1

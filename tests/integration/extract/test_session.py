@@ -13,6 +13,7 @@ import pytest
 from pipeline.errors import SchemaDriftError
 from pipeline.extract import extract_table
 from pipeline.extract.source import _POOL
+from pipeline.settings import Settings
 from tests.integration.extract.helpers import add_currencies, lake_url, source
 
 __all__ = ["lake_url", "source"]  # fixtures
@@ -21,7 +22,7 @@ APP = "totesys-etl extract"
 
 
 def run(source: str, lake_url: str, run_id: str, table: str = "currency"):
-    return extract_table(table, run_id, lake_url=lake_url, source_dsn=source)
+    return extract_table(table, run_id, Settings(ingest_url=lake_url, source_dsn=source))
 
 
 def sessions(dsn: str) -> list[int]:
@@ -101,8 +102,10 @@ def test_extract_loads_neither_pandas_nor_polars(source: str, lake_url: str) -> 
     add_currencies(source, ["2024-11-04 09:00:00.000"])
     code = (
         "import json, sys\n"
-        "from pipeline.extract.run import extract_table\n"
-        "r = extract_table('currency', 'r1', lake_url=sys.argv[1], source_dsn=sys.stdin.read())\n"
+        "from pipeline.extract import extract_table\n"
+        "from pipeline.settings import Settings\n"
+        "s = Settings(ingest_url=sys.argv[1], source_dsn=sys.stdin.read())\n"
+        "r = extract_table('currency', 'r1', s)\n"
         "print(json.dumps([r.rows] + [m for m in ('pandas', 'polars', 'pyarrow.dataset') "
         "if m in sys.modules]))\n"
     )

@@ -16,6 +16,7 @@ import pipeline.load.run as load_module
 from pipeline.errors import CorruptBatchError, DataQualityError, ReferentialIntegrityError
 from pipeline.lake import Lake
 from pipeline.load import LoadResult, facts, load
+from pipeline.settings import Settings
 from tests.processed_builders import full_contents, star_batch, write_batch
 
 pytestmark = pytest.mark.postgres
@@ -50,7 +51,7 @@ def _ledger(dsn: str) -> list[str]:
 
 def _clean_pass(lake: Lake, make_database: Callable[[str], str]) -> dict[str, Any]:
     clean = make_database("clean")
-    load("clean", processed_url=lake.url, warehouse_dsn=clean)
+    load("clean", Settings(processed_url=lake.url, warehouse_dsn=clean))
     return full_contents(clean)
 
 
@@ -59,7 +60,7 @@ def test_crash_before_commit_leaves_the_warehouse_unchanged_and_rerun_equals_cle
 ) -> None:
     """R7: raise after staging and writing every table, inside the batch transaction."""
     _batches(lake, ["b1"])
-    load("l1", processed_url=lake.url, warehouse_dsn=pg_dsn)
+    load("l1", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     _batches(lake, ["b1", "b2"])  # b2: changed dims and new fact versions
     before = full_contents(pg_dsn)
     real = load_module.record_batch
@@ -72,11 +73,11 @@ def test_crash_before_commit_leaves_the_warehouse_unchanged_and_rerun_equals_cle
 
     monkeypatch.setattr(load_module, "record_batch", crash)
     with pytest.raises(PowerCutError):
-        load("l2", processed_url=lake.url, warehouse_dsn=pg_dsn)
+        load("l2", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     assert full_contents(pg_dsn) == before
     assert _ledger(pg_dsn) == ["b1"]
     monkeypatch.setattr(load_module, "record_batch", real)
-    assert load("l3", processed_url=lake.url, warehouse_dsn=pg_dsn).batches == ["b2"]
+    assert load("l3", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn)).batches == ["b2"]
     assert full_contents(pg_dsn) == _clean_pass(lake, make_database)  # record ids included
 
 
@@ -90,12 +91,12 @@ def test_failed_load_leaves_later_batches_for_the_next_load_in_order(
     with open(part, "wb") as f:
         f.write(good[: len(good) // 2])
     with pytest.raises(CorruptBatchError, match="fact_payment/run=b2"):
-        load("l1", processed_url=lake.url, warehouse_dsn=pg_dsn)
+        load("l1", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     assert _ledger(pg_dsn) == ["b1"]
     assert {r[-1] for r in full_contents(pg_dsn)["fact_payment"]} == {"b1"}
     with open(part, "wb") as f:
         f.write(good)
-    result = load("l2", processed_url=lake.url, warehouse_dsn=pg_dsn)
+    result = load("l2", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     assert result.batches == ["b2", "b3"]
     assert _ledger(pg_dsn) == ["b1", "b2", "b3"]
     assert full_contents(pg_dsn) == _clean_pass(lake, make_database)
@@ -119,7 +120,7 @@ def test_concurrent_loads_are_serialized_and_the_second_finds_nothing(
 
     def run(name: str) -> None:
         try:
-            results[name] = load(name, processed_url=lake.url, warehouse_dsn=pg_dsn)
+            results[name] = load(name, Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
         except BaseException as exc:  # asserted below
             errors.append(exc)
 
@@ -142,12 +143,12 @@ def test_lock_wait_timeout_is_a_transient_conflict(
 ) -> None:
     from pipeline.errors import LoadConflictError
 
-    load("init", processed_url=lake.url, warehouse_dsn=pg_dsn)  # migrate
+    load("init", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))  # migrate
     monkeypatch.setattr(load_module, "LOCK_WAIT_S", 0.2)
     with psycopg.connect(pg_dsn, autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (load_module.LOAD_LOCK,))
         with pytest.raises(LoadConflictError):
-            load("blocked", processed_url=lake.url, warehouse_dsn=pg_dsn)
+            load("blocked", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
 
 
 @pytest.mark.parametrize("bulk", [False, True], ids=["row-triggers", "set-based"])
@@ -158,13 +159,13 @@ def test_fact_with_missing_dimension_is_a_typed_error_and_nothing_is_applied(
     if bulk:
         monkeypatch.setattr(facts, "BULK_FK_ROWS", 1)
     _batches(lake, ["b1"])
-    load("l1", processed_url=lake.url, warehouse_dsn=pg_dsn)
+    load("l1", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     before = full_contents(pg_dsn)
     batch = star_batch(T0 + dt.timedelta(days=1), suffix="-changed")
     batch["fact_sales_order"][2]["sales_staff_id"] = 99  # source row 3
     write_batch(lake, "bad", batch, committed_at=(T0 + dt.timedelta(days=1)).replace(tzinfo=dt.UTC))
     with pytest.raises(ReferentialIntegrityError) as info:
-        load("l2", processed_url=lake.url, warehouse_dsn=pg_dsn)
+        load("l2", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     err = info.value
     assert (err.table, err.column, err.referenced) == (
         "fact_sales_order",
@@ -196,7 +197,7 @@ def test_foreign_keys_stay_enforced_after_a_bulk_load(
 ) -> None:
     monkeypatch.setattr(facts, "BULK_FK_ROWS", 1)
     _batches(lake, ["b1"])
-    load("l1", processed_url=lake.url, warehouse_dsn=pg_dsn)
+    load("l1", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SHOW session_replication_role").fetchone() == ("origin",)
         invalid = conn.execute("SELECT count(*) FROM pg_constraint WHERE NOT convalidated")
@@ -224,7 +225,10 @@ def test_bulk_load_by_a_role_without_trigger_bypass_still_loads(
     loader = psycopg.conninfo.make_conninfo(pg_dsn, user="loader", password="loader-pw")
     try:
         _batches(lake, ["b1", "b2"])
-        assert load("l", processed_url=lake.url, warehouse_dsn=loader).batches == ["b1", "b2"]
+        assert load("l", Settings(processed_url=lake.url, warehouse_dsn=loader)).batches == [
+            "b1",
+            "b2",
+        ]
         assert bypassed == [False] * 6  # 2 batches x 3 facts, each with triggers on
         assert full_contents(pg_dsn) == _clean_pass(lake, make_database)
     finally:
@@ -270,7 +274,7 @@ def test_missing_or_corrupt_input_is_a_typed_error_and_nothing_is_applied(
         del manifest["committed_at"]
     lake.write_json("_manifests/b1.json", manifest)
     with pytest.raises(CorruptBatchError, match=message):
-        load("l", processed_url=lake.url, warehouse_dsn=pg_dsn)
+        load("l", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     _assert_nothing_applied(pg_dsn)
 
 
@@ -295,7 +299,7 @@ def test_null_in_a_not_null_column_names_table_and_column(
     )
     write_batch(lake, "b1", batch)
     with pytest.raises(DataQualityError, match=rf"{table}.*{column}"):
-        load("l", processed_url=lake.url, warehouse_dsn=pg_dsn)
+        load("l", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     _assert_nothing_applied(pg_dsn)
 
 
@@ -304,7 +308,7 @@ def test_two_rows_for_one_dimension_key_are_refused(lake: Lake, pg_dsn: str) -> 
     batch["dim_design"].append({**batch["dim_design"][0], "design_name": "other"})
     write_batch(lake, "b1", batch)
     with pytest.raises(DataQualityError, match=r"dim_design.*design_id = 1"):
-        load("l", processed_url=lake.url, warehouse_dsn=pg_dsn)
+        load("l", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     _assert_nothing_applied(pg_dsn)
 
 
@@ -312,7 +316,7 @@ def test_repeated_fact_versions_in_one_batch_load_once(lake: Lake, pg_dsn: str) 
     batch = star_batch(T0)
     batch["fact_payment"] = batch["fact_payment"] + batch["fact_payment"][:2]
     write_batch(lake, "b1", batch, parts=3)
-    result = load("l", processed_url=lake.url, warehouse_dsn=pg_dsn)
+    result = load("l", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     assert result.rows["fact_payment"] == 5
     payments = full_contents(pg_dsn)["fact_payment"]
     assert [(r[0], r[1]) for r in payments] == [(i, i) for i in range(1, 6)]

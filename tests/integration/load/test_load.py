@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.lake import Lake
 from pipeline.load.run import load, loaded_batches
+from pipeline.settings import Settings
 from tests.processed_builders import (
     full_contents,
     row_versions,
@@ -31,7 +32,7 @@ def test_first_load_writes_every_table_exactly(lake: Lake, pg_dsn: str, caplog) 
     batch = star_batch(T0)
     write_batch(lake, "t1", batch, parts=2)
     with caplog.at_level(logging.INFO, logger="pipeline.load.run"):
-        result = load("load-1", processed_url=lake.url, warehouse_dsn=pg_dsn)
+        result = load("load-1", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     assert result.to_dict() == {
         "run_id": "load-1",
         "status": "loaded",
@@ -57,19 +58,21 @@ def test_first_load_writes_every_table_exactly(lake: Lake, pg_dsn: str, caplog) 
             "SELECT batch_run_id, load_run_id, rows->>'fact_sales_order' FROM etl_load_ledger"
         ).fetchall()
     assert ledger == [("t1", "load-1", "5")]
-    assert loaded_batches(pg_dsn) == {"t1"}
+    assert loaded_batches(Settings(warehouse_dsn=pg_dsn)) == {"t1"}
 
 
 def test_nothing_to_do_and_replay(lake: Lake, pg_dsn: str) -> None:
-    assert load("a", processed_url=lake.url, warehouse_dsn=pg_dsn).status == "nothing_to_do"
-    assert loaded_batches(pg_dsn) == set()
+    assert (
+        load("a", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn)).status == "nothing_to_do"
+    )
+    assert loaded_batches(Settings(warehouse_dsn=pg_dsn)) == set()
     write_batch(lake, "t1", star_batch(T0))
-    first = load("b", processed_url=lake.url, warehouse_dsn=pg_dsn)
+    first = load("b", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     before = full_contents(pg_dsn)
-    again = load("b", processed_url=lake.url, warehouse_dsn=pg_dsn)
+    again = load("b", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     assert again.status == "replayed"
     assert (again.batches, again.rows) == (first.batches, first.rows)
-    other = load("c", processed_url=lake.url, warehouse_dsn=pg_dsn)
+    other = load("c", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     assert other.to_dict() == {"run_id": "c", "status": "nothing_to_do", "batches": [], "rows": {}}
     assert full_contents(pg_dsn) == before
 
@@ -77,12 +80,12 @@ def test_nothing_to_do_and_replay(lake: Lake, pg_dsn: str) -> None:
 def test_reapplying_a_loaded_batch_changes_nothing(lake: Lake, pg_dsn: str) -> None:
     """Forget the ledger row: the same batch applied again writes no row (R8)."""
     write_batch(lake, "t1", star_batch(T0))
-    load("l1", processed_url=lake.url, warehouse_dsn=pg_dsn)
+    load("l1", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     before = full_contents(pg_dsn)
     versions = {t: row_versions(pg_dsn, t) for t in before}
     with psycopg.connect(pg_dsn) as conn:
         conn.execute("DELETE FROM etl_load_ledger")
-    again = load("l2", processed_url=lake.url, warehouse_dsn=pg_dsn)
+    again = load("l2", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     assert again.status == "loaded"
     assert set(again.rows.values()) == {0}
     assert full_contents(pg_dsn) == before
@@ -93,13 +96,13 @@ def test_incremental_load_updates_changed_dims_and_appends_fact_versions(
     lake: Lake, pg_dsn: str
 ) -> None:
     write_batch(lake, "t1", star_batch(T0), committed_at=T0.replace(tzinfo=dt.UTC))
-    load("l1", processed_url=lake.url, warehouse_dsn=pg_dsn)
+    load("l1", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     staff_before = row_versions(pg_dsn, "dim_staff")
     design_before = row_versions(pg_dsn, "dim_design")
     t1 = T0 + dt.timedelta(days=1)
     second = star_batch(t1, ids=range(4, 8), suffix="-renamed", units=99)
     write_batch(lake, "t2", second, committed_at=t1.replace(tzinfo=dt.UTC))
-    result = load("l2", processed_url=lake.url, warehouse_dsn=pg_dsn)
+    result = load("l2", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     assert result.batches == ["t2"]
     assert result.rows["dim_staff"] == 3  # every staff name changed
     assert result.rows["dim_design"] == 0  # unchanged: not rewritten
@@ -124,9 +127,9 @@ def test_an_older_batch_loaded_late_does_not_overwrite_newer_dimension_values(
 ) -> None:
     new, old = T0 + dt.timedelta(days=1), T0
     write_batch(lake, "newer", star_batch(new, suffix="-new"), committed_at=new.astimezone(dt.UTC))
-    load("l1", processed_url=lake.url, warehouse_dsn=pg_dsn)
+    load("l1", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     write_batch(lake, "older", star_batch(old, suffix="-old"), committed_at=old.astimezone(dt.UTC))
-    result = load("l2", processed_url=lake.url, warehouse_dsn=pg_dsn)
+    result = load("l2", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     assert result.batches == ["older"] and result.rows["dim_staff"] == 0
     assert result.rows["fact_sales_order"] == 5  # its fact versions are still history
     staff = full_contents(pg_dsn)["dim_staff"]
@@ -137,7 +140,7 @@ def test_pending_batches_load_oldest_first_in_one_call(lake: Lake, pg_dsn: str) 
     for k, name in enumerate(["c", "a", "b"]):  # names sort differently from commit order
         when = T0 + dt.timedelta(hours=k)
         write_batch(lake, name, star_batch(when, suffix=name), committed_at=when.astimezone(dt.UTC))
-    result = load("l", processed_url=lake.url, warehouse_dsn=pg_dsn)
+    result = load("l", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     assert result.batches == ["c", "a", "b"]
     assert result.rows["fact_sales_order"] == 15
     assert {r[1] for r in full_contents(pg_dsn)["dim_staff"]} == {f"First{i}b" for i in (1, 2, 3)}
@@ -152,7 +155,7 @@ def test_pending_batches_load_oldest_first_in_one_call(lake: Lake, pg_dsn: str) 
 def test_empty_outputs_and_dimension_only_batches_load(lake: Lake, pg_dsn: str) -> None:
     batch = star_batch(T0)
     write_batch(lake, "dims", {"dim_staff": batch["dim_staff"], "fact_payment": []})
-    result = load("l", processed_url=lake.url, warehouse_dsn=pg_dsn)
+    result = load("l", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     assert result.rows == {"dim_staff": 3}
     assert len(full_contents(pg_dsn)["dim_staff"]) == 3
 
@@ -162,13 +165,13 @@ def test_a_batch_mixing_loaded_repeated_and_new_versions_adds_only_the_new_ones(
 ) -> None:
     first = star_batch(T0)
     write_batch(lake, "t1", first, committed_at=T0.replace(tzinfo=dt.UTC))
-    load("l1", processed_url=lake.url, warehouse_dsn=pg_dsn)
+    load("l1", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     t1 = T0 + dt.timedelta(minutes=1)
     second = star_batch(t1, ids=range(3, 5))
     old, new = first["fact_sales_order"], second["fact_sales_order"]
     second["fact_sales_order"] = [new[1], old[0], new[0], old[4], new[1]]
     write_batch(lake, "t2", second, committed_at=t1.replace(tzinfo=dt.UTC), parts=2)
-    result = load("l2", processed_url=lake.url, warehouse_dsn=pg_dsn)
+    result = load("l2", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     assert result.rows["fact_sales_order"] == 2
     sales = full_contents(pg_dsn)["fact_sales_order"]
     assert [(r[0], r[1], r[5]) for r in sales[5:]] == [

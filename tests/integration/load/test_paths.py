@@ -17,6 +17,7 @@ import pytest
 from pipeline.lake import Lake
 from pipeline.load import apply, facts, load
 from pipeline.load.migrations import migrate
+from pipeline.settings import Settings
 from pipeline.warehouse_schema import WAREHOUSE_TABLES
 from tests.processed_builders import (
     date_rows,
@@ -62,7 +63,7 @@ def _load_each(lake: Lake, dsn: str, order: list[str]) -> list[dict[str, Any]]:
         for key in lake.list(""):
             if not key.startswith("_manifests/") or key == f"_manifests/{run_id}.json":
                 sub.write_bytes(key, lake.read_bytes(key))
-        results.append(load(f"l-{run_id}", processed_url=sub.url, warehouse_dsn=dsn))
+        results.append(load(f"l-{run_id}", Settings(processed_url=sub.url, warehouse_dsn=dsn)))
     return [r.to_dict() for r in results]
 
 
@@ -113,7 +114,7 @@ def test_a_date_repeated_in_a_first_batch_is_loaded_once(lake: Lake, pg_dsn: str
     batch = star_batch(T0)
     batch["dim_date"] = batch["dim_date"] + batch["dim_date"][:1]
     write_batch(lake, "b1", batch)
-    result = load("l", processed_url=lake.url, warehouse_dsn=pg_dsn)
+    result = load("l", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     assert result.rows["dim_date"] == 2
     assert [r[-1] for r in full_contents(pg_dsn)["dim_date"]] == ["b1", "b1"]
 
@@ -129,7 +130,7 @@ def test_a_dimension_row_refused_by_copy_names_table_and_column(lake: Lake, pg_d
     batch["dim_date"] = pa.Table.from_pylist(batch["dim_date"] + days, schema=nullable)
     write_batch(lake, "b1", batch)
     with pytest.raises(DataQualityError, match=r"dim_date.*day_of_week"):
-        load("l", processed_url=lake.url, warehouse_dsn=pg_dsn)
+        load("l", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
 
 
 def _keys(column: str, *chunks: list[Any]) -> np.ndarray:
@@ -198,8 +199,9 @@ def test_a_load_does_not_import_pandas(lake: Lake, pg_dsn: str) -> None:
         "import sys\n"
         "from pipeline.load import load\n"
         "from pipeline.load import apply, facts\n"
+        "from pipeline.settings import Settings\n"
         "apply.SPLIT_ROWS = facts.BULK_FK_ROWS = facts.PROBE_KEYS = 1  # every fast path\n"
-        f"r = load('l', processed_url={lake.url!r}, warehouse_dsn={pg_dsn!r})\n"
+        f"r = load('l', Settings(processed_url={lake.url!r}, warehouse_dsn={pg_dsn!r}))\n"
         "assert r.batches == ['b1', 'b2', 'b3'], r\n"
         "print('pandas' in sys.modules)\n"
     )

@@ -10,16 +10,17 @@ import psycopg
 import pytest
 
 from pipeline.local.cli import main
-from pipeline.local.runner import RunSettings, run_pipeline
+from pipeline.local.runner import run_pipeline
 from pipeline.local.simulator.seed import seed
 from pipeline.local.simulator.simulate import simulate
+from pipeline.settings import Settings
 from tests.warehouse_compare import assert_equivalent_to_clean_pass, warehouse_contents
 
 pytestmark = pytest.mark.postgres
 
 
-def _settings(source: str, warehouse: str, lake: Path) -> RunSettings:
-    return RunSettings(
+def _settings(source: str, warehouse: str, lake: Path) -> Settings:
+    return Settings(
         source_dsn=source,
         warehouse_dsn=warehouse,
         ingest_url=str(lake / "ingestion"),
@@ -164,12 +165,9 @@ def test_concurrent_runs_end_like_serial_runs(
     source, warehouse = make_database("source"), make_database("warehouse")
     seed(source, scale=0.02, seed=8)
     lake = tmp_path / "lake"
-    settings = [
-        RunSettings(**{**_settings(source, warehouse, lake).__dict__, "run_id": f"concurrent-{i}"})
-        for i in (1, 2)
-    ]
+    settings = _settings(source, warehouse, lake)
     with ThreadPoolExecutor(2) as pool:
-        reports = list(pool.map(run_pipeline, settings))
+        reports = list(pool.map(lambda i: run_pipeline(settings, run_id=f"concurrent-{i}"), (1, 2)))
     # A run may lose the transform lease or the load lock to the other (a typed, retryable
     # error); neither may fail an extract or lose data.
     for report in reports:

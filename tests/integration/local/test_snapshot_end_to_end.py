@@ -13,8 +13,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pipeline.local.runner import RunSettings, run_pipeline
+from pipeline.local.runner import run_pipeline
 from pipeline.local.simulator.snapshot import load_snapshot
+from pipeline.settings import Settings
 from tests.integration.transform.test_snapshot import EXPECTED_ROWS as EXPECTED_WAREHOUSE_ROWS
 
 pytestmark = pytest.mark.postgres
@@ -33,7 +34,7 @@ def test_snapshot_through_extract_transform_load(
     assert load_snapshot(source, snapshot_dir) == SNAPSHOT_ROWS
 
     report = run_pipeline(
-        RunSettings(
+        Settings(
             source_dsn=source,
             warehouse_dsn=warehouse,
             ingest_url=str(tmp_path / "ingestion"),

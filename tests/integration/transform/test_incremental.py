@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import polars as pl
 import pytest
 
 from pipeline.errors import CorruptBatchError, SchemaDriftError, TransformBusyError
 from pipeline.lake import Lake
+from pipeline.settings import Settings
 from pipeline.transform import run as run_module
 from pipeline.transform import state as state_module
 from pipeline.transform import transform
@@ -29,8 +31,9 @@ def lakes(tmp_path) -> tuple[Lake, Lake]:
     return Lake(str(tmp_path / "ingest")), Lake(str(tmp_path / "processed"))
 
 
-def run(lakes: tuple[Lake, Lake], run_id: str):
-    return transform(run_id, ingest_url=lakes[0].url, processed_url=lakes[1].url)
+def run(lakes: tuple[Lake, Lake], run_id: str, **knobs: Any):
+    settings = Settings(ingest_url=lakes[0].url, processed_url=lakes[1].url, **knobs)
+    return transform(run_id, settings)
 
 
 def snapshot_files(lake: Lake) -> dict[str, tuple[int, int]]:
@@ -446,7 +449,6 @@ def test_committed_at_never_goes_backwards_even_if_the_clock_does(lakes):
 
 def test_a_backlog_is_worked_off_over_several_runs_in_order(lakes, monkeypatch):
     ingest, processed = lakes
-    monkeypatch.setenv("TRANSFORM_MAX_ROWS", "10")
     write_lookups(ingest, "e0")  # 8 rows
     for n in range(3):
         write_batch(
@@ -455,16 +457,16 @@ def test_a_backlog_is_worked_off_over_several_runs_in_order(lakes, monkeypatch):
             f"s{n}",
             [row("sales_order", sales_order_id=10 * n + i) for i in range(1, 6)],
         )
-    first = run(lakes, "t1")
+    first = run(lakes, "t1", transform_max_rows=10)
     assert first.more and len(first.inputs) == 8  # lookups fit; the first 5-row batch would not
-    second = run(lakes, "t2")
+    second = run(lakes, "t2", transform_max_rows=10)
     assert second.more and second.inputs == [
         "_manifests/sales_order/s0.json",
         "_manifests/sales_order/s1.json",
     ]
-    third = run(lakes, "t3")
+    third = run(lakes, "t3", transform_max_rows=10)
     assert not third.more and third.inputs == ["_manifests/sales_order/s2.json"]
-    assert run(lakes, "t4").status == "nothing_to_do"
+    assert run(lakes, "t4", transform_max_rows=10).status == "nothing_to_do"
     emitted = [
         i
         for r in ("t2", "t3")

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.lake import Lake
+from pipeline.settings import Settings
 from pipeline.transform import state as transform_state
 from pipeline.transform import transform
 from tests.lake_builders import read_outputs, read_quarantine, row, write_batch, write_lookups
@@ -62,7 +63,9 @@ def test_accounting_and_exactly_once(data, versions):
         for n, chunk in enumerate(chunks):
             if chunk:
                 write_batch(ingest, "sales_order", f"e{n}", [sales_row(*v) for v in chunk])
-            result = transform(f"t{n}", ingest_url=ingest.url, processed_url=processed.url)
+            result = transform(
+                f"t{n}", Settings(ingest_url=ingest.url, processed_url=processed.url)
+            )
             if not chunk and n > 0:
                 assert result.status == "nothing_to_do"
                 continue
@@ -142,7 +145,9 @@ def test_dim_staff_upserts_converge_to_the_latest_join(runs):
                 write_batch(ingest, "department", f"e{n + 1}", dept_rows)
             if staff_rows:
                 write_batch(ingest, "staff", f"e{n + 1}", staff_rows)
-            result = transform(f"t{n}", ingest_url=ingest.url, processed_url=processed.url)
+            result = transform(
+                f"t{n}", Settings(ingest_url=ingest.url, processed_url=processed.url)
+            )
             if result.status == "ok":
                 dim = read_outputs(processed, f"t{n}")["dim_staff"]
                 warehouse.update(zip(dim["staff_id"], dim["location"], strict=True))

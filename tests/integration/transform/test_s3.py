@@ -3,16 +3,18 @@ a pyarrow dataset scan and S3's conditional PutObject for the lease and the mani
 
 from __future__ import annotations
 
-from pipeline.lake import Lake
+from pipeline.settings import Settings
 from pipeline.transform import state as transform_state
 from pipeline.transform import transform
 from tests.lake_builders import read_outputs, row, write_batch, write_lookups
 
 
-def test_transform_between_s3_buckets(s3_bucket: str, monkeypatch) -> None:
+def test_transform_between_s3_buckets(s3_bucket: str, s3_settings: Settings, monkeypatch) -> None:
     monkeypatch.setattr(transform_state, "BUCKET_IDS", 2)  # ids 1..5: state buckets 0..2
-    ingest = Lake(f"s3://{s3_bucket}/ingestion")
-    processed = Lake(f"s3://{s3_bucket}/processed")
+    settings = s3_settings.replace(
+        ingest_url=f"s3://{s3_bucket}/ingestion", processed_url=f"s3://{s3_bucket}/processed"
+    )
+    ingest, processed = settings.ingest_lake(), settings.processed_lake()
     write_lookups(ingest, "e1")
     write_batch(
         ingest,
@@ -23,7 +25,7 @@ def test_transform_between_s3_buckets(s3_bucket: str, monkeypatch) -> None:
     )
     write_batch(ingest, "sales_order", "e2", [row("sales_order", sales_order_id=5)])
 
-    result = transform("t1", ingest_url=ingest.url, processed_url=processed.url)
+    result = transform("t1", settings)
     assert result.status == "ok"
     assert result.rows_out["fact_sales_order"] == 5
     assert result.duplicates["sales_order"] == 1
@@ -33,10 +35,10 @@ def test_transform_between_s3_buckets(s3_bucket: str, monkeypatch) -> None:
     assert not processed.exists("_locks/transform.json")
 
     before = processed.list()
-    again = transform("t1", ingest_url=ingest.url, processed_url=processed.url)
+    again = transform("t1", settings)
     assert again.status == "replayed"
     assert processed.list() == before
-    idle = transform("t2", ingest_url=ingest.url, processed_url=processed.url)
+    idle = transform("t2", settings)
     assert idle.status == "nothing_to_do"
 
     # a later batch reads several state buckets (in parallel on S3) and drops re-deliveries
@@ -47,6 +49,6 @@ def test_transform_between_s3_buckets(s3_bucket: str, monkeypatch) -> None:
         [row("sales_order", sales_order_id=i) for i in (1, 3, 5)]
         + [row("sales_order", sales_order_id=4, at="2024-11-05 09:00:00.000")],
     )
-    delta = transform("t3", ingest_url=ingest.url, processed_url=processed.url)
+    delta = transform("t3", settings)
     assert delta.duplicates["sales_order"] == 3 and delta.rows_out["fact_sales_order"] == 1
     assert read_outputs(processed, "t3")["fact_sales_order"]["sales_order_id"].to_list() == [4]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 
 from pipeline.lake import Lake
+from pipeline.settings import Settings
 from pipeline.transform import transform
 from pipeline.warehouse_schema import WAREHOUSE_TABLES
 from tests.lake_builders import write_snapshot
@@ -26,7 +27,7 @@ EXPECTED_ROWS = {
 def test_snapshot_gives_the_expected_stars(snapshot_dir, tmp_path):
     ingest, processed = Lake(str(tmp_path / "in")), Lake(str(tmp_path / "out"))
     write_snapshot(ingest, snapshot_dir, "snap")
-    result = transform("t1", ingest_url=ingest.url, processed_url=processed.url)
+    result = transform("t1", Settings(ingest_url=ingest.url, processed_url=processed.url))
 
     assert result.status == "ok"
     assert {t: result.rows_out[t] for t in EXPECTED_ROWS} == EXPECTED_ROWS
@@ -57,9 +58,9 @@ def test_snapshot_delivered_again_emits_nothing(snapshot_dir, tmp_path):
     """A full re-extract of unchanged data: every row is a duplicate, nothing is emitted."""
     ingest, processed = Lake(str(tmp_path / "in")), Lake(str(tmp_path / "out"))
     write_snapshot(ingest, snapshot_dir, "snap1")
-    transform("t1", ingest_url=ingest.url, processed_url=processed.url)
+    transform("t1", Settings(ingest_url=ingest.url, processed_url=processed.url))
     write_snapshot(ingest, snapshot_dir, "snap2")
-    again = transform("t2", ingest_url=ingest.url, processed_url=processed.url)
+    again = transform("t2", Settings(ingest_url=ingest.url, processed_url=processed.url))
     assert again.status == "ok"
     assert sum(again.rows_out.values()) == 0
     assert again.duplicates == again.rows_in

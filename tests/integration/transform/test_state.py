@@ -6,11 +6,13 @@ batches before lookup batches (continuation: `<run_id>.t<n>`)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import polars as pl
 import pytest
 
 from pipeline.lake import Lake
+from pipeline.settings import Settings
 from pipeline.transform import state as state_module
 from pipeline.transform import transform
 from tests.lake_builders import next_committed_at, read_outputs, row, write_batch, write_lookups
@@ -24,8 +26,9 @@ def lakes(tmp_path, monkeypatch) -> tuple[Lake, Lake]:
     return Lake(str(tmp_path / "ingest")), Lake(str(tmp_path / "processed"))
 
 
-def run(lakes: tuple[Lake, Lake], run_id: str):
-    return transform(run_id, ingest_url=lakes[0].url, processed_url=lakes[1].url)
+def run(lakes: tuple[Lake, Lake], run_id: str, **knobs: Any):
+    settings = Settings(ingest_url=lakes[0].url, processed_url=lakes[1].url, **knobs)
+    return transform(run_id, settings)
 
 
 @pytest.fixture
@@ -242,7 +245,6 @@ def test_the_row_cap_takes_lookup_batches_first_and_continuation_runs_are_idempo
     go first so no fact row waits for a deferred dimension. The caller continues with
     `<run_id>.t2`, `.t3`, ... while `more` is true; each call replays by its own run id."""
     ingest, processed = lakes
-    monkeypatch.setenv("TRANSFORM_MAX_ROWS", "8")
     write_batch(
         ingest,
         "sales_order",
@@ -251,14 +253,14 @@ def test_the_row_cap_takes_lookup_batches_first_and_continuation_runs_are_idempo
         committed_at=next_committed_at(),
     )
     write_lookups(ingest, "e1")  # 8 batches of one row, committed after the sales batch
-    first = run(lakes, "r1")
+    first = run(lakes, "r1", transform_max_rows=8)
     assert first.more and len(first.inputs) == 8
     assert not any("sales_order" in k for k in first.inputs)
-    second = run(lakes, "r1.t2")
+    second = run(lakes, "r1.t2", transform_max_rows=8)
     assert second.inputs == ["_manifests/sales_order/e1.json"] and not second.more
     assert second.rows_out["fact_sales_order"] == 3 and second.quarantined["sales_order"] == 0
     before = processed.list()
-    replayed = run(lakes, "r1.t2")
+    replayed = run(lakes, "r1.t2", transform_max_rows=8)
     assert replayed.status == "replayed" and replayed.inputs == second.inputs
     assert processed.list() == before
-    assert run(lakes, "r1.t3").status == "nothing_to_do"
+    assert run(lakes, "r1.t3", transform_max_rows=8).status == "nothing_to_do"

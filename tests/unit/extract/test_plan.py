@@ -15,6 +15,7 @@ from pipeline.extract.drift import SourceColumn, check, expected_type
 from pipeline.extract.run import ExtractResult, extract_table, naive_utc, plan
 from pipeline.extract.watermark import Watermark, iso_ms
 from pipeline.lake import Lake
+from pipeline.settings import Settings
 
 NOW = datetime(2024, 11, 4, 12, 0, 0, 123456)
 LAG = timedelta(minutes=15)
@@ -152,7 +153,9 @@ def test_old_watermark_versions_are_pruned(tmp_path: Path) -> None:
 @pytest.mark.parametrize("bad", ["../x", "a/b", "", "x" * 200, "a..b"])
 def test_run_ids_that_cannot_be_keys_are_refused(tmp_path: Path, bad: str) -> None:
     with pytest.raises(ConfigurationError, match="run id"):
-        extract_table("currency", bad, lake_url=str(tmp_path), source_dsn="host=nowhere")
+        extract_table(
+            "currency", bad, Settings(ingest_url=str(tmp_path), source_dsn="host=nowhere")
+        )
 
 
 def test_result_is_small_json() -> None:

@@ -1,0 +1,199 @@
+"""Every knob of the pipeline in one typed, immutable object, read from the environment here.
+
+Step functions take a `Settings` and never read `os.environ`; only the adapters build one:
+the Lambda handlers with `Settings.from_env()` (the CDK stack sets the variables), the CLI
+with `from_env()` and then its flags on top (`replace`). `Settings()` alone is the
+documented defaults, which is what tests start from. docs/SETTINGS.md is generated from the
+field definitions below (`python -m pipeline.settings`), so the table cannot drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from pipeline.errors import ConfigurationError
+from pipeline.lake import Lake
+
+DEFAULT_LAG = timedelta(minutes=15)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> timedelta:
+    value = float(text)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return timedelta(seconds=value)
+
+
+def _knob(
+    default: Any,
+    env: str | tuple[str, ...],
+    doc: str,
+    *,
+    parse: Callable[[str], Any] = str,
+    flag: str | None = None,
+    shown: str | None = None,
+) -> Any:
+    """A settings field: its default, the variable(s) it is read from (first set wins), what
+    it means, how to parse the variable, the CLI flag that sets it, and the default as the
+    docs show it."""
+    names = (env,) if isinstance(env, str) else env
+    meta = {"env": names, "doc": doc, "parse": parse, "flag": flag, "shown": shown}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The pipeline's configuration. Field metadata: `env`, `doc`, `parse`, `flag`."""
+
+    # -- where the data lives ----------------------------------------------------------
+    ingest_url: str = _knob(
+        "lake/ingestion",
+        "INGEST_URL",
+        "ingestion zone: `s3://bucket/prefix`, `file:///path` or a folder",
+        flag="--ingest-url",
+    )
+    processed_url: str = _knob(
+        "lake/processed", "PROCESSED_URL", "processed zone (same forms)", flag="--processed-url"
+    )
+    source_dsn: str | None = _knob(
+        None, "TOTESYS_DSN", "totesys DSN (local use); wins over the secret", flag="--source-dsn"
+    )
+    source_secret_arn: str | None = _knob(
+        None, "TOTESYS_SECRET_ARN", "Secrets Manager secret with the totesys credentials (AWS)"
+    )
+    warehouse_dsn: str | None = _knob(
+        None, "WAREHOUSE_DSN", "warehouse DSN (local use); wins over the secret",
+        flag="--warehouse-dsn",
+    )  # fmt: skip
+    warehouse_secret_arn: str | None = _knob(
+        None, "WAREHOUSE_SECRET_ARN", "Secrets Manager secret with the warehouse credentials"
+    )
+    s3_endpoint: str | None = _knob(
+        None,
+        ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        "S3 endpoint override (moto, MinIO); unset in AWS",
+    )
+    aws_region: str | None = _knob(
+        None, ("AWS_REGION", "AWS_DEFAULT_REGION"), "region of the lake buckets (set by Lambda)"
+    )
+    # -- extract -----------------------------------------------------------------------
+    extract_lag: timedelta = _knob(
+        DEFAULT_LAG,
+        "EXTRACT_LAG_SECONDS",
+        "overlap window re-read below the watermark, for late commits (seconds)",
+        parse=_seconds,
+        flag="--lag-seconds",
+        shown="900",
+    )
+    extract_part_rows: int = _knob(
+        1_000_000,
+        "EXTRACT_PART_ROWS",
+        "rows per ingestion Parquet part",
+        parse=_positive_int,
+    )
+    extract_max_rows: int | None = _knob(
+        None,
+        "EXTRACT_MAX_ROWS",
+        "rows per extract call; a bigger table continues in further calls (unset: no limit)",
+        parse=_positive_int,
+        flag="--max-rows",
+        shown="unset",
+    )
+    extract_workers: int = _knob(
+        4,
+        "EXTRACT_WORKERS",
+        "tables extracted at once by the local runner (the state machine's Map has its own)",
+        parse=_positive_int,
+        flag="--workers",
+    )
+    # -- transform ---------------------------------------------------------------------
+    # The memory bound of one transform call. Measured: 8.58M rows in one call (the full
+    # history of 2M sales orders, all tables) peak at 1.1 GB RSS; 4M keeps a call under
+    # the 1 GB target (benchmarks.run); a larger backlog continues in `<run_id>.t<n>`.
+    transform_max_rows: int = _knob(
+        4_000_000,
+        "TRANSFORM_MAX_ROWS",
+        "input rows one transform call takes (at least one batch); the rest waits for the next",
+        parse=_positive_int,
+        flag="--transform-max-rows",
+    )
+    transform_max_rounds: int = _knob(
+        20,
+        "TRANSFORM_MAX_ROUNDS",
+        "transform calls per run over a backlog before the run loads and fails",
+        parse=_positive_int,
+    )
+
+    # -- what the steps open ----------------------------------------------------------
+    def ingest_lake(self) -> Lake:
+        return self.lake(self.ingest_url)
+
+    def processed_lake(self) -> Lake:
+        return self.lake(self.processed_url)
+
+    def lake(self, url: str) -> Lake:
+        return Lake(url, endpoint=self.s3_endpoint, region=self.aws_region)
+
+    # -- building ----------------------------------------------------------------------
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, required: tuple[str, ...] = ()
+    ) -> Settings:
+        """Defaults overridden by every variable that is set (empty counts as unset).
+
+        `required` fields must come from the environment, not the defaults (a Lambda
+        without `INGEST_URL` must fail, not write into its own file system).
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = next((n for n in f.metadata["env"] if env.get(n)), None)
+            if name is None:
+                if f.name in required:
+                    raise ConfigurationError(
+                        f"environment variable {f.metadata['env'][0]} is not set ({f.name} "
+                        "is required here)"
+                    )
+                continue
+            try:
+                values[f.name] = f.metadata["parse"](env[name])
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"environment variable {name}={env[name]!r} is invalid: {exc}"
+                ) from None
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with `changes`; None values are ignored (an option that was not given)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def markdown_table() -> str:
+    """The settings table of docs/SETTINGS.md."""
+    rows = [
+        "| setting | environment | CLI flag | default | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for f in dataclasses.fields(Settings):
+        meta = f.metadata
+        default = meta["shown"] or ("unset" if f.default is None else str(f.default))
+        env = " or ".join(f"`{n}`" for n in meta["env"])
+        flag = f"`{meta['flag']}`" if meta["flag"] else ""
+        rows.append(f"| `{f.name}` | {env} | {flag} | {default} | {meta['doc']} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")
