@@ -1,13 +1,17 @@
 """The warehouse's three star schemas: one definition shared by transform and load.
 
-The transform writes Parquet with exactly `arrow_schema(table)`; the load step creates
-the tables from the same definitions, so the two cannot drift apart. Names follow
-DESIGN.md section 5 to the letter so BI queries keep working.
+The transform writes Parquet with exactly `arrow_schema(table)` and builds each column from
+its `Lineage` (the source table and column it comes from, and how); the load creates the
+tables from the same definitions, so none of the three can drift apart. Names follow the
+agreed star schemas to the letter so BI queries keep working. docs/LINEAGE.md is generated
+from these definitions (`python -m pipeline.warehouse_schema`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -20,6 +24,31 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "boolean": pa.bool_(),
 }
 
+# How a column's value is derived from its source column.
+COPIED = "copied"
+DATE_PART = "date part"
+TIME_PART = "time part (ms)"
+PARSED_DATE = "YYYY-MM-DD text parsed as a date"
+ISO_4217_NAME = "ISO 4217 name of the code (pycountry)"
+CALENDAR = "calendar attribute of the date"
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a column's values come from: `table.column` of the source, reached through the
+    foreign key `via` of the row's own source table when it lives in another table, and
+    `how` the value is derived. dim_date's columns come from the dates facts reference."""
+
+    table: str | None
+    column: str | None
+    how: str = COPIED
+    via: str | None = None
+
+    def describe(self) -> str:
+        where = f"`{self.table}.{self.column}`" if self.table else "the dates facts reference"
+        through = f" via `{self.via}`" if self.via else ""
+        return f"{where}{through}" + ("" if self.how == COPIED else f", {self.how}")
+
 
 @dataclass(frozen=True)
 class WColumn:
@@ -27,6 +56,7 @@ class WColumn:
     pg_type: str
     nullable: bool = False
     references: str | None = None  # dimension table whose primary key this points at
+    lineage: Lineage | None = None  # None only for columns outside the star (e.g. staging)
 
     @property
     def arrow_type(self) -> pa.DataType:
@@ -39,6 +69,7 @@ class WarehouseTable:
     columns: tuple[WColumn, ...]  # the columns the processed Parquet carries
     primary_key: str  # dimensions: the natural id; facts: the serial record id
     natural_key: tuple[str, ...] = ()  # facts only: unique (source id, last_updated date, time)
+    source: str | None = None  # the source table whose rows these are (None: dim_date)
 
     @property
     def is_fact(self) -> bool:
@@ -54,100 +85,171 @@ class WarehouseTable:
             [pa.field(c.name, c.arrow_type, nullable=c.nullable) for c in self.columns]
         )
 
-
-W = WColumn
-
-
-def _dim(name: str, *columns: WColumn) -> WarehouseTable:
-    return WarehouseTable(name=name, columns=columns, primary_key=columns[0].name)
+    def column(self, name: str) -> WColumn:
+        return next(c for c in self.columns if c.name == name)
 
 
-def _fact(name: str, record_id: str, source_id: str, *columns: WColumn) -> WarehouseTable:
+def _col(
+    name: str,
+    pg_type: str,
+    source: tuple[str | None, str | None],
+    *,
+    how: str = COPIED,
+    via: str | None = None,
+    nullable: bool = False,
+    references: str | None = None,
+) -> WColumn:
+    return WColumn(name, pg_type, nullable, references, Lineage(*source, how=how, via=via))
+
+
+def _dim(name: str, source: str | None, *columns: WColumn) -> WarehouseTable:
+    return WarehouseTable(name, columns, primary_key=columns[0].name, source=source)
+
+
+def _own(table: str) -> Callable[..., WColumn]:
+    """Columns copied from `table` itself: `own("first_name", "text")`; `column=` renames."""
+
+    def make(name: str, pg_type: str, *, column: str | None = None, **kw: Any) -> WColumn:
+        return _col(name, pg_type, (table, column or name), **kw)
+
+    return make
+
+
+def _fact(
+    name: str, record_id: str, source: str, *columns: tuple[str, str, str | None, str]
+) -> WarehouseTable:
+    """A fact: the source id, the four audit columns, then (name, pg type, references,
+    source column) for the rest; `date` columns of a text source column are parsed."""
+    pk = f"{source}_id"
+    audit = (
+        _col("created_date", "date", (source, "created_at"), how=DATE_PART, references="dim_date"),
+        _col("created_time", "time(3)", (source, "created_at"), how=TIME_PART),
+        _col(
+            "last_updated_date", "date", (source, "last_updated"), how=DATE_PART,
+            references="dim_date",
+        ),
+        _col("last_updated_time", "time(3)", (source, "last_updated"), how=TIME_PART),
+    )  # fmt: skip
+    rest = tuple(
+        _col(
+            col, pg_type, (source, src), how=PARSED_DATE if pg_type == "date" else COPIED,
+            references=ref,
+        )
+        for col, pg_type, ref, src in columns
+    )  # fmt: skip
     return WarehouseTable(
         name=name,
-        columns=(W(source_id, "integer"), *_fact_times(), *columns),
+        columns=(_col(pk, "integer", (source, pk)), *audit, *rest),
         primary_key=record_id,
-        natural_key=(source_id, "last_updated_date", "last_updated_time"),
+        natural_key=(pk, "last_updated_date", "last_updated_time"),
+        source=source,
     )
 
 
-def _fact_times() -> tuple[WColumn, ...]:
-    return (
-        W("created_date", "date", references="dim_date"),
-        W("created_time", "time(3)"),
-        W("last_updated_date", "date", references="dim_date"),
-        W("last_updated_time", "time(3)"),
-    )
+_staff, _address, _design = _own("staff"), _own("address"), _own("design")
+_currency, _cp, _tx, _pt = (
+    _own("currency"),
+    _own("counterparty"),
+    _own("transaction"),
+    _own("payment_type"),
+)
+ADDRESS_COLUMNS = (
+    "address_line_1",
+    "address_line_2",
+    "district",
+    "city",
+    "postal_code",
+    "country",
+    "phone",
+)
+_NULLABLE_ADDRESS = {"address_line_2", "district"}
+
+
+def _legal(column: str, name: str) -> WColumn:
+    return _col(
+        name, "text", ("address", column), via="counterparty.legal_address_id",
+        nullable=column in _NULLABLE_ADDRESS,
+    )  # fmt: skip
+
+
+def _calendar(name: str, pg_type: str) -> WColumn:
+    return _col(name, pg_type, (None, None), how=CALENDAR)
 
 
 DIMENSIONS: tuple[WarehouseTable, ...] = (
     _dim(
         "dim_date",
-        W("date_id", "date"),
-        W("year", "integer"),
-        W("month", "integer"),
-        W("day", "integer"),
-        W("day_of_week", "integer"),
-        W("day_name", "text"),
-        W("month_name", "text"),
-        W("quarter", "integer"),
+        None,
+        _col("date_id", "date", (None, None)),
+        _calendar("year", "integer"),
+        _calendar("month", "integer"),
+        _calendar("day", "integer"),
+        _calendar("day_of_week", "integer"),
+        _calendar("day_name", "text"),
+        _calendar("month_name", "text"),
+        _calendar("quarter", "integer"),
     ),
     _dim(
         "dim_staff",
-        W("staff_id", "integer"),
-        W("first_name", "text"),
-        W("last_name", "text"),
-        W("department_name", "text"),
-        W("location", "text", nullable=True),
-        W("email_address", "text"),
+        "staff",
+        _staff("staff_id", "integer"),
+        _staff("first_name", "text"),
+        _staff("last_name", "text"),
+        _col(
+            "department_name", "text", ("department", "department_name"), via="staff.department_id"
+        ),
+        _col(
+            "location", "text", ("department", "location"), via="staff.department_id", nullable=True
+        ),
+        _staff("email_address", "text"),
     ),
     _dim(
         "dim_location",
-        W("location_id", "integer"),
-        W("address_line_1", "text"),
-        W("address_line_2", "text", nullable=True),
-        W("district", "text", nullable=True),
-        W("city", "text"),
-        W("postal_code", "text"),
-        W("country", "text"),
-        W("phone", "text"),
+        "address",
+        _address("location_id", "integer", column="address_id"),
+        *(_address(c, "text", nullable=c in _NULLABLE_ADDRESS) for c in ADDRESS_COLUMNS),
     ),
     _dim(
         "dim_design",
-        W("design_id", "integer"),
-        W("design_name", "text"),
-        W("file_location", "text"),
-        W("file_name", "text"),
+        "design",
+        _design("design_id", "integer"),
+        _design("design_name", "text"),
+        _design("file_location", "text"),
+        _design("file_name", "text"),
     ),
     _dim(
         "dim_currency",
-        W("currency_id", "integer"),
-        W("currency_code", "text"),
-        W("currency_name", "text"),
+        "currency",
+        _currency("currency_id", "integer"),
+        _currency("currency_code", "text"),
+        _currency("currency_name", "text", column="currency_code", how=ISO_4217_NAME),
     ),
     _dim(
         "dim_counterparty",
-        W("counterparty_id", "integer"),
-        W("counterparty_legal_name", "text"),
-        W("counterparty_legal_address_line_1", "text"),
-        W("counterparty_legal_address_line_2", "text", nullable=True),
-        W("counterparty_legal_district", "text", nullable=True),
-        W("counterparty_legal_city", "text"),
-        W("counterparty_legal_postal_code", "text"),
-        W("counterparty_legal_country", "text"),
-        W("counterparty_legal_phone_number", "text"),
+        "counterparty",
+        _cp("counterparty_id", "integer"),
+        _cp("counterparty_legal_name", "text"),
+        _legal("address_line_1", "counterparty_legal_address_line_1"),
+        _legal("address_line_2", "counterparty_legal_address_line_2"),
+        _legal("district", "counterparty_legal_district"),
+        _legal("city", "counterparty_legal_city"),
+        _legal("postal_code", "counterparty_legal_postal_code"),
+        _legal("country", "counterparty_legal_country"),
+        _legal("phone", "counterparty_legal_phone_number"),
     ),
     _dim(
         "dim_transaction",
-        W("transaction_id", "integer"),
-        W("transaction_type", "text"),
-        W("sales_order_id", "integer", nullable=True),
-        W("purchase_order_id", "integer", nullable=True),
+        "transaction",
+        _tx("transaction_id", "integer"),
+        _tx("transaction_type", "text"),
+        _tx("sales_order_id", "integer", nullable=True),
+        _tx("purchase_order_id", "integer", nullable=True),
     ),
     _dim(
         "dim_payment_type",
-        W("payment_type_id", "integer"),
-        W("payment_type_name", "text"),
+        "payment_type",
+        _pt("payment_type_id", "integer"),
+        _pt("payment_type_name", "text"),
     ),
 )
 
@@ -155,43 +257,57 @@ FACTS: tuple[WarehouseTable, ...] = (
     _fact(
         "fact_sales_order",
         "sales_record_id",
-        "sales_order_id",
-        W("sales_staff_id", "integer", references="dim_staff"),
-        W("counterparty_id", "integer", references="dim_counterparty"),
-        W("units_sold", "integer"),
-        W("unit_price", "numeric(10,2)"),
-        W("currency_id", "integer", references="dim_currency"),
-        W("design_id", "integer", references="dim_design"),
-        W("agreed_payment_date", "date", references="dim_date"),
-        W("agreed_delivery_date", "date", references="dim_date"),
-        W("agreed_delivery_location_id", "integer", references="dim_location"),
+        "sales_order",
+        ("sales_staff_id", "integer", "dim_staff", "staff_id"),
+        ("counterparty_id", "integer", "dim_counterparty", "counterparty_id"),
+        ("units_sold", "integer", None, "units_sold"),
+        ("unit_price", "numeric(10,2)", None, "unit_price"),
+        ("currency_id", "integer", "dim_currency", "currency_id"),
+        ("design_id", "integer", "dim_design", "design_id"),
+        ("agreed_payment_date", "date", "dim_date", "agreed_payment_date"),
+        ("agreed_delivery_date", "date", "dim_date", "agreed_delivery_date"),
+        ("agreed_delivery_location_id", "integer", "dim_location", "agreed_delivery_location_id"),
     ),
     _fact(
         "fact_purchase_order",
         "purchase_record_id",
-        "purchase_order_id",
-        W("staff_id", "integer", references="dim_staff"),
-        W("counterparty_id", "integer", references="dim_counterparty"),
-        W("item_code", "text"),
-        W("item_quantity", "integer"),
-        W("item_unit_price", "numeric(10,2)"),
-        W("currency_id", "integer", references="dim_currency"),
-        W("agreed_delivery_date", "date", references="dim_date"),
-        W("agreed_payment_date", "date", references="dim_date"),
-        W("agreed_delivery_location_id", "integer", references="dim_location"),
+        "purchase_order",
+        ("staff_id", "integer", "dim_staff", "staff_id"),
+        ("counterparty_id", "integer", "dim_counterparty", "counterparty_id"),
+        ("item_code", "text", None, "item_code"),
+        ("item_quantity", "integer", None, "item_quantity"),
+        ("item_unit_price", "numeric(10,2)", None, "item_unit_price"),
+        ("currency_id", "integer", "dim_currency", "currency_id"),
+        ("agreed_delivery_date", "date", "dim_date", "agreed_delivery_date"),
+        ("agreed_payment_date", "date", "dim_date", "agreed_payment_date"),
+        ("agreed_delivery_location_id", "integer", "dim_location", "agreed_delivery_location_id"),
     ),
     _fact(
         "fact_payment",
         "payment_record_id",
-        "payment_id",
-        W("transaction_id", "integer", references="dim_transaction"),
-        W("counterparty_id", "integer", references="dim_counterparty"),
-        W("payment_amount", "numeric(10,2)"),
-        W("currency_id", "integer", references="dim_currency"),
-        W("payment_type_id", "integer", references="dim_payment_type"),
-        W("paid", "boolean"),
-        W("payment_date", "date", references="dim_date"),
+        "payment",
+        ("transaction_id", "integer", "dim_transaction", "transaction_id"),
+        ("counterparty_id", "integer", "dim_counterparty", "counterparty_id"),
+        ("payment_amount", "numeric(10,2)", None, "payment_amount"),
+        ("currency_id", "integer", "dim_currency", "currency_id"),
+        ("payment_type_id", "integer", "dim_payment_type", "payment_type_id"),
+        ("paid", "boolean", None, "paid"),
+        ("payment_date", "date", "dim_date", "payment_date"),
     ),
 )
 
 WAREHOUSE_TABLES: dict[str, WarehouseTable] = {t.name: t for t in (*DIMENSIONS, *FACTS)}
+
+
+def lineage_markdown() -> str:
+    """The column-lineage table of docs/LINEAGE.md."""
+    rows = ["| warehouse column | type | comes from |", "|---|---|---|"]
+    for table in WAREHOUSE_TABLES.values():
+        for c in table.columns:
+            assert c.lineage is not None
+            rows.append(f"| `{table.name}.{c.name}` | {c.pg_type} | {c.lineage.describe()} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(lineage_markdown(), end="")

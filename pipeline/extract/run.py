@@ -40,39 +40,24 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import layout
 from pipeline.catalog import Table, get_table
 from pipeline.credentials import SOURCE, resolve_dsn
 from pipeline.errors import ConfigurationError
 from pipeline.extract import watermark
 from pipeline.extract.drift import check as check_drift
 from pipeline.extract.source import SourceSnapshot, Window, to_catalog
-from pipeline.extract.watermark import Watermark, iso_ms, read_watermark
+from pipeline.extract.watermark import Watermark, iso_ms
 from pipeline.lake import Lake
+from pipeline.layout import IngestionManifest
 from pipeline.settings import Settings
 
-__all__ = ["ExtractResult", "extract_table", "manifest_key", "plan", "read_batch", "read_watermark"]
+__all__ = ["ExtractResult", "extract_table", "plan", "read_batch"]
 
 log = logging.getLogger(__name__)
 
 ZSTD_LEVEL = 1  # see `_write_parts`
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,127}$")
-
-
-# -- keys (docs/CONTRACTS.md) ----------------------------------------------------------
-def manifest_key(table: str, run_id: str) -> str:
-    return f"_manifests/{table}/{run_id}.json"
-
-
-def part_key(table: str, day: str, run_id: str, index: int) -> str:
-    return f"{table}/date={day}/{run_id}/part-{index:05d}.parquet"
-
-
-def _resume_key(table: str, run_id: str) -> str:
-    return f"_state/{table}/resume/{run_id}.json"
-
-
-def _attempt_key(table: str, run_id: str) -> str:
-    return f"_state/{table}/runs/{run_id}.json"
 
 
 def schema_fingerprint(schema: pa.Schema) -> str:
@@ -112,7 +97,7 @@ class ExtractResult:
         }
 
     @classmethod
-    def from_manifest(cls, key: str, manifest: dict[str, Any], status: str) -> ExtractResult:
+    def from_manifest(cls, key: str, manifest: IngestionManifest, status: str) -> ExtractResult:
         return cls(
             table=manifest["table"],
             run_id=manifest["run_id"],
@@ -261,7 +246,7 @@ def _write_parts(
 def _run_day(lake: Lake, table: str, run_id: str) -> str:
     """The date partition of this run's keys: fixed by its first attempt, so a re-run
     after a crash (even past midnight) writes exactly the same keys."""
-    key = _attempt_key(table, run_id)
+    key = layout.attempt_record(table, run_id)
     now = datetime.now(UTC)
     lake.create_json(
         key, {"run_id": run_id, "first_attempt_at": now.isoformat(), "day": f"{now:%Y-%m-%d}"}
@@ -278,11 +263,11 @@ def _check_arguments(run_id: str, max_rows: int | None) -> None:
         raise ConfigurationError(f"max_rows must be at least 1, got {max_rows}")
 
 
-def _finish(lake: Lake, manifest: dict[str, Any]) -> None:
+def _finish(lake: Lake, manifest: IngestionManifest) -> None:
     """The follow-ups of a committed manifest, idempotent: resume record, then watermark."""
-    if manifest["more"]:
+    if manifest["more"] and manifest["next_run_id"]:
         lake.create_json(
-            _resume_key(manifest["table"], manifest["next_run_id"]), manifest["resume"]
+            layout.resume_record(manifest["table"], manifest["next_run_id"]), manifest["resume"]
         )
     if manifest["watermark"] is not None:
         watermark.save(lake, Watermark.from_json(manifest["watermark"]))
@@ -324,7 +309,7 @@ def extract_table(
     max_rows = settings.extract_max_rows
     _check_arguments(run_id, max_rows)
     lake = settings.ingest_lake()
-    key = manifest_key(spec.name, run_id)
+    key = layout.ingestion_manifest(spec.name, run_id)
     if lake.exists(key):  # R8: this (run, table) is committed already
         recorded = lake.read_json(key)
         _finish(lake, recorded)
@@ -332,11 +317,8 @@ def extract_table(
         _log(result, started)
         return result
 
-    resume = (
-        lake.read_json(_resume_key(spec.name, run_id))
-        if lake.exists(_resume_key(spec.name, run_id))
-        else None
-    )
+    resume_key = layout.resume_record(spec.name, run_id)
+    resume = lake.read_json(resume_key) if lake.exists(resume_key) else None
     lower, upper = naive_utc(since, "since"), naive_utc(until, "until")
     backfill = resume["mode"] == "backfill" if resume else (lower or upper) is not None
     state = None if backfill else watermark.load(lake, spec.name)
@@ -363,7 +345,7 @@ def extract_table(
             until=upper,
             lag=settings.extract_lag,
         )
-        keys = (part_key(spec.name, day, run_id, i) for i in range(10**5))
+        keys = (layout.ingestion_part(spec.name, day, run_id, i) for i in range(10**5))
         written = _write_parts(
             lake,
             keys,
@@ -399,7 +381,7 @@ def _manifest(
     warnings: list[str],
     more: bool,
     state: Watermark | None,
-) -> dict[str, Any]:
+) -> IngestionManifest:
     """The commit record of this batch (docs/CONTRACTS.md), with what its follow-ups need."""
     next_run_id = f"{todo.root}.{todo.segment + 1}" if more else None
     mark = None
@@ -457,6 +439,6 @@ def _iso_us(value: datetime) -> str:
     return value.isoformat(timespec="microseconds")
 
 
-def read_batch(lake: Lake, manifest: dict[str, Any]) -> pa.Table:
+def read_batch(lake: Lake, manifest: IngestionManifest) -> pa.Table:
     """All rows of one committed batch, read from its manifest-listed files only."""
     return lake.read_parquet(manifest["files"], schema=get_table(manifest["table"]).arrow_schema)

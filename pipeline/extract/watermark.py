@@ -14,6 +14,7 @@ import re
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
+from pipeline import layout
 from pipeline.errors import TransientError
 from pipeline.lake import Lake
 
@@ -78,11 +79,11 @@ def iso_ms(value: datetime) -> str:
 
 
 def _key(table: str, seq: int) -> str:
-    return f"_state/{table}/watermark-{seq:010d}.json"
+    return layout.watermark(table, seq)
 
 
 def _versions(lake: Lake, table: str) -> list[int]:
-    found = (_VERSION.search(k) for k in lake.list(f"_state/{table}/"))
+    found = (_VERSION.search(k) for k in lake.list(layout.table_state(table)))
     return sorted(int(m.group(1)) for m in found if m)
 
 

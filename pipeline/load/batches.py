@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import layout
 from pipeline.errors import CorruptBatchError
 from pipeline.lake import Lake
 from pipeline.warehouse_schema import WAREHOUSE_TABLES, WarehouseTable
 
-MANIFEST_PREFIX = "_manifests/"
 READ_BATCH_ROWS = 65_536  # rows per record batch streamed to COPY: bounds memory
 T = TypeVar("T")
 
@@ -49,22 +49,11 @@ class ProcessedBatch:
         return (self.committed_at, self.run_id)
 
 
-def manifest_key(run_id: str) -> str:
-    return f"{MANIFEST_PREFIX}{run_id}.json"
-
-
-def _run_id_of(key: str) -> str | None:
-    name = key[len(MANIFEST_PREFIX) :]
-    if "/" in name or not name.endswith(".json"):
-        return None
-    return name[: -len(".json")]
-
-
 def pending_batches(lake: Lake, loaded: set[str]) -> list[ProcessedBatch]:
     """Manifests not in `loaded`, oldest first by `(committed_at, run_id)`."""
     batches = []
-    for key in lake.list(MANIFEST_PREFIX):
-        run_id = _run_id_of(key)
+    for key in lake.list(layout.MANIFESTS):
+        run_id = layout.processed_run_id(key)
         if run_id is not None and run_id not in loaded:
             batches.append(parse_manifest(lake.read_json(key), key))
     return sorted(batches, key=lambda b: b.order)
@@ -86,7 +75,7 @@ def parse_manifest(doc: Any, key: str) -> ProcessedBatch:
             outputs[name] = TableOutput(WAREHOUSE_TABLES[name], files, int(out["rows"]))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CorruptBatchError(f"processed manifest {key} is malformed: {exc!r}") from None
-    if f"{MANIFEST_PREFIX}{run_id}.json" != key:
+    if layout.processed_manifest(run_id) != key:
         raise CorruptBatchError(f"processed manifest {key} names run_id {run_id!r}")
     if committed_at.tzinfo is None:
         committed_at = committed_at.replace(tzinfo=UTC)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline import layout
 from pipeline.catalog import TABLE_NAMES, get_table
 from pipeline.errors import PipelineError
 from pipeline.lake import Lake
@@ -24,7 +25,6 @@ from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
-RUNS_PREFIX = "_runs"
 
 # Called with (table, event, detail) as tables start and finish: drives progress displays.
 ProgressCallback = Callable[[str, str, dict[str, Any]], None]
@@ -177,7 +177,7 @@ def run_pipeline(
 
     report.duration_s = time.perf_counter() - started
     report.finished_at = datetime.now(UTC).isoformat()
-    settings.ingest_lake().write_json(f"{RUNS_PREFIX}/{run_id}.json", report.to_dict())
+    settings.ingest_lake().write_json(layout.run_report(run_id), report.to_dict())
     log.info(
         "run finished",
         extra={
@@ -191,7 +191,7 @@ def run_pipeline(
 
 def recent_runs(lake: Lake, limit: int = 10) -> list[dict[str, Any]]:
     """The newest run reports written by `run_pipeline` in the ingestion lake, newest first."""
-    keys = lake.list(RUNS_PREFIX)
+    keys = lake.list(layout.RUN_REPORTS)
     reports = [lake.read_json(k) for k in keys]
     reports.sort(key=lambda r: r.get("started_at", ""), reverse=True)
     return reports[:limit]

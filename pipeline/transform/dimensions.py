@@ -7,7 +7,6 @@ lookup row, and the load upserts them (SCD type 1).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -15,18 +14,60 @@ import pycountry
 
 from pipeline.catalog import TABLES
 from pipeline.transform.quality import RULE, Rule, annotate, quarantine_frame, row_label
+from pipeline.warehouse_schema import COPIED, DIMENSIONS, ISO_4217_NAME, WarehouseTable, WColumn
 
 States = dict[str, pl.DataFrame]
 Built = tuple[pl.DataFrame, list[Rule]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class DimensionSpec:
-    name: str  # warehouse dimension
-    source: str  # source table whose rows it is
-    build: Callable[[States], Built]  # source + dimension columns, `_rule`; and the rules
-    project: dict[str, pl.Expr]  # warehouse column -> expression over the built frame
-    lookups: dict[str, str] = field(default_factory=dict)  # foreign key -> lookup table
+    """A warehouse dimension as the transform builds it, from its definition (columns and
+    their lineage) in `pipeline.warehouse_schema`."""
+
+    table: WarehouseTable
+
+    @property
+    def name(self) -> str:
+        return self.table.name
+
+    @property
+    def source(self) -> str:
+        assert self.table.source is not None
+        return self.table.source
+
+    @property
+    def joined(self) -> list[WColumn]:
+        """Columns that come from a lookup table through a foreign key of the source."""
+        return [c for c in self.table.columns if c.lineage and c.lineage.via]
+
+    @property
+    def lookups(self) -> dict[str, str]:
+        """Foreign key of the source table -> the lookup table it reaches."""
+        return {
+            str(c.lineage.via).split(".", 1)[1]: str(c.lineage.table)
+            for c in self.joined
+            if c.lineage
+        }
+
+    def build(self, states: States) -> Built:
+        """Source rows with the dimension's columns joined or derived, `_rule`, and the rules."""
+        if any(c.lineage and c.lineage.how == ISO_4217_NAME for c in self.table.columns):
+            return _currency(states)
+        if not self.joined:
+            return annotate(states[self.source].lazy(), []).collect(), []
+        [(fk, lookup)] = self.lookups.items()  # one lookup per dimension
+        mapping = {str(c.lineage.column): c.name for c in self.joined if c.lineage}
+        return _join(states, self.source, lookup, fk, mapping)
+
+    def projection(self) -> list[pl.Expr]:
+        """Own columns by their source name; joined and derived ones already carry theirs."""
+        out = []
+        for c in self.table.columns:
+            lineage = c.lineage
+            own = lineage and lineage.table == self.source and lineage.how == COPIED
+            out.append(pl.col(str(lineage.column) if own and lineage else c.name).alias(c.name))
+        return out
 
 
 @dataclass
@@ -55,10 +96,6 @@ def _join(states: States, table: str, lookup: str, fk: str, columns: dict[str, s
     joined = states[table].join(right, on=fk, how="left")
     rules = [_found(table, lookup, fk)]
     return annotate(joined.lazy(), rules).collect(), rules
-
-
-def _straight(table: str) -> Callable[[States], Built]:
-    return lambda states: (annotate(states[table].lazy(), []).collect(), [])
 
 
 def currency_names(codes: pl.Series) -> dict[str, str]:
@@ -91,89 +128,15 @@ def _currency(states: States) -> Built:
     return annotate(named.lazy(), [rule]).collect(), [rule]
 
 
-def _cols(*names: str) -> dict[str, pl.Expr]:
-    return {n: pl.col(n) for n in names}
-
-
-ADDRESS_COLUMNS = (
-    "address_line_1",
-    "address_line_2",
-    "district",
-    "city",
-    "postal_code",
-    "country",
-    "phone",
-)
-_LEGAL = {
-    "address_line_1": "counterparty_legal_address_line_1",
-    "address_line_2": "counterparty_legal_address_line_2",
-    "district": "counterparty_legal_district",
-    "city": "counterparty_legal_city",
-    "postal_code": "counterparty_legal_postal_code",
-    "country": "counterparty_legal_country",
-    "phone": "counterparty_legal_phone_number",
-}
-
-DIMENSIONS: tuple[DimensionSpec, ...] = (
-    DimensionSpec(
-        "dim_staff",
-        "staff",
-        lambda s: _join(
-            s,
-            "staff",
-            "department",
-            "department_id",
-            {"department_name": "department_name", "location": "location"},
-        ),
-        _cols(
-            "staff_id", "first_name", "last_name", "department_name", "location", "email_address"
-        ),
-        {"department_id": "department"},
-    ),
-    DimensionSpec(
-        "dim_location",
-        "address",
-        _straight("address"),
-        {"location_id": pl.col("address_id"), **_cols(*ADDRESS_COLUMNS)},
-    ),
-    DimensionSpec(
-        "dim_design",
-        "design",
-        _straight("design"),
-        _cols("design_id", "design_name", "file_location", "file_name"),
-    ),
-    DimensionSpec(
-        "dim_currency",
-        "currency",
-        _currency,
-        _cols("currency_id", "currency_code", "currency_name"),
-    ),
-    DimensionSpec(
-        "dim_counterparty",
-        "counterparty",
-        lambda s: _join(s, "counterparty", "address", "legal_address_id", _LEGAL),
-        _cols("counterparty_id", "counterparty_legal_name", *_LEGAL.values()),
-        {"legal_address_id": "address"},
-    ),
-    DimensionSpec(
-        "dim_transaction",
-        "transaction",
-        _straight("transaction"),
-        _cols("transaction_id", "transaction_type", "sales_order_id", "purchase_order_id"),
-    ),
-    DimensionSpec(
-        "dim_payment_type",
-        "payment_type",
-        _straight("payment_type"),
-        _cols("payment_type_id", "payment_type_name"),
-    ),
+DIMENSION_SPECS: tuple[DimensionSpec, ...] = tuple(
+    DimensionSpec(t) for t in DIMENSIONS if t.source is not None
 )
 
 
 def build_dimensions(states: States, changed: States) -> DimensionOutput:
     """Emit changed/affected dimension rows; quarantine the affected ones that cannot be built."""
     out = DimensionOutput()
-    for spec in DIMENSIONS:
+    for spec in DIMENSION_SPECS:
         pk = TABLES[spec.source].primary_key
         built, rules = spec.build(states)
         affected = pl.col(pk).is_in(changed[spec.source][pk].implode())
@@ -183,9 +146,7 @@ def build_dimensions(states: States, changed: States) -> DimensionOutput:
         good = pl.col(RULE).is_null()
         out.valid_keys[spec.source] = built.filter(good)[pk]
         emit = built.filter(affected)
-        out.rows[spec.name] = emit.filter(good).select(
-            [expr.alias(name) for name, expr in spec.project.items()]
-        )
+        out.rows[spec.name] = emit.filter(good).select(spec.projection())
         bad = emit.filter(~good)
         out.quarantine[spec.source] = quarantine_frame(spec.source, bad, rules)
     return out
@@ -195,7 +156,9 @@ def build_dimensions(states: States, changed: States) -> DimensionOutput:
 # state (the buckets of the ids a run touches) builds the same rows and valid keys. The others
 # join (or are joined by) another table and are read whole; they are small.
 JOINED_TABLES: frozenset[str] = frozenset(
-    {spec.source for spec in DIMENSIONS if spec.lookups}
-    | {table for spec in DIMENSIONS for table in spec.lookups.values()}
+    {spec.source for spec in DIMENSION_SPECS if spec.lookups}
+    | {table for spec in DIMENSION_SPECS for table in spec.lookups.values()}
 )
-ROW_LOCAL_TABLES: frozenset[str] = frozenset(spec.source for spec in DIMENSIONS) - JOINED_TABLES
+ROW_LOCAL_TABLES: frozenset[str] = (
+    frozenset(spec.source for spec in DIMENSION_SPECS) - JOINED_TABLES
+)

@@ -31,6 +31,16 @@ from pipeline.transform.quality import (
     reference_rule,
     row_rules,
 )
+from pipeline.warehouse_schema import (
+    COPIED,
+    DATE_PART,
+    FACTS,
+    PARSED_DATE,
+    TIME_PART,
+    WAREHOUSE_TABLES,
+    WarehouseTable,
+    WColumn,
+)
 
 # Versions already handled, kept per fact table and id bucket (state.py) to skip re-deliveries
 # (overlap windows, full re-extracts) exactly: 12 bytes each, and a run reads only the buckets
@@ -44,10 +54,49 @@ RETRY = "_retry"
 
 @dataclass(frozen=True)
 class FactSpec:
-    name: str  # warehouse fact table
-    source: str  # source table
-    references: dict[str, str]  # foreign key column -> source table of the dimension
-    columns: dict[str, pl.Expr]  # warehouse columns after the id and the four time columns
+    """A warehouse fact as the transform builds it: everything comes from the table's
+    definition in `pipeline.warehouse_schema` (columns and their lineage)."""
+
+    table: WarehouseTable
+
+    @property
+    def name(self) -> str:
+        return self.table.name
+
+    @property
+    def source(self) -> str:
+        assert self.table.source is not None
+        return self.table.source
+
+    @property
+    def references(self) -> dict[str, str]:
+        """Source foreign-key column -> the source table of the dimension it points at."""
+        refs = {}
+        for c in self.table.columns:
+            if c.references and c.references != "dim_date" and c.lineage and c.lineage.column:
+                target = WAREHOUSE_TABLES[c.references].source
+                assert target is not None
+                refs[c.lineage.column] = target
+        return refs
+
+    def projection(self) -> list[pl.Expr]:
+        """Each warehouse column from its source column, derived as its lineage says."""
+        return [_derive(c).alias(c.name) for c in self.table.columns]
+
+
+def _derive(column: WColumn) -> pl.Expr:
+    lineage = column.lineage
+    assert lineage is not None and lineage.column is not None
+    source = pl.col(lineage.column)
+    derived = {
+        COPIED: source,
+        DATE_PART: source.dt.date(),
+        TIME_PART: source.dt.time(),
+        PARSED_DATE: pl.col(DATE_PREFIX + lineage.column),  # parsed (and checked) by the rules
+    }
+    if lineage.how not in derived:
+        raise ValueError(f"{column.name}: a fact column cannot be derived by {lineage.how!r}")
+    return derived[lineage.how]
 
 
 @dataclass
@@ -61,75 +110,8 @@ class FactOutput:
     pending_counts: dict[str, int] = field(default_factory=dict)
 
 
-def _date(col: str) -> pl.Expr:
-    return pl.col(DATE_PREFIX + col)
-
-
-FACTS: tuple[FactSpec, ...] = (
-    FactSpec(
-        "fact_sales_order",
-        "sales_order",
-        {
-            "staff_id": "staff",
-            "counterparty_id": "counterparty",
-            "currency_id": "currency",
-            "design_id": "design",
-            "agreed_delivery_location_id": "address",
-        },
-        {
-            "sales_staff_id": pl.col("staff_id"),
-            "counterparty_id": pl.col("counterparty_id"),
-            "units_sold": pl.col("units_sold"),
-            "unit_price": pl.col("unit_price"),
-            "currency_id": pl.col("currency_id"),
-            "design_id": pl.col("design_id"),
-            "agreed_payment_date": _date("agreed_payment_date"),
-            "agreed_delivery_date": _date("agreed_delivery_date"),
-            "agreed_delivery_location_id": pl.col("agreed_delivery_location_id"),
-        },
-    ),
-    FactSpec(
-        "fact_purchase_order",
-        "purchase_order",
-        {
-            "staff_id": "staff",
-            "counterparty_id": "counterparty",
-            "currency_id": "currency",
-            "agreed_delivery_location_id": "address",
-        },
-        {
-            "staff_id": pl.col("staff_id"),
-            "counterparty_id": pl.col("counterparty_id"),
-            "item_code": pl.col("item_code"),
-            "item_quantity": pl.col("item_quantity"),
-            "item_unit_price": pl.col("item_unit_price"),
-            "currency_id": pl.col("currency_id"),
-            "agreed_delivery_date": _date("agreed_delivery_date"),
-            "agreed_payment_date": _date("agreed_payment_date"),
-            "agreed_delivery_location_id": pl.col("agreed_delivery_location_id"),
-        },
-    ),
-    FactSpec(
-        "fact_payment",
-        "payment",
-        {
-            "transaction_id": "transaction",
-            "counterparty_id": "counterparty",
-            "currency_id": "currency",
-            "payment_type_id": "payment_type",
-        },
-        {
-            "transaction_id": pl.col("transaction_id"),
-            "counterparty_id": pl.col("counterparty_id"),
-            "payment_amount": pl.col("payment_amount"),
-            "currency_id": pl.col("currency_id"),
-            "payment_type_id": pl.col("payment_type_id"),
-            "paid": pl.col("paid"),
-            "payment_date": _date("payment_date"),
-        },
-    ),
-)
-FACT_SOURCES: tuple[str, ...] = tuple(f.source for f in FACTS)
+FACT_SPECS: tuple[FactSpec, ...] = tuple(FactSpec(t) for t in FACTS)
+FACT_SOURCES: tuple[str, ...] = tuple(f.source for f in FACT_SPECS)
 
 
 def seen_schema(source: str) -> pl.Schema:
@@ -145,18 +127,6 @@ def empty_pending(source: str) -> pl.DataFrame:
     df = pl.from_arrow(TABLES[source].arrow_schema.empty_table())
     assert isinstance(df, pl.DataFrame)
     return df.with_columns(pl.lit(None, pl.Datetime("us", "UTC")).alias(PENDING_SINCE))
-
-
-def _projection(spec: FactSpec) -> list[pl.Expr]:
-    t = TABLES[spec.source]
-    return [
-        pl.col(t.primary_key),
-        pl.col("created_at").dt.date().alias("created_date"),
-        pl.col("created_at").dt.time().alias("created_time"),
-        pl.col(t.cursor).dt.date().alias("last_updated_date"),
-        pl.col(t.cursor).dt.time().alias("last_updated_time"),
-        *(expr.alias(name) for name, expr in spec.columns.items()),
-    ]
 
 
 def transform_fact(
@@ -204,7 +174,7 @@ def transform_fact(
     good = pl.col(RULE).is_null()
     retried = pl.col(RETRY)
     bad = checked.filter(~good)  # few rows; the big frame is only copied when it must be
-    rows = (checked if bad.height == 0 else checked.filter(good)).select(_projection(spec))
+    rows = (checked if bad.height == 0 else checked.filter(good)).select(spec.projection())
     n_new = checked.height - pending.height
     new_versions = checked if pending.height == 0 else checked.filter(~retried)
 

@@ -12,11 +12,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import layout
 from pipeline.catalog import TABLES
 from pipeline.errors import CorruptBatchError, SchemaDriftError
 from pipeline.lake import Lake
 
-MANIFEST_PREFIX = "_manifests/"
 BATCH_COLUMN = "_batch"  # ordinal of the batch in this run: later batches win ties
 
 
@@ -31,7 +31,7 @@ class Batch:
 
 
 def list_manifest_keys(lake: Lake) -> list[str]:
-    return [k for k in lake.list(MANIFEST_PREFIX) if k.endswith(".json")]
+    return [k for k in lake.list(layout.ingestion_manifests()) if k.endswith(".json")]
 
 
 def read_batches(lake: Lake, keys: list[str]) -> list[Batch]:

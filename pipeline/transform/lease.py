@@ -13,10 +13,11 @@ import datetime as dt
 import uuid
 from collections.abc import Iterator
 
+from pipeline import layout
 from pipeline.errors import CorruptBatchError, TransformBusyError
 from pipeline.lake import Lake
 
-LEASE_KEY = "_locks/transform.json"
+LEASE_KEY = layout.TRANSFORM_LEASE
 LEASE_SECONDS = 15 * 60  # the longest a Lambda can run
 
 
@@ -40,7 +41,7 @@ class Lease:
         expires = dt.datetime.fromisoformat(held.get("expires_at", "1970-01-01T00:00:00+00:00"))
         if expires > dt.datetime.now(dt.UTC):
             raise TransformBusyError(held.get("run_id", "?"), held.get("expires_at", "?"))
-        takeover = f"_locks/transform.takeover.{held.get('token', 'none')}.json"
+        takeover = layout.lease_takeover(held.get("token", "none"))
         if not self.lake.create_json(takeover, {"run_id": self.run_id, "token": self.token}):
             raise TransformBusyError(held.get("run_id", "?"), "being taken over")
         self.lake.write_json(LEASE_KEY, self._record())

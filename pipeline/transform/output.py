@@ -4,33 +4,19 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypedDict
 
 import polars as pl
 import pyarrow as pa
 
+from pipeline import layout
 from pipeline.catalog import TABLES
 from pipeline.errors import DataQualityError
 from pipeline.lake import Lake
+from pipeline.layout import OutputFiles
 from pipeline.transform.quality import REASON, RULE
 from pipeline.warehouse_schema import WAREHOUSE_TABLES
 
 PART_ROWS = 1_000_000
-
-
-class OutputFiles(TypedDict):
-    """One warehouse table's entry in a processed manifest's `outputs`."""
-
-    files: list[str]
-    rows: int
-
-
-def output_key(table: str, run_id: str, part: int = 0) -> str:
-    return f"{table}/run={run_id}/part-{part:05d}.parquet"
-
-
-def quarantine_key(source_table: str, run_id: str) -> str:
-    return f"_quarantine/{source_table}/run={run_id}.parquet"
 
 
 def to_arrow(df: pl.DataFrame, schema: pa.Schema, table: str) -> pa.Table:
@@ -57,7 +43,7 @@ def write_warehouse_table(lake: Lake, table: str, run_id: str, df: pl.DataFrame)
         return {"files": [], "rows": 0}
     arrow = to_arrow(df, WAREHOUSE_TABLES[table].arrow_schema, table)
     parts = -(-arrow.num_rows // PART_ROWS)
-    keys = [output_key(table, run_id, i) for i in range(parts)]
+    keys = [layout.processed_part(table, run_id, i) for i in range(parts)]
     slices = [arrow.slice(i * PART_ROWS, PART_ROWS) for i in range(parts)]
     spec = WAREHOUSE_TABLES[table]
     # Dictionary-encoding unique ids and millisecond times only costs CPU: skip those.
@@ -83,6 +69,6 @@ def write_quarantine(lake: Lake, source_table: str, run_id: str, df: pl.DataFram
             pa.field(REASON, pa.string()),
         ]
     )
-    key = quarantine_key(source_table, run_id)
+    key = layout.quarantine_file(source_table, run_id)
     lake.write_parquet(key, df.select(schema.names).to_arrow().cast(schema))
     return key

@@ -14,17 +14,25 @@ import polars as pl
 from polars.expr.whenthen import ChainedThen, Then
 
 from pipeline.catalog import ENUMS, TABLES
+from pipeline.warehouse_schema import FACTS, PARSED_DATE
 
 RULE = "_rule"
 REASON = "_reason"
 DATE_FORMAT = "%Y-%m-%d"
 DATE_PREFIX = "__date_"  # parsed text-date columns carried alongside the raw text
 
-# Text columns that hold YYYY-MM-DD dates in the source.
+# Text columns that hold YYYY-MM-DD dates in the source: those a fact parses (its lineage),
+# in the source table's column order.
 TEXT_DATE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "sales_order": ("agreed_delivery_date", "agreed_payment_date"),
-    "purchase_order": ("agreed_delivery_date", "agreed_payment_date"),
-    "payment": ("payment_date",),
+    str(fact.source): tuple(
+        c
+        for c in TABLES[str(fact.source)].column_names
+        if any(
+            w.lineage and (w.lineage.column, w.lineage.how) == (c, PARSED_DATE)
+            for w in fact.columns
+        )
+    )
+    for fact in FACTS
 }
 NON_NEGATIVE: dict[str, tuple[str, ...]] = {
     "sales_order": ("units_sold", "unit_price"),

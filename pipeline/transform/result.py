@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pipeline.layout import ProcessedManifest
+
 
 @dataclass
 class TransformResult:
@@ -27,7 +29,7 @@ class TransformResult:
         return asdict(self)
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any], key: str) -> TransformResult:
+    def from_manifest(cls, manifest: ProcessedManifest, key: str) -> TransformResult:
         """The recorded result of a committed run, reported again as `replayed`."""
         return cls(
             run_id=manifest["run_id"],

@@ -16,15 +16,17 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from pipeline import layout
 from pipeline.catalog import TABLES
 from pipeline.lake import Lake
+from pipeline.layout import ProcessedManifest
 from pipeline.settings import Settings
 from pipeline.transform import state as st
 from pipeline.transform.current import LOOKUP_TABLES, empty_state, merge
 from pipeline.transform.dim_date import build_dim_date, referenced_dates
 from pipeline.transform.dimensions import ROW_LOCAL_TABLES, build_dimensions
 from pipeline.transform.facts import (
-    FACTS,
+    FACT_SPECS,
     FactSpec,
     empty_pending,
     empty_seen,
@@ -88,7 +90,7 @@ def transform(run_id: str, settings: Settings) -> TransformResult:
 
 
 def _replay(processed: Lake, run_id: str) -> TransformResult | None:
-    key = st.manifest_key(run_id)
+    key = layout.processed_manifest(run_id)
     if not processed.exists(key):
         return None
     return TransformResult.from_manifest(processed.read_json(key), key)
@@ -152,7 +154,7 @@ def _execute(
         work.quarantine[table].append(bad)
     outputs: dict[str, pl.DataFrame] = {**dims.rows, **work.facts(dims.valid_keys)}
     outputs["dim_date"] = build_dim_date(
-        referenced_dates({f.name: outputs[f.name] for f in FACTS if outputs[f.name].height})
+        referenced_dates({f.name: outputs[f.name] for f in FACT_SPECS if outputs[f.name].height})
     )
     return _commit(processed, run_id, base, work.result, outputs, work.quarantine, store, lease)
 
@@ -179,7 +181,7 @@ class _Work:
     lookup_buckets: dict[str, set[int] | None] = field(default_factory=lambda: defaultdict(set))
 
     def __post_init__(self) -> None:
-        for spec in FACTS:
+        for spec in FACT_SPECS:
             source = spec.source
             self.pending[source] = self.store.read_whole(f"pending/{source}", empty_pending(source))
             self.raw[source] = scan_batches(self.ingest, source, self.by_table.get(source, []))
@@ -247,7 +249,7 @@ class _Work:
     def facts(self, valid_keys: dict[str, pl.Series]) -> dict[str, pl.DataFrame]:
         """Fact rows of new batches and of pending rows whose dimensions may have arrived."""
         out = {}
-        for spec in FACTS:
+        for spec in FACT_SPECS:
             source = spec.source
             t = TABLES[source]
             pending = self.pending[source]
@@ -289,7 +291,7 @@ def _committed_at(processed: Lake, base: st.StatePointers) -> str:
     that order, and a host whose clock lags must not reorder SCD1 dimension updates."""
     now = dt.datetime.now(dt.UTC)
     if base.run_id:
-        previous = processed.read_json(st.manifest_key(base.run_id))["committed_at"]
+        previous = processed.read_json(layout.processed_manifest(base.run_id))["committed_at"]
         now = max(now, dt.datetime.fromisoformat(previous) + dt.timedelta(microseconds=1))
     return now.isoformat(timespec="microseconds")
 
@@ -328,7 +330,7 @@ def _commit(
     store.replace(CONSUMED, consumed)
     pointers = store.flush()  # only the snapshots that changed; the others carry forward
     result.rows_out = {name: w["rows"] for name, w in written.items()}
-    manifest = {
+    manifest: ProcessedManifest = {
         "run_id": run_id,
         "inputs": result.inputs,
         "outputs": written,
@@ -343,7 +345,7 @@ def _commit(
     }
     lease.assert_held()
     st.write_head(processed, pointers, base)
-    key = st.manifest_key(run_id)
+    key = layout.processed_manifest(run_id)
     if not processed.create_json(key, manifest):  # the same run id committed meanwhile
         return TransformResult.from_manifest(processed.read_json(key), key)
     result.manifest = key

@@ -31,17 +31,12 @@ from typing import Any
 
 import polars as pl
 
+from pipeline import layout
 from pipeline.lake import Lake
 
-HEAD_KEY = "_state/head.json"
-RUN_MANIFEST = "_manifests/{run_id}.json"
 BUCKET_IDS = 65_536  # ids per state bucket (new processed zones; existing ones keep theirs)
 BUCKET = "__bucket"
 IO_THREADS = 8  # state files are small: reads and writes are latency-bound on S3
-
-
-def manifest_key(run_id: str) -> str:
-    return RUN_MANIFEST.format(run_id=run_id)
 
 
 @dataclass
@@ -73,21 +68,17 @@ class StatePointers:
 
 def committed_state(lake: Lake) -> StatePointers:
     """The state of the last committed run: the head, or its predecessor if it crashed."""
-    if not lake.exists(HEAD_KEY):
+    if not lake.exists(layout.STATE_HEAD):
         return StatePointers()
-    head = lake.read_json(HEAD_KEY)
+    head = lake.read_json(layout.STATE_HEAD)
     current = StatePointers.from_json(head.get("current"))
-    if current.run_id and lake.exists(manifest_key(current.run_id)):
+    if current.run_id and lake.exists(layout.processed_manifest(current.run_id)):
         return current
     return StatePointers.from_json(head.get("previous"))
 
 
 def write_head(lake: Lake, new: StatePointers, base: StatePointers) -> None:
-    lake.write_json(HEAD_KEY, {"current": new.to_json(), "previous": base.to_json()})
-
-
-def state_key(kind: str, run_id: str) -> str:
-    return f"_state/{kind}/run={run_id}.parquet"
+    lake.write_json(layout.STATE_HEAD, {"current": new.to_json(), "previous": base.to_json()})
 
 
 def read_state(lake: Lake, pointers: StatePointers, kind: str, empty: pl.DataFrame) -> pl.DataFrame:
@@ -98,7 +89,7 @@ def read_state(lake: Lake, pointers: StatePointers, kind: str, empty: pl.DataFra
 
 def write_state(lake: Lake, run_id: str, kind: str, df: pl.DataFrame) -> str:
     """Write a snapshot; dictionary-encode only text columns (ids and times gain nothing)."""
-    key = state_key(kind, run_id)
+    key = layout.state_snapshot(kind, run_id)
     text = [c for c, dtype in df.schema.items() if dtype == pl.String]
     lake.write_parquet(key, df.to_arrow(), use_dictionary=text or False)
     return key

@@ -10,6 +10,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from pipeline import layout
 from pipeline.errors import CorruptBatchError, SchemaDriftError, TransformBusyError
 from pipeline.lake import Lake
 from pipeline.settings import Settings
@@ -323,7 +324,7 @@ def test_crashed_run_is_superseded_by_the_next_run_id(lakes, monkeypatch):
     with pytest.raises(RuntimeError):
         run(lakes, "t2")
     monkeypatch.undo()
-    head = json.loads(processed.read_bytes(state_module.HEAD_KEY))
+    head = json.loads(processed.read_bytes(layout.STATE_HEAD))
     assert head["current"]["run_id"] == "t2"  # the head moved, the manifest did not
     result = run(lakes, "t3")
     assert result.inputs == ["_manifests/sales_order/e2.json"]

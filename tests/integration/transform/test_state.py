@@ -11,6 +11,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from pipeline import layout
 from pipeline.lake import Lake
 from pipeline.settings import Settings
 from pipeline.transform import state as state_module
@@ -147,7 +148,7 @@ def test_a_no_change_run_writes_no_state_but_the_consumed_list(lakes):
     result = run(lakes, "t2")
     assert result.status == "ok" and sum(result.rows_out.values()) == 0
     assert state_written(processed, "t2") == ["consumed"]
-    head = processed.read_json(state_module.HEAD_KEY)
+    head = processed.read_json(layout.STATE_HEAD)
     assert head["current"]["run_id"] == "t2" and head["current"]["bucket_ids"] == WIDTH
     assert head["current"]["files"]["seen/sales_order/b0"].endswith("/run=t1.parquet")
 
@@ -166,13 +167,13 @@ def test_pending_rows_find_their_row_local_dimensions_in_buckets_no_new_row_touc
     result = run(lakes, "t2")
     assert result.pending["payment"]["resolved"] == 1
     assert read_outputs(processed, "t2")["fact_payment"]["payment_id"].to_list() == [500]
-    assert "pending/payment" not in processed.read_json(state_module.HEAD_KEY)["current"]["files"]
+    assert "pending/payment" not in processed.read_json(layout.STATE_HEAD)["current"]["files"]
 
 
 def _to_legacy_state(processed: Lake) -> None:
     """Rewrite the committed head the way the transform stored state before buckets: one
     whole snapshot per kind and no `bucket_ids`."""
-    head = processed.read_json(state_module.HEAD_KEY)
+    head = processed.read_json(layout.STATE_HEAD)
     current = head["current"]
     whole: dict[str, list[str]] = {}
     files = {}
@@ -188,7 +189,7 @@ def _to_legacy_state(processed: Lake) -> None:
         processed.write_parquet(key, df.to_arrow())
         files[kind] = key
     head["current"] = {"run_id": current["run_id"], "files": files}
-    processed.write_bytes(state_module.HEAD_KEY, json.dumps(head).encode())
+    processed.write_bytes(layout.STATE_HEAD, json.dumps(head).encode())
 
 
 def test_state_from_before_buckets_is_read_and_rewritten_as_buckets(lakes):
@@ -217,7 +218,7 @@ def test_state_from_before_buckets_is_read_and_rewritten_as_buckets(lakes):
     assert out["dim_staff"].select("staff_id", "location").to_dicts() == [
         {"staff_id": 1, "location": "Hull"}
     ]
-    files = processed.read_json(state_module.HEAD_KEY)["current"]["files"]
+    files = processed.read_json(layout.STATE_HEAD)["current"]["files"]
     assert "seen/sales_order" not in files and "current/department" not in files
     assert files["seen/payment"].endswith("run=legacy.parquet")  # migrated once a run reads it
     assert {f"seen/sales_order/b{b}" for b in range(11)} <= set(files)
@@ -233,7 +234,7 @@ def test_state_from_before_buckets_is_read_and_rewritten_as_buckets(lakes):
     write_batch(ingest, "payment", "e3", [row("payment", payment_id=7, transaction_id=7)])
     result = run(lakes, "t3")
     assert result.duplicates == {"sales_order": 2, "payment": 1}
-    files = processed.read_json(state_module.HEAD_KEY)["current"]["files"]
+    files = processed.read_json(layout.STATE_HEAD)["current"]["files"]
     assert not any(k.endswith("run=legacy.parquet") for k in files.values())
     assert {f"seen/payment/b{b}" for b in range(11)} <= set(files)
 

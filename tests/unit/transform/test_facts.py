@@ -165,7 +165,7 @@ def test_pending_rows_expire_after_the_ttl():
     import polars as pl
 
     from pipeline.transform.facts import (
-        FACTS,
+        FACT_SPECS,
         PENDING_TTL,
         empty_pending,
         empty_seen,
@@ -191,7 +191,7 @@ def test_pending_rows_expire_after_the_ttl():
         .with_columns(pl.lit(0, pl.Int32).alias("_batch"))
     )
     out = transform_fact(
-        FACTS[0],
+        FACT_SPECS[0],
         empty_raw.lazy(),
         seen=empty_seen("sales_order"),
         pending=pending,

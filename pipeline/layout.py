@@ -1,0 +1,139 @@
+"""The lake's layout: every key the steps write, and the manifest shapes, defined once.
+
+Writers and readers both import this module, so a key or a manifest field cannot mean two
+things (docs/CONTRACTS.md describes each one).
+
+Ingestion zone (`Settings.ingest_url`): written by extract, read by transform and status.
+
+    <table>/date=<YYYY-MM-DD>/<run_id>/part-<NNNNN>.parquet   data parts of one batch
+    _manifests/<table>/<run_id>.json                          a batch's commit record
+    _state/<table>/watermark-<seq>.json                       watermark versions
+    _state/<table>/resume/<run_id>.json                       where a continuation resumes
+    _state/<table>/runs/<run_id>.json                         a run's first attempt (its day)
+    _runs/<run_id>.json                                       local run reports
+
+Processed zone (`Settings.processed_url`): written by transform, read by load and status.
+
+    <warehouse_table>/run=<run_id>/part-<NNNNN>.parquet       a batch's rows per table
+    _quarantine/<source_table>/run=<run_id>.parquet           rejected rows with reasons
+    _manifests/<run_id>.json                                  a batch's commit record
+    _state/head.json, _state/<kind>/run=<run_id>.parquet      the transform's own state
+    _locks/transform.json                                     one transform at a time
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+MANIFESTS = "_manifests/"  # the commit records of both zones live under this prefix
+RUN_REPORTS = "_runs/"
+STATE_HEAD = "_state/head.json"
+TRANSFORM_LEASE = "_locks/transform.json"
+
+
+# -- ingestion zone ----------------------------------------------------------------------
+def ingestion_part(table: str, day: str, run_id: str, index: int) -> str:
+    return f"{table}/date={day}/{run_id}/part-{index:05d}.parquet"
+
+
+def ingestion_manifest(table: str, run_id: str) -> str:
+    return f"{MANIFESTS}{table}/{run_id}.json"
+
+
+def ingestion_manifests(table: str | None = None) -> str:
+    """The prefix of every ingestion manifest, or of one table's."""
+    return MANIFESTS if table is None else f"{MANIFESTS}{table}/"
+
+
+def watermark(table: str, seq: int) -> str:
+    return f"_state/{table}/watermark-{seq:010d}.json"
+
+
+def table_state(table: str) -> str:
+    """The prefix of a table's extract state (watermarks, resume and attempt records)."""
+    return f"_state/{table}/"
+
+
+def resume_record(table: str, run_id: str) -> str:
+    return f"_state/{table}/resume/{run_id}.json"
+
+
+def attempt_record(table: str, run_id: str) -> str:
+    return f"_state/{table}/runs/{run_id}.json"
+
+
+def run_report(run_id: str) -> str:
+    return f"{RUN_REPORTS}{run_id}.json"
+
+
+class IngestionManifest(TypedDict):
+    """`_manifests/<table>/<run_id>.json`: the commit record of one ingestion batch."""
+
+    table: str
+    run_id: str
+    files: list[str]
+    rows: int
+    cursor: dict[str, Any]  # {"from", "to"}: ISO ms or None; "to_key": int or None
+    window: dict[str, Any]  # {"since", "until", "after_key"}
+    mode: str  # "full" | "incremental" | "backfill"
+    segment: int
+    schema_fingerprint: str
+    warnings: list[str]
+    more: bool
+    next_run_id: str | None
+    resume: dict[str, Any] | None
+    watermark: dict[str, Any] | None
+    committed_at: str  # ISO UTC, microseconds: batches are consumed in (committed_at, run_id)
+
+
+# -- processed zone ----------------------------------------------------------------------
+def processed_part(table: str, run_id: str, part: int = 0) -> str:
+    return f"{table}/run={run_id}/part-{part:05d}.parquet"
+
+
+def quarantine_file(source_table: str, run_id: str) -> str:
+    return f"_quarantine/{source_table}/run={run_id}.parquet"
+
+
+def processed_manifest(run_id: str) -> str:
+    return f"{MANIFESTS}{run_id}.json"
+
+
+def processed_run_id(key: str) -> str | None:
+    """The run id of a processed manifest key, or None for any other key."""
+    name = key.removeprefix(MANIFESTS)
+    if name == key or "/" in name or not name.endswith(".json"):
+        return None
+    return name.removesuffix(".json")
+
+
+def state_snapshot(kind: str, run_id: str) -> str:
+    return f"_state/{kind}/run={run_id}.parquet"
+
+
+def lease_takeover(token: str) -> str:
+    """Created once per stale lease token: only one taker wins it."""
+    return f"_locks/transform.takeover.{token}.json"
+
+
+class OutputFiles(TypedDict):
+    """One warehouse table's entry in a processed manifest's `outputs`."""
+
+    files: list[str]
+    rows: int
+
+
+class ProcessedManifest(TypedDict):
+    """`_manifests/<run_id>.json` in the processed zone: the commit record of one batch."""
+
+    run_id: str
+    inputs: list[str]  # ingestion manifest keys consumed
+    outputs: dict[str, OutputFiles]  # warehouse table -> files and rows
+    rows_in: dict[str, int]
+    quarantined: dict[str, int]
+    quarantine_files: dict[str, str]
+    duplicates: dict[str, int]
+    pending: dict[str, dict[str, int]]
+    more: bool
+    state: dict[str, Any]  # the state pointers this batch commits
+    committed_at: str  # ISO UTC: the load applies batches in (committed_at, run_id) order
