@@ -4,7 +4,7 @@ Each handler reads its settings from the environment (set by the CDK stack), cal
 step function from `pipeline` (the same code the local runner and CLI call), records
 Powertools metrics and returns a small JSON pointer (docs/CONTRACTS.md). Long lists
 (file keys, consumed manifests) are replaced by their counts so a state's payload stays
-far below Step Functions' 256 KiB whatever the backlog (RELIABILITY R15).
+far below Step Functions' 256 KiB whatever the backlog (docs/RELIABILITY.md, R15).
 
 Errors are re-raised unchanged: the Lambda runtime reports the exception class name as
 the error type, which is the name Step Functions' Retry/Catch rules match on

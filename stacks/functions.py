@@ -2,7 +2,7 @@
 
 One `DockerImageAsset` is built once (docker/Dockerfile, repository root as context) and
 each function points at the same image with its own `CMD`, so the three steps always run
-the same code. Sizing (measured locally, see DESIGN section 9):
+the same code. Sizing (measured locally with benchmarks/, see README.md):
 
 - extract, 1024 MB / 15 min: streams one table in Arrow batches, so memory stays bounded
   whatever the table size; a table too big for 15 minutes continues in a further

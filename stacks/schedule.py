@@ -8,7 +8,7 @@ retried start whose first attempt did in fact succeed hits StartExecution's idem
 (same name, same input) instead of starting a second run. The scheduled time cannot be
 the name itself (it contains `:`, which execution names forbid), so it travels in the
 input for the record. A duplicate run would still be harmless: every step is idempotent
-and concurrent runs are safe (RELIABILITY R8, R10).
+and concurrent runs are safe (docs/RELIABILITY.md, R8 and R10).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Step Functions state machine: extract every table (Map) -> transform -> load -> report.
 
-Shape (DESIGN section 7):
+Shape (docs/OPERATIONS.md walks through it):
 
     Configure (input over defaults) -> ExtractTables (Map, bounded concurrency)
         item: Extract -(more?)-> NextChunk -> Extract ... -> Extracted

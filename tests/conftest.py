@@ -1,6 +1,6 @@
 """Shared fixtures: a real PostgreSQL server for the whole session, a fresh database per test.
 
-Server choice (DESIGN.md section 8): `TEST_PG_DSN` if set, else testcontainers when a
+Server choice (README.md, Tests): `TEST_PG_DSN` if set, else testcontainers when a
 Docker engine answers, else a throwaway local cluster. With `REQUIRE_POSTGRES=1` (CI) a
 missing server fails the run instead of skipping the tests.
 """

@@ -2,7 +2,7 @@
 Parquet the transform writes cannot drift apart.
 
 Every identifier comes from the schema definitions and is quoted with `psycopg.sql`.
-Beyond the design columns (DESIGN.md section 5, names untouched) each table carries one
+Beyond the star-schema columns (docs/LINEAGE.md, names untouched) each table carries one
 lineage column naming the processed batch that last wrote the row (NULL for rows written
 by anything but the load step, e.g. a hand-made baseline), and each fact a serial
 record id primary key plus a UNIQUE natural key that makes re-loading a no-op.

@@ -1,6 +1,6 @@
 """Run the synthesized state machine in moto, with Lambda calls routed to the real handlers.
 
-DESIGN section 8: the CDK `DefinitionString` is an `Fn::Join` of JSON text and
+How it works: the CDK `DefinitionString` is an `Fn::Join` of JSON text and
 `Ref`/`Fn::GetAtt` tokens; `resolve` maps each token to a fake but well-formed value
 (function name = logical id), giving runnable ASL. Moto runs in server mode in this
 process (a `ThreadedMotoServer`), so boto3 (AWS_ENDPOINT_URL), pyarrow's S3 filesystem

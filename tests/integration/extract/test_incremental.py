@@ -1,6 +1,6 @@
 """Extract against a real PostgreSQL: the cursor, overlap window, types, backfill, large tables.
 
-Reliability scenarios R1, R2, R3, R4, R14, R20 of RELIABILITY.md.
+Reliability scenarios R1, R2, R3, R4, R14, R20 of docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
