@@ -19,7 +19,7 @@ from typing import Any
 import pipeline.transform  # noqa: F401  (imported up front: step time excludes imports)
 from pipeline.catalog import TABLE_NAMES
 from pipeline.load import load
-from pipeline.local.runner import extract_table_fully, transform_backlog
+from pipeline.orchestration import extract_to_completion, transform_rounds
 from pipeline.settings import Settings
 
 
@@ -39,13 +39,16 @@ def run_step(args: argparse.Namespace) -> dict[str, Any]:
             results = dict(
                 zip(
                     TABLE_NAMES,
-                    pool.map(lambda t: extract_table_fully(t, settings, args.run_id), TABLE_NAMES),
+                    pool.map(
+                        lambda t: extract_to_completion(t, args.run_id, settings).to_dict(),
+                        TABLE_NAMES,
+                    ),
                     strict=True,
                 )
             )
         return {"rows": sum(r["rows"] for r in results.values()), "tables": results}
     if args.step == "transform":
-        return transform_backlog(args.run_id, settings)
+        return transform_rounds(args.run_id, settings).to_dict()
     return load(args.run_id, settings).to_dict()
 
 

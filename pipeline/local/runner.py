@@ -1,9 +1,10 @@
-"""The local runner: extract (concurrently, bounded) -> transform -> load, in-process.
+"""The local runner: one pipeline pass in-process, by the policy of `pipeline.orchestration`.
 
-It calls exactly the step functions the Lambdas call, and mirrors the state machine's
-error handling: a table whose extract fails is recorded as failed while the others carry
-on to transform and load, and the report names the command that re-runs just the failed
-tables. Each run's report is kept in the ingestion lake under `_runs/` for `status`.
+It calls exactly the step functions the Lambdas call, following the same rules as the
+state machine: tables extracted concurrently (bounded) to completion, a failed table
+recorded while the others carry on, the transform looped over a backlog up to its bound,
+the load of whatever was transformed, then the failure. The report names the command that
+re-runs just the failed tables; each report is kept in the ingestion lake for `status`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline import layout
+from pipeline import orchestration as policy
 from pipeline.catalog import TABLE_NAMES, get_table
 from pipeline.errors import PipelineError
 from pipeline.lake import Lake
@@ -62,7 +64,8 @@ class RunReport:
     def rerun_command(self) -> str | None:
         if not self.failed_tables:
             return None
-        return f"totesys-etl run --tables {','.join(self.failed_tables)}"
+        tables = policy.rerun_tables(self.failed_tables)["tables"]
+        return f"totesys-etl run --tables {','.join(tables)}"
 
     def to_dict(self) -> dict[str, Any]:
         """The `run --json` document (one object, stable keys)."""
@@ -78,55 +81,6 @@ class RunReport:
             "finished_at": self.finished_at,
             "duration_s": round(self.duration_s, 3),
         }
-
-
-def extract_table_fully(table: str, settings: Settings, run_id: str) -> dict[str, Any]:
-    """Extract one table to completion (following `more` for tables too big for one call)."""
-    from pipeline.extract import extract_table
-
-    total_rows, files = 0, 0
-    call_run_id = run_id
-    while True:
-        result = extract_table(table, call_run_id, settings).to_dict()
-        total_rows += result["rows"]
-        files += len(result.get("files", []))
-        if not result.get("more"):
-            break
-        call_run_id = result["next_run_id"]
-    return {
-        "status": result["status"],
-        "rows": total_rows,
-        "files": files,
-        "warnings": result.get("warnings", []),
-    }
-
-
-def transform_backlog(run_id: str, settings: Settings) -> dict[str, Any]:
-    """Transform until no committed batch is left, as the state machine's loop does.
-
-    One transform call is capped in rows (memory); when it reports `more`, the next call
-    uses the derived run id `<run_id>.t<n>`, so each call stays idempotent on its own.
-    The returned dict sums the per-table counts of all rounds.
-    """
-    from pipeline.transform import transform
-
-    total: dict[str, Any] = {"run_ids": [], "rows_in": {}, "rows_out": {}, "quarantined": {}}
-    rounds = settings.transform_max_rounds
-    for n in range(1, rounds + 1):
-        round_id = run_id if n == 1 else f"{run_id}.t{n}"
-        result = transform(round_id, settings).to_dict()
-        total["run_ids"].append(round_id)
-        total["status"] = result["status"]
-        for key in ("rows_in", "rows_out", "quarantined"):
-            for table, rows in (result.get(key) or {}).items():
-                total[key][table] = total[key].get(table, 0) + rows
-        if not result.get("more"):
-            total["rows"] = sum(total["rows_out"].values())
-            return total
-    raise PipelineError(
-        f"transform still reports a backlog after {rounds} rounds of run "
-        f"{run_id}; run `totesys-etl transform` again, or raise TRANSFORM_MAX_ROWS"
-    )
 
 
 def run_pipeline(
@@ -147,16 +101,16 @@ def run_pipeline(
         notify(table, "started", {})
         t0 = time.perf_counter()
         try:
-            outcome = extract_table_fully(table, settings, run_id)
+            outcome = policy.extract_to_completion(table, run_id, settings)
         except PipelineError as exc:
             log.error("extract failed", extra={"table": table, "run_id": run_id, "error": str(exc)})
-            outcome = {"status": "failed", "rows": 0, "error": f"{type(exc).__name__}: {exc}"}
+            outcome = policy.TableOutcome("failed", error=f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # an unexpected bug: record it, keep the traceback in the log
             log.exception("extract crashed", extra={"table": table, "run_id": run_id})
-            outcome = {"status": "failed", "rows": 0, "error": f"{type(exc).__name__}: {exc}"}
-        outcome["duration_s"] = round(time.perf_counter() - t0, 3)
-        notify(table, "failed" if outcome["status"] == "failed" else "finished", outcome)
-        return table, outcome
+            outcome = policy.TableOutcome("failed", error=f"{type(exc).__name__}: {exc}")
+        detail = {**outcome.to_dict(), "duration_s": round(time.perf_counter() - t0, 3)}
+        notify(table, "failed" if outcome.status == "failed" else "finished", detail)
+        return table, detail
 
     with ThreadPoolExecutor(max_workers=max(1, settings.extract_workers)) as pool:
         for table, outcome in pool.map(extract, tables):
@@ -166,13 +120,17 @@ def run_pipeline(
         from pipeline.load import load
 
         notify("transform", "started", {})
-        report.transform = transform_backlog(run_id, settings)
+        transformed = policy.transform_rounds(run_id, settings)
+        report.transform = transformed.to_dict()
         notify("transform", "finished", report.transform)
         notify("load", "started", {})
         report.load = load(run_id, settings).to_dict()
         notify("load", "finished", report.load)
+        if transformed.backlog_left:
+            report.error = policy.backlog_message(run_id, transformed, settings)
     except PipelineError as exc:
         report.error = f"{type(exc).__name__}: {exc}"
+    if report.error:
         log.error("run failed", extra={"run_id": run_id, "error": report.error})
 
     report.duration_s = time.perf_counter() - started

@@ -177,3 +177,29 @@ def test_concurrent_runs_end_like_serial_runs(
     assert_equivalent_to_clean_pass(
         warehouse_contents(warehouse), _clean_pass(source, make_database, tmp_path / "clean")
     )
+
+
+def test_a_backlog_over_the_bound_is_loaded_then_the_run_fails(
+    make_database: Callable[[str], str], tmp_path: Path
+) -> None:
+    """The policy's rules 3 and 4: what the bounded transform rounds took is loaded, then
+    the run reports the backlog; the next run takes the rest and equals a clean pass."""
+    source, warehouse = make_database("source"), make_database("warehouse")
+    seed(source, scale=0.01, seed=12)
+    bounded = _settings(source, warehouse, tmp_path / "lake").replace(
+        transform_max_rows=1, transform_max_rounds=2
+    )
+
+    first = run_pipeline(bounded, run_id="bounded")
+    assert not first.succeeded and "TransformBacklogLimit" in (first.error or "")
+    assert first.transform and first.transform["run_ids"] == ["bounded", "bounded.t2"]
+    assert first.load is not None and first.load["batches"] == ["bounded", "bounded.t2"]
+    with psycopg.connect(warehouse) as conn:
+        (ledger,) = conn.execute("SELECT count(*) FROM etl_load_ledger").fetchone()
+    assert ledger == 2
+
+    rest = run_pipeline(bounded.replace(transform_max_rows=10**9), run_id="rest")
+    assert rest.succeeded, rest.to_dict()
+    assert_equivalent_to_clean_pass(
+        warehouse_contents(warehouse), _clean_pass(source, make_database, tmp_path / "clean")
+    )
