@@ -79,9 +79,12 @@ class TransformBusyError(TransientError):
 
     def __init__(self, holder: str, until: str) -> None:
         super().__init__(
-            f"another transform (run {holder!r}) holds the lease until {until}; retry later"
+            f"another transform (run {holder!r}) holds the lease until {until}; retry later "
+            "(a holder that died frees it within TRANSFORM_LEASE_SECONDS; "
+            "`totesys-etl clear-lease` removes an expired one)"
         )
         self.holder = holder
+        self.until = until
 
 
 class MigrationError(PermanentError):

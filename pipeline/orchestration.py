@@ -10,7 +10,9 @@ test runs the same scenarios through both and compares what they load and report
    recorded as failed, and the other tables carry on.
 2. The transform runs under the run id, then under `<run_id>.t2`, `.t3`, ... while it
    reports `more` (a backlog over `settings.transform_max_rows`), at most
-   `settings.transform_max_rounds` calls. Each call is idempotent by its own run id.
+   `settings.transform_max_rounds` calls. Each call is idempotent by its own run id. A
+   call that finds the lease held (`TransformBusyError`) is retried until the holder's
+   lease expires (a holder that died) or for two lease periods (one that is alive).
 3. The load runs once after the transform, whatever happened to the tables and to the
    backlog: everything that was transformed is loaded.
 4. Then the pass fails if any table failed (the re-run input names them), or if the
@@ -20,10 +22,19 @@ test runs the same scenarios through both and compares what they load and report
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
+from pipeline.errors import TransformBusyError
 from pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from pipeline.transform.result import TransformResult
+
+log = logging.getLogger(__name__)
 
 TRANSFORM_ROUND_FORMAT = "{}.t{}"  # `<run_id>.t<n>`, also a Step Functions States.Format
 
@@ -97,14 +108,34 @@ class TransformOutcome:
         }
 
 
+def transform_when_free(run_id: str, settings: Settings) -> TransformResult:
+    """One transform call; while another transform holds the lease, wait for it (the state
+    machine retries `TransformBusyError` likewise). A holder that died frees the lease
+    within `transform_lease_seconds`; one still renewing it after two lease periods is
+    alive and busy: its error is raised."""
+    from pipeline.transform import transform
+    from pipeline.transform.lease import lease_expiry
+
+    deadline = time.monotonic() + 2 * settings.transform_lease_seconds + 5
+    while True:
+        try:
+            return transform(run_id, settings)
+        except TransformBusyError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            expires = lease_expiry(settings.processed_lake())
+            wait = (expires - datetime.now(UTC)).total_seconds() + 0.5 if expires else 0.5
+            log.info("transform lease busy; waiting", extra={"run_id": run_id, "wait_s": wait})
+            time.sleep(min(max(wait, 0.5), left))
+
+
 def transform_rounds(run_id: str, settings: Settings) -> TransformOutcome:
     """Rule 2: transform under `<run_id>`, `.t2`, ... while `more`, at most the bound."""
-    from pipeline.transform import transform
-
     outcome = TransformOutcome()
     for n in range(1, settings.transform_max_rounds + 1):
         round_id = transform_round_id(run_id, n)
-        result = transform(round_id, settings)
+        result = transform_when_free(round_id, settings)
         outcome.run_ids.append(round_id)
         outcome.status = result.status
         for total, counts in (

@@ -135,6 +135,13 @@ class Settings:
         "transform calls per run over a backlog before the run loads and fails",
         parse=_positive_int,
     )
+    transform_lease_seconds: int = _knob(
+        60,
+        "TRANSFORM_LEASE_SECONDS",
+        "the processed zone's lease: renewed every quarter of this while a transform works, "
+        "so a killed transform frees the zone within this many seconds",
+        parse=_positive_int,
+    )
 
     # -- what the steps open ----------------------------------------------------------
     def ingest_lake(self) -> Lake:

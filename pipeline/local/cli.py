@@ -131,6 +131,14 @@ def _cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_clear_lease(args: argparse.Namespace) -> int:
+    from pipeline.transform.lease import clear
+
+    outcome = clear(_settings(args).processed_lake(), force=args.force)
+    _print_json(outcome)
+    return 1 if outcome["status"] == "held" else 0
+
+
 def _cmd_init_warehouse(args: argparse.Namespace) -> int:
     from pipeline.credentials import WAREHOUSE, resolve_dsn
     from pipeline.load.migrations import migrate
@@ -304,6 +312,18 @@ def build_parser() -> argparse.ArgumentParser:
     _lake_options(p, ingest=False)
     _database_options(p, source=False)
     p.add_argument("--run-id", default=None, help="run id (default: a new sortable id)")
+
+    p = command(
+        "clear-lease",
+        _cmd_clear_lease,
+        "remove the processed zone's transform lease if its holder died (it expires by itself)",
+    )
+    _lake_options(p, ingest=False)
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="remove it even if not expired (a live transform then fails its commit and retries)",
+    )
 
     p = command("init-warehouse", _cmd_init_warehouse, "create or upgrade the warehouse schema")
     p.add_argument(

@@ -60,7 +60,7 @@ def transform(run_id: str, settings: Settings) -> TransformResult:
     ingest, processed = settings.ingest_lake(), settings.processed_lake()
     result = _replay(processed, run_id) or _nothing_to_do(ingest, processed, run_id)
     if result is None:
-        with leased(processed, run_id) as lease:
+        with leased(processed, run_id, settings.transform_lease_seconds) as lease:
             result = _replay(processed, run_id)
             if result is None:
                 base = st.committed_state(processed)
