@@ -2,6 +2,8 @@
 
     python -m benchmarks.extract_bench [--rows 2000000] [--dsn DSN] [--json]
     python -m benchmarks.extract_bench --all-tables [--rows 2000000] [--workers 2]
+        [--cursor-indexes]
+    python -m benchmarks.extract_bench --window-scan [--rows 2000000]
 
 Builds `--rows` sales orders (in a throwaway local cluster unless `--dsn` names a
 superuser DSN; a fresh database is created and dropped there), then measures:
@@ -23,7 +25,13 @@ as `benchmarks.run` measures it) with the extraction of all 11 tables, `--worker
 time (as the runner does), each in a child process: a full first run, then a no-change
 run. Besides wall seconds it prints the child's CPU seconds (whole process, imports
 included) and its import time: on a shared machine CPU seconds compare much better than
-wall seconds.
+wall seconds. The source has the production shape (no index on `last_updated`) unless
+`--cursor-indexes` asks for the opt-in indexes (`totesys-etl seed --cursor-indexes`).
+
+`--window-scan` builds `--rows` sales orders (no cursor index, as in production) and times
+the incremental query's scan for an empty window three ways, best of `--repeat`: bounds as
+literals (the source's limit), bounds read by `current_setting()` in the WHERE clause (once
+per row) and in scalar subqueries (once per query, what `pipeline.extract.source` sends).
 """
 
 from __future__ import annotations
@@ -184,8 +192,41 @@ def _row_counts(dsn: str) -> dict[str, int]:
         }
 
 
+_WINDOW_SCAN = {
+    "literal bounds": "last_updated >= '2100-01-01' AND last_updated < '2101-01-01'",
+    "current_setting() per row": "last_updated >= current_setting('bench.since')::timestamp "
+    "AND last_updated < current_setting('bench.until')::timestamp",
+    "current_setting() once (InitPlan)": "last_updated >= "
+    "(SELECT current_setting('bench.since')::timestamp) "
+    "AND last_updated < (SELECT current_setting('bench.until')::timestamp)",
+}
+
+
+def measure_window_scan(rows: int, dsn: str | None, repeat: int) -> dict[str, Any]:
+    """The no-change scan of `rows` sales orders with the window bounds in three forms."""
+    with _database(dsn) as db:
+        with timed() as build:
+            create_sales_orders(db, rows)
+        out: dict[str, Any] = {"rows": rows, "build_s": round(build.seconds, 2)}
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute("SET jit = off")
+            conn.execute("SELECT set_config('bench.since', '2100-01-01', false)")
+            conn.execute("SELECT set_config('bench.until', '2101-01-01', false)")
+            for label, condition in _WINDOW_SCAN.items():
+                query = sql.SQL("SELECT {} FROM sales_order WHERE {} ORDER BY {}, {}").format(
+                    sql.SQL(", ").join(sql.Identifier(c) for c in TABLE.column_names),
+                    sql.SQL(condition),  # type: ignore[arg-type]  # constant text above
+                    sql.Identifier(TABLE.cursor),
+                    sql.Identifier(TABLE.primary_key),
+                )
+                out[label] = round(best_of(repeat, lambda q=query: conn.execute(q).fetchall()), 3)
+    return out
+
+
 @contextlib.contextmanager
-def _seeded(sales_orders: int, dsn: str | None, seeded: str | None) -> Iterator[tuple[str, float]]:
+def _seeded(
+    sales_orders: int, dsn: str | None, seeded: str | None, cursor_indexes: bool = False
+) -> Iterator[tuple[str, float]]:
     """A seeded totesys: `seeded` as it is, or a fresh one (throwaway unless `dsn`)."""
     if seeded:
         yield seeded, 0.0
@@ -194,14 +235,19 @@ def _seeded(sales_orders: int, dsn: str | None, seeded: str | None) -> Iterator[
 
     with _database(dsn) as db:
         with timed() as build:
-            seed(db, scale=sales_orders / SALES_ORDERS, seed=1)
+            seed(db, scale=sales_orders / SALES_ORDERS, seed=1, cursor_indexes=cursor_indexes)
         yield db, build.seconds
 
 
 def measure_all(
-    sales_orders: int, dsn: str | None, seeded: str | None, repeat: int, workers: int
+    sales_orders: int,
+    dsn: str | None,
+    seeded: str | None,
+    repeat: int,
+    workers: int,
+    cursor_indexes: bool = False,
 ) -> dict[str, Any]:
-    with _seeded(sales_orders, dsn, seeded) as (db, build_s):
+    with _seeded(sales_orders, dsn, seeded, cursor_indexes) as (db, build_s):
         counts = _row_counts(db)
         rows = sum(counts.values())
         raw = best_of(repeat, lambda: raw_copy_all(db))
@@ -217,6 +263,7 @@ def measure_all(
         "rows": rows,
         "tables": counts,
         "workers": workers,
+        "cursor_indexes": cursor_indexes,
         "build_s": round(build_s, 2),
         "raw_copy_binary_s": round(raw, 3),
         "extract_s": round(best["seconds"], 3),
@@ -236,7 +283,8 @@ def measure_all(
 def _print_all(r: dict[str, Any]) -> None:
     n = r["rows"]
     print(f"extract benchmark, all tables: {n:,} seeded rows, {r['workers']} tables at a time "
-          f"(seeded in {r['build_s']} s)")  # fmt: skip
+          f"(seeded in {r['build_s']} s; "
+          f"{'opt-in cursor indexes' if r['cursor_indexes'] else 'no cursor index'})")  # fmt: skip
     print(f"{'path':<44}{'seconds':>9}{'rows/s':>12}{'x raw':>8}{'CPU s':>8}")
     raw = r["raw_copy_binary_s"]
     print(f"{'raw binary COPY, all tables, sequential':<44}{raw:>9.2f}{n / raw:>12,.0f}{1:>8.2f}")
@@ -326,6 +374,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all-tables", action="store_true", help="seed and extract all 11")
     parser.add_argument("--workers", type=int, default=2, help="tables at a time (--all-tables)")
     parser.add_argument("--seeded", metavar="DSN", help="--all-tables: use this seeded totesys")
+    parser.add_argument(
+        "--cursor-indexes", action="store_true", help="--all-tables: seed the opt-in indexes"
+    )
+    parser.add_argument(
+        "--window-scan", action="store_true", help="time the no-change scan's bound forms"
+    )
     parser.add_argument("--child", metavar="LAKE", help=argparse.SUPPRESS)
     parser.add_argument("--child-all", metavar="LAKE", help=argparse.SUPPRESS)
     parser.add_argument("--run-id", default="bench", help=argparse.SUPPRESS)
@@ -339,8 +393,16 @@ def main(argv: list[str] | None = None) -> int:
     # A plain SIGTERM would skip the clean-up and leave the throwaway cluster running.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.perf_counter()
-    if args.all_tables:
-        result = measure_all(args.rows, args.dsn, args.seeded, args.repeat, args.workers)
+    if args.window_scan:
+        result = measure_window_scan(args.rows, args.dsn, args.repeat)
+        print(f"no-change window scan of {args.rows:,} sales orders, no cursor index (best of "
+              f"{args.repeat}):")  # fmt: skip
+        for label in _WINDOW_SCAN:
+            print(f"  {label:<36}{result[label]:>8.3f} s")
+    elif args.all_tables:
+        result = measure_all(
+            args.rows, args.dsn, args.seeded, args.repeat, args.workers, args.cursor_indexes
+        )
         result["total_s"] = round(time.perf_counter() - started, 1)
         _print_all(result)
     else:

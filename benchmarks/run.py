@@ -7,7 +7,10 @@ payments) with the simulator, then measures side by side
    of the warehouse rows into same-shape tables (sequential sum = the raw limit);
 2. totesys-etl full load, per step (extract, transform, load) in its own process with its
    peak RSS;
-3. totesys-etl incremental: a no-change run and a run after `--delta` changed rows;
+3. totesys-etl incremental: a no-change run and a run after `--delta` changed rows, on the
+   production shape (no index on `last_updated`, as `seed` creates it) and with the opt-in
+   cursor indexes (`seed --cursor-indexes`) on the same rows, next to the raw limit of the
+   source: one filtered scan of every table for the same window;
 4. the original project's style (pandas transform + row-by-row INSERT) on a subset,
    extrapolated linearly to N (said so in the output);
 5. dlt (`sql_database`, pyarrow backend, into the same PostgreSQL) when installed.
@@ -117,6 +120,71 @@ def run_pipeline_steps(label: str, env: dict[str, str], urls: dict[str, str]) ->
     return {"steps": steps, "seconds": sum(s["seconds"] for s in steps.values())}
 
 
+def raw_window_scan(source_dsn: str, lag_s: float = 900.0) -> dict[str, float]:
+    """The least an incremental extraction can cost the source: read every table's rows of
+    the last `lag_s` seconds (the overlap window of a no-change run), literal bounds, one
+    query per table on one connection. Without a cursor index each is a full scan."""
+    seconds = 0.0
+    rows = 0
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        conn.execute("SET jit = off")
+        for table in TABLES.values():
+            cursor = sql.Identifier(table.cursor)
+            (top,) = conn.execute(  # type: ignore[misc]
+                sql.SQL("SELECT max({}) FROM {}").format(cursor, sql.Identifier(table.name))
+            ).fetchone()
+            start = time.perf_counter()
+            (n,) = conn.execute(  # type: ignore[misc]
+                sql.SQL("SELECT count(*) FROM {} WHERE {} >= %s - %s * interval '1 second'").format(
+                    sql.Identifier(table.name), cursor
+                ),
+                (top, lag_s),
+            ).fetchone()
+            seconds += time.perf_counter() - start
+            rows += n
+    return {"rows": rows, "seconds": seconds}
+
+
+def set_cursor_indexes(source_dsn: str, present: bool) -> float:
+    """Create (what `seed --cursor-indexes` adds) or drop the opt-in cursor indexes, then
+    analyze; returns the seconds it took."""
+    from pipeline.local.simulator.schema import cursor_index_name, cursor_index_statements
+
+    drops = [
+        sql.SQL("DROP INDEX {}").format(sql.Identifier(cursor_index_name(t)))
+        for t in TABLES.values()
+    ]
+    start = time.perf_counter()
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        for statement in cursor_index_statements() if present else drops:
+            conn.execute(statement)
+        conn.execute("ANALYZE")
+    return time.perf_counter() - start
+
+
+def incremental_runs(
+    source: str, delta_rows: int, env: dict[str, str], urls: dict[str, str]
+) -> dict[str, Any]:
+    """No-change and `delta_rows` runs without, then with, the opt-in cursor indexes.
+
+    Each pair reads the same rows: a delta's changed rows stay inside the overlap window of
+    every later run, so both no-change runs come before the first delta, and the indexes
+    are dropped again for the production-shape delta.
+    """
+    plain: dict[str, Any] = {"raw_window_scan": raw_window_scan(source)}
+    plain["no_change"] = run_pipeline_steps("nochange", env, urls)
+    indexed: dict[str, Any] = {"build_seconds": set_cursor_indexes(source, True)}
+    indexed["raw_window_scan"] = raw_window_scan(source)
+    indexed["no_change"] = run_pipeline_steps("nochange-idx", env, urls)
+    set_cursor_indexes(source, False)
+    change_rows(source, delta_rows)
+    plain["delta"] = run_pipeline_steps("delta", env, urls)
+    set_cursor_indexes(source, True)
+    change_rows(source, delta_rows)
+    indexed["delta"] = run_pipeline_steps("delta-idx", env, urls)
+    return {"plain": plain, "indexed": indexed}
+
+
 def change_rows(source_dsn: str, n: int) -> None:
     """Bump `last_updated` (and a value) on n sales orders, as business edits would."""
     with psycopg.connect(source_dsn) as conn:
@@ -148,9 +216,8 @@ def measure(args: argparse.Namespace, admin_dsn: str, workdir: Path) -> dict[str
     raw_out = raw_copy_out(source)
     full = run_pipeline_steps("full", env, urls)
     raw_in = raw_copy_in(warehouse)
-    no_change = run_pipeline_steps("nochange", env, urls)
-    change_rows(source, args.delta)
-    delta = run_pipeline_steps("delta", env, urls)
+    runs = incremental_runs(source, args.delta, env, urls)
+    plain, indexed = runs["plain"], runs["indexed"]
 
     baseline = pandas_baseline(source, admin_dsn, rows_limit=args.baseline_rows)
     baseline_full_s = baseline["seconds_per_source_row"] * source_rows
@@ -163,8 +230,10 @@ def measure(args: argparse.Namespace, admin_dsn: str, workdir: Path) -> dict[str
         "seed_seconds": seed_s,
         "raw": {"copy_out": raw_out, "copy_in": raw_in, "seconds": raw_s},
         "full": full,
-        "no_change": no_change,
-        "delta": {"rows_changed": args.delta, **delta},
+        "no_change": plain["no_change"],
+        "delta": {"rows_changed": args.delta, **plain["delta"]},
+        "raw_window_scan": plain["raw_window_scan"],
+        "cursor_indexes": indexed,
         "pandas_baseline": {**baseline, "extrapolated_seconds": baseline_full_s},
         "dlt": dlt,
         "ratios": {
@@ -210,6 +279,24 @@ def print_table(r: dict[str, Any]) -> None:
             line(f"totesys-etl {label}: {step}", s["seconds"], rows, s["peak_rss_mb"])
         line(f"totesys-etl {label}: total step time", r[key]["seconds"], rows)
     print("(step time is in-process; each step process also spends ~1 s starting Python)")
+    ci = r["cursor_indexes"]
+    print(
+        f"\n-- incremental runs, production shape (no cursor index) vs opt-in cursor indexes "
+        f"(built in {ci['build_seconds']:.1f} s)"
+    )
+    print(f"{'measurement':<40}{'no index':>10}{'cursor idx':>12}{'rows read (each)':>20}")
+    changed = f"{r['delta']['rows_changed']:,} changed"
+    pairs = [("raw: filtered scan of every table", r["raw_window_scan"], ci["raw_window_scan"])]
+    for run, label in (("no_change", "no change"), ("delta", changed)):
+        pairs.append((f"{label}: extract", r[run]["steps"]["extract"], ci[run]["steps"]["extract"]))
+        pairs.append((f"{label}: all steps", r[run], ci[run]))
+
+    def rows(d: dict[str, Any]) -> object:
+        return d.get("rows", d.get("result", {}).get("rows", "-"))
+
+    for name, plain, indexed in pairs:
+        read = f"{rows(plain)} / {rows(indexed)}"
+        print(f"{name:<40}{plain['seconds']:>10.3f}{indexed['seconds']:>12.3f}{read:>20}")
     b = r["pandas_baseline"]
     line(f"pandas + row-by-row (extrapolated from {b['rows']:,})", b["extrapolated_seconds"])
     if r["dlt"]:

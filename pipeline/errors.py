@@ -38,9 +38,17 @@ class ConfigurationError(PermanentError):
 
 
 class SchemaDriftError(PermanentError):
-    """The source table no longer matches the catalog (column dropped or retyped)."""
+    """The source table no longer matches the catalog (column dropped, narrowed or retyped)."""
 
-    def __init__(self, table: str, column: str, problem: str) -> None:
+    def __init__(
+        self,
+        table: str,
+        column: str,
+        problem: str,
+        *,
+        old_type: str | None = None,
+        new_type: str | None = None,
+    ) -> None:
         super().__init__(
             f"schema drift in source table {table!r}, column {column!r}: {problem}. "
             f"Nothing was written for {table!r}; update pipeline/catalog.py (and the "
@@ -48,6 +56,8 @@ class SchemaDriftError(PermanentError):
         )
         self.table = table
         self.column = column
+        self.old_type = old_type  # the catalog's type, as PostgreSQL spells it
+        self.new_type = new_type  # the live source type (None: the column is gone)
 
 
 class DataQualityError(PermanentError):

@@ -66,6 +66,16 @@ def run_report(run_id: str) -> str:
     return f"{RUN_REPORTS}{run_id}.json"
 
 
+class SchemaColumn(TypedDict):
+    """One column of an ingestion batch's files (`IngestionManifest.schema`)."""
+
+    name: str
+    type: str  # the Arrow type in the files
+    nullable: bool
+    source_type: str  # the live source type it was read from, as format_type() spells it
+    in_catalog: bool  # False: a column the source added (docs/CONTRACTS.md, schema drift)
+
+
 class IngestionManifest(TypedDict):
     """`_manifests/<table>/<run_id>.json`: the commit record of one ingestion batch."""
 
@@ -78,6 +88,8 @@ class IngestionManifest(TypedDict):
     mode: str  # "full" | "incremental" | "backfill"
     segment: int
     schema_fingerprint: str
+    schema: list[SchemaColumn]  # every column of the files, in file order
+    added_columns: list[str]  # the source columns the catalog lacks, in source order
     warnings: list[str]
     more: bool
     next_run_id: str | None

@@ -16,9 +16,10 @@ import pytest
 from pipeline.local import pgserver
 from pipeline.settings import Settings
 
-SNAPSHOT_DIR = os.path.join(
-    os.path.dirname(__file__), "..", "..", "shared", "data", "totesys-snapshot-2024-11"
-)
+# Reference data beside the clone (read-only, never copied into the repository).
+REFERENCE_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+SNAPSHOT_DIR = os.path.join(REFERENCE_DATA, "totesys-snapshot-2024-11")
+PRODUCTION_SCHEMA = os.path.join(REFERENCE_DATA, "totesys-source.sql")
 
 
 def _no_server(reason: str) -> None:
@@ -61,13 +62,40 @@ def pg_dsn(make_database: Callable[[str], str]) -> str:
     return make_database("db")
 
 
+def _no_reference_data(path: str) -> None:
+    """Skip, or fail when `REQUIRE_REFERENCE_DATA=1` (`.ci/run`, where it sits beside the clone)."""
+    if os.environ.get("REQUIRE_REFERENCE_DATA") == "1":
+        pytest.fail(f"REQUIRE_REFERENCE_DATA=1 but {path} does not exist")
+    pytest.skip(f"reference data not found at {path}")
+
+
 @pytest.fixture
 def snapshot_dir() -> str:
     """The real totesys snapshot (read-only reference data outside the repo)."""
     path = os.path.abspath(SNAPSHOT_DIR)
     if not os.path.isdir(path):
-        pytest.skip(f"reference snapshot not found at {path}")
+        _no_reference_data(path)
     return path
+
+
+@pytest.fixture
+def production_schema_sql() -> str:
+    """The text of the production totesys schema (DDL), the definition of the source."""
+    path = os.path.abspath(PRODUCTION_SCHEMA)
+    if not os.path.isfile(path):
+        _no_reference_data(path)
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+@pytest.fixture
+def production_source(pg_dsn: str, production_schema_sql: str) -> str:
+    """A database made from the production schema file, exactly as it is."""
+    import psycopg
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(production_schema_sql)  # type: ignore[arg-type]  # trusted DDL file
+    return pg_dsn
 
 
 MOTO_REGION = "us-east-1"

@@ -45,11 +45,12 @@ from pipeline.catalog import Table, get_table
 from pipeline.credentials import SOURCE, resolve_dsn
 from pipeline.errors import ConfigurationError
 from pipeline.extract import watermark
+from pipeline.extract.drift import DriftReport, batch_schema
 from pipeline.extract.drift import check as check_drift
 from pipeline.extract.source import SourceSnapshot, Window, to_catalog
 from pipeline.extract.watermark import Watermark, iso_ms
 from pipeline.lake import Lake
-from pipeline.layout import IngestionManifest
+from pipeline.layout import IngestionManifest, SchemaColumn
 from pipeline.settings import Settings
 
 __all__ = ["ExtractResult", "extract_table", "plan", "read_batch"]
@@ -243,6 +244,26 @@ def _write_parts(
     return out
 
 
+@dataclass
+class _Cap:
+    """Passes at most `limit` rows on and notes whether the source had more: the query
+    reads one row past the limit (`SourceSnapshot.batches`), so no second scan is needed.
+    The stream is read to its end (that one row) so the session stays reusable."""
+
+    limit: int | None
+    taken: int = 0
+    more: bool = False
+
+    def apply(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            if self.limit is not None and self.taken + batch.num_rows > self.limit:
+                self.more = True
+                batch = batch.slice(0, self.limit - self.taken)
+            self.taken += batch.num_rows
+            if batch.num_rows:
+                yield batch
+
+
 def _run_day(lake: Lake, table: str, run_id: str) -> str:
     """The date partition of this run's keys: fixed by its first attempt, so a re-run
     after a crash (even past midnight) writes exactly the same keys."""
@@ -332,9 +353,7 @@ def extract_table(
                 f"source TimeZone is {source.timezone!r}, not UTC: naive timestamps repeat an "
                 "hour when DST ends; set EXTRACT_LAG_SECONDS above 3600"
             )
-        schema = pa.schema(
-            [f.with_nullable(True) if f.name in drift.relaxed else f for f in spec.arrow_schema]
-        )
+        schema = batch_schema(spec, drift)
         day = _run_day(lake, spec.name, run_id)  # after the drift check: drift writes nothing
         todo = plan(
             run_id,
@@ -346,21 +365,12 @@ def extract_table(
             lag=settings.extract_lag,
         )
         keys = (layout.ingestion_part(spec.name, day, run_id, i) for i in range(10**5))
-        written = _write_parts(
-            lake,
-            keys,
-            schema,
-            spec,
-            source.batches(todo.window, max_rows),
-            settings.extract_part_rows,
-        )
-        more = bool(
-            max_rows is not None
-            and written.rows == max_rows
-            and source.has_more(todo.window, written.last, written.last_key)  # type: ignore[arg-type]
-        )
+        cap = _Cap(max_rows)
+        rows = cap.apply(source.batches(todo.window, max_rows, drift.added))
+        written = _write_parts(lake, keys, schema, spec, rows, settings.extract_part_rows)
+        more = cap.more
 
-    manifest = _manifest(spec, run_id, todo, written, schema, warnings, more, state)
+    manifest = _manifest(spec, run_id, todo, written, schema, drift, warnings, more, state)
     if not lake.create_json(key, manifest):  # a concurrent attempt of this run committed first
         manifest = lake.read_json(key)
         status = "replayed"
@@ -378,6 +388,7 @@ def _manifest(
     todo: Plan,
     written: _Written,
     schema: pa.Schema,
+    drift: DriftReport,
     warnings: list[str],
     more: bool,
     state: Watermark | None,
@@ -426,6 +437,8 @@ def _manifest(
         "mode": todo.mode,
         "segment": todo.segment,
         "schema_fingerprint": schema_fingerprint(schema),
+        "schema": _schema_json(spec, schema, drift),
+        "added_columns": [c.name for c in drift.added],
         "warnings": warnings,
         "more": more,
         "next_run_id": next_run_id,
@@ -439,6 +452,28 @@ def _iso_us(value: datetime) -> str:
     return value.isoformat(timespec="microseconds")
 
 
+def _schema_json(spec: Table, schema: pa.Schema, drift: DriftReport) -> list[SchemaColumn]:
+    """Every column of the batch's files, in file order: its Arrow type, nullability, the
+    live source type it was read from (format_type; a widened column shows its new type)
+    and whether the catalog knows it."""
+    return [
+        {
+            "name": f.name,
+            "type": str(f.type),
+            "nullable": f.nullable,
+            "source_type": drift.source_types[f.name],
+            "in_catalog": f.name in spec.column_names,
+        }
+        for f in schema
+    ]
+
+
 def read_batch(lake: Lake, manifest: IngestionManifest) -> pa.Table:
-    """All rows of one committed batch, read from its manifest-listed files only."""
-    return lake.read_parquet(manifest["files"], schema=get_table(manifest["table"]).arrow_schema)
+    """All catalog columns of one committed batch, read from its manifest-listed files only
+    (columns the source added are in the files too; `Lake.read_parquet` without a schema
+    returns them)."""
+    spec = get_table(manifest["table"])
+    data = lake.read_parquet(manifest["files"]) if manifest["files"] else None
+    if data is None:
+        return spec.arrow_schema.empty_table()
+    return data.select(list(spec.column_names)).cast(spec.arrow_schema)

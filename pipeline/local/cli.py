@@ -55,12 +55,24 @@ def _cmd_seed(args: argparse.Namespace) -> int:
     if args.from_parquet:
         from pipeline.local.simulator.snapshot import load_snapshot
 
-        counts = load_snapshot(_source_dsn(args), args.from_parquet, force=args.force)
+        counts = load_snapshot(
+            _source_dsn(args),
+            args.from_parquet,
+            force=args.force,
+            cursor_indexes=args.cursor_indexes,
+            into_existing=args.into_existing,
+        )
     else:
         from pipeline.local.simulator.seed import seed
 
         counts = seed(
-            _source_dsn(args), scale=args.scale, seed=args.seed, force=args.force, start=args.start
+            _source_dsn(args),
+            scale=args.scale,
+            seed=args.seed,
+            force=args.force,
+            start=args.start,
+            cursor_indexes=args.cursor_indexes,
+            into_existing=args.into_existing,
         )
     _print_json(counts) if args.json else _print_counts("seeded", counts)
     return 0
@@ -250,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     def source_dsn(p: argparse.ArgumentParser) -> None:
         p.add_argument("--dsn", help="PostgreSQL DSN of the totesys database ($TOTESYS_DSN)")
 
-    p = command("seed", _cmd_seed, "create the totesys schema and fill it with synthetic data")
+    p = command(
+        "seed", _cmd_seed, "create the production totesys schema and fill it with synthetic data"
+    )
     source_dsn(p)
     p.add_argument(
         "--scale", type=_positive_scale, default=1.0, help="1 = the real snapshot's size"
@@ -268,6 +282,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=_timestamp,
         default=None,
         help="first moment of the history, ISO format (default: 2022-11-03T14:20:49.962)",
+    )
+    p.add_argument(
+        "--cursor-indexes",
+        action="store_true",
+        help="also create a (last_updated, <key>) index per table, which production lacks: "
+        "incremental extractions then read by index instead of scanning each table",
+    )
+    p.add_argument(
+        "--into-existing",
+        action="store_true",
+        help="load into the empty totesys tables already in the database (for example one "
+        "made from the production DDL) instead of creating the schema",
     )
     p.add_argument("--json", action="store_true", help="print the row counts as JSON")
 

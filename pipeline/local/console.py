@@ -92,6 +92,9 @@ def print_run_summary(report: RunReport) -> None:
             loaded.add_row(name, f"{rows:,}")
         console.print(loaded)
     console.print(f"quarantined rows: {data['quarantined']}")
+    for name, warnings in report.warnings.items():
+        for warning in warnings:
+            console.print(f"[yellow]warning[/] {name}: {warning}", markup=True, soft_wrap=True)
     for name, outcome in report.tables.items():
         if outcome.get("error"):
             console.print(f"[red]{name}[/]: {outcome['error']}", markup=True, soft_wrap=True)

@@ -58,6 +58,11 @@ class RunReport:
         return not self.failed_tables and self.error is None
 
     @property
+    def warnings(self) -> dict[str, list[str]]:
+        """Per table, what its extraction reported (schema drift, source settings)."""
+        return {t: list(r["warnings"]) for t, r in self.tables.items() if r.get("warnings")}
+
+    @property
     def quarantined(self) -> int:
         return sum((self.transform or {}).get("quarantined", {}).values())
 
@@ -75,6 +80,7 @@ class RunReport:
             "tables": self.tables,
             "loaded": dict((self.load or {}).get("rows", {})),
             "quarantined": self.quarantined,
+            "warnings": self.warnings,
             "error": self.error,
             "rerun": self.rerun_command(),
             "started_at": self.started_at,

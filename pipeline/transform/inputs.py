@@ -54,13 +54,18 @@ def scan_batches(lake: Lake, table: str, batches: list[tuple[int, Batch]]) -> pl
     """All rows of `table` in the given (ordinal, batch) pairs, plus the `_batch` ordinal.
 
     Each file's schema is checked against the catalog first, so drift is a typed error
-    naming the table and column rather than a confusing failure in a join.
+    naming the table and column rather than a confusing failure in a join. Columns the
+    source added beyond the catalog are in the files too and are not read. A nullable
+    catalog column a batch's files lack is read as NULL: the extract writes every catalog
+    column, so such a batch predates the column's adoption into the catalog
+    (docs/CONTRACTS.md, "The source and schema drift").
     """
     schema = TABLES[table].arrow_schema
     frames = []
     for ordinal, batch in batches:
+        absent: set[str] = set()
         for key in batch.files:
-            _check_schema(lake, table, key, schema)
+            absent |= _check_schema(lake, table, key, schema)
         if not batch.files:
             continue
         paths = [lake.path(k) for k in batch.files]
@@ -72,6 +77,10 @@ def scan_batches(lake: Lake, table: str, batches: list[tuple[int, Batch]]) -> pl
             lf = pl.scan_pyarrow_dataset(
                 pads.dataset(paths, schema=schema, filesystem=lake.fs, format="parquet")
             )
+        if absent:
+            empty = pl.from_arrow(schema.empty_table())
+            assert isinstance(empty, pl.DataFrame)
+            lf = lf.with_columns(pl.lit(None, empty.schema[n]).alias(n) for n in sorted(absent))
         lf = lf.select(schema.names)  # an added source column is the extract's to report
         frames.append(lf.with_columns(pl.lit(ordinal, pl.Int32).alias(BATCH_COLUMN)))
     if not frames:
@@ -101,7 +110,10 @@ def _same_type(actual: pa.DataType, expected: pa.DataType) -> bool:
     return any(t(actual) for t in text) and any(t(expected) for t in text)
 
 
-def _check_schema(lake: Lake, table: str, key: str, expected: pa.Schema) -> None:
+def _check_schema(lake: Lake, table: str, key: str, expected: pa.Schema) -> set[str]:
+    """Raise for a missing required or retyped catalog column; return the nullable catalog
+    columns the file lacks."""
+    absent = set()
     try:
         actual = pq.read_schema(lake.path(key), filesystem=lake.fs)
     except (FileNotFoundError, OSError) as exc:
@@ -111,6 +123,9 @@ def _check_schema(lake: Lake, table: str, key: str, expected: pa.Schema) -> None
         ) from exc
     for field in expected:
         idx = actual.get_field_index(field.name)
+        if idx < 0 and field.nullable:
+            absent.add(field.name)
+            continue
         if idx < 0:
             raise SchemaDriftError(table, field.name, f"missing from {lake.uri(key)}")
         if not _same_type(actual.field(idx).type, field.type):
@@ -119,3 +134,4 @@ def _check_schema(lake: Lake, table: str, key: str, expected: pa.Schema) -> None
                 field.name,
                 f"type {actual.field(idx).type} in {lake.uri(key)}, catalog says {field.type}",
             )
+    return absent

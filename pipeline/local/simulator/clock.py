@@ -15,10 +15,14 @@ DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 OPEN_MS = 8 * HOUR_MS  # first order of a day
 CLOSE_MS = 19 * HOUR_MS  # no orders from 19:00
-# The nightly-ish settlement job of the real system runs at 07:55:11 and touches each
-# payment a few milliseconds apart; `batch_jitter_ms` reproduces that spread.
-BATCH_MS = 7 * HOUR_MS + 55 * 60_000 + 11_000
-BATCH_SPREAD_MS = 997
+# The settlement job of the real system runs each weekday between 07:55:10.915 and
+# 07:55:12.380 and stamps every payment it settles with the same moment (one UPDATE): in
+# the real snapshot up to 37 payments share one `last_updated`. `batch_time_ms` gives each
+# day its own moment in that range.
+BATCH_MS = 7 * HOUR_MS + 55 * 60_000 + 10_915
+BATCH_SPREAD_MS = 1_466
+_HASH_MULTIPLIER = 2_654_435_761  # Knuth's multiplicative hash spreads day numbers evenly
+_HASH_MODULUS = 2**32
 
 _EPOCH = datetime(1970, 1, 1)
 _EPOCH_DATE = date(1970, 1, 1)
@@ -47,16 +51,11 @@ def is_weekday(day: int | np.ndarray) -> bool | np.ndarray:
     return (day + 3) % 7 < 5
 
 
-def next_weekday(day: np.ndarray) -> np.ndarray:
-    """The first weekday on or after each epoch day (Saturday -> +2, Sunday -> +1)."""
-    weekday = (day + 3) % 7
-    shift: np.ndarray = np.where(weekday == 5, 2, np.where(weekday == 6, 1, 0))
-    return np.asarray(day + shift)
-
-
-def batch_time_ms(day: np.ndarray, payment_id: np.ndarray) -> np.ndarray:
-    """When the morning batch of `day` marks payment `payment_id` as paid."""
-    return np.asarray(day * DAY_MS + BATCH_MS + payment_id % BATCH_SPREAD_MS)
+def batch_time_ms(day: np.ndarray) -> np.ndarray:
+    """When the morning batch of each epoch `day` runs: one moment for all its payments."""
+    day = np.asarray(day, dtype=np.int64)
+    jitter = (day.astype(np.uint64) * np.uint64(_HASH_MULTIPLIER)) % np.uint64(_HASH_MODULUS)
+    return day * DAY_MS + BATCH_MS + (jitter % np.uint64(BATCH_SPREAD_MS)).astype(np.int64)
 
 
 def open_windows(start_ms: int, end_ms: int) -> tuple[np.ndarray, np.ndarray]:

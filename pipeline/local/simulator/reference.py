@@ -104,7 +104,7 @@ def lookup_tables(
             **_audit(len(DEPARTMENTS), created_ms),
         }
     )
-    payment_type_names = ENUMS["payment_type_name"]
+    payment_type_names = ENUMS["PaymentTypeName"]
     payment_type = pl.DataFrame(
         {
             "payment_type_id": _ids(len(payment_type_names)),

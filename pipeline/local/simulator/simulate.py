@@ -24,9 +24,8 @@ from pipeline.errors import NotSeededError, SimulatorInputError
 from pipeline.local.simulator import generators as gen
 from pipeline.local.simulator.bulk import copy_frame, reserve_ids
 from pipeline.local.simulator.clock import (
-    BATCH_MS,
-    BATCH_SPREAD_MS,
     DAY_MS,
+    batch_time_ms,
     business_times,
     day_of,
     day_to_date,
@@ -68,7 +67,8 @@ def _ids(conn: psycopg.Connection, table: str) -> np.ndarray:
 
 
 def latest_timestamp_ms(conn: psycopg.Connection) -> int | None:
-    """The newest `last_updated` over all totesys tables (each read from its cursor index)."""
+    """The newest `last_updated` over all totesys tables (one scan of each: production has
+    no index on it)."""
     parts = [
         sql.SQL("SELECT max({c}) FROM {t}").format(
             c=sql.Identifier(TABLES[n].cursor), t=sql.Identifier(n)
@@ -111,16 +111,14 @@ def _read_world(conn: psycopg.Connection) -> _World:
 
 
 def _settle_due_payments(conn: psycopg.Connection, day: int) -> int:
-    """The morning batch: settled, unpaid payments due today or earlier become paid, each
-    stamped a few milliseconds after 07:55:11 of the simulated day (never `now()`)."""
-    batch = from_ms(day * DAY_MS + BATCH_MS)
+    """The morning batch (weekdays only): unpaid payments due today and created before today
+    become paid, all stamped with the batch's one moment of the simulated day (never
+    `now()`), as the real settlement job does (`pipeline.local.simulator.generators`)."""
+    batch = from_ms(int(batch_time_ms(np.array([day]))[0]))
     cur = conn.execute(
-        sql.SQL(
-            "UPDATE payment SET paid = true, "
-            "last_updated = %(batch)s + mod(payment_id, %(spread)s) * interval '1 millisecond' "
-            "WHERE NOT paid AND payment_date <= %(day)s AND created_at < %(batch)s AND {}"
-        ).format(sql.SQL(gen.SETTLED_SQL)),
-        {"batch": batch, "spread": BATCH_SPREAD_MS, "day": day_to_date(day).isoformat()},
+        "UPDATE payment SET paid = true, last_updated = %(batch)s "
+        "WHERE NOT paid AND payment_date = %(day)s AND created_at < %(batch)s",
+        {"batch": batch, "day": day_to_date(day).isoformat()},
     )
     return cur.rowcount
 

@@ -47,9 +47,21 @@ def _read_table(directory: Path, table: Table) -> pl.DataFrame:
     return frame.select(columns)
 
 
-def load_snapshot(dsn: str, directory: str | Path, *, force: bool = False) -> dict[str, int]:
-    """Create the totesys schema in `dsn` and fill it from `directory/<table>.parquet`."""
+def load_snapshot(
+    dsn: str,
+    directory: str | Path,
+    *,
+    force: bool = False,
+    cursor_indexes: bool = False,
+    into_existing: bool = False,
+) -> dict[str, int]:
+    """Create the totesys schema in `dsn` and fill it from `directory/<table>.parquet`
+    (`into_existing`: fill the empty totesys tables already there; see `load_frames`)."""
     root = Path(directory)
     return load_frames(
-        dsn, lambda: {t: _read_table(root, TABLES[t]) for t in TABLE_NAMES}, force=force
+        dsn,
+        lambda: {t: _read_table(root, TABLES[t]) for t in TABLE_NAMES},
+        force=force,
+        cursor_indexes=cursor_indexes,
+        into_existing=into_existing,
     )

@@ -27,7 +27,7 @@ def test_source_ddl_loads_with_enums_and_foreign_keys(pg_dsn: str) -> None:
             "select data_type, datetime_precision from information_schema.columns "
             "where table_name='payment' and column_name='last_updated'"
         ).fetchone()
-    assert len(tables) == 11
+    assert len(tables) == 12  # the 11 totesys tables and _prisma_migrations
     assert fks == (17,)
     assert lu == ("timestamp without time zone", 3)
 

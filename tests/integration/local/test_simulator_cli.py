@@ -40,6 +40,35 @@ def test_seed_then_simulate_through_the_cli(pg_dsn: str, capsys) -> None:
     assert out.startswith("simulated:") and "sales_orders" in out
 
 
+def _indexes(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        return {
+            r[0]
+            for r in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE indexname LIKE '%_last_updated_%'"
+            )
+        }
+
+
+def test_seed_adds_cursor_indexes_only_when_asked(make_database, capsys) -> None:
+    plain, indexed = make_database("plain"), make_database("indexed")
+    assert cli.main(["seed", "--dsn", plain, "--scale", "0.01"]) == 0
+    assert cli.main(["seed", "--dsn", indexed, "--scale", "0.01", "--cursor-indexes"]) == 0
+    assert _indexes(plain) == set()
+    assert "payment_last_updated_payment_id_idx" in _indexes(indexed)
+    assert len(_indexes(indexed)) == 11
+
+
+def test_into_existing_needs_the_tables_and_refuses_filled_ones(pg_dsn: str, capsys) -> None:
+    assert cli.main(["seed", "--dsn", pg_dsn, "--scale", "0.01", "--into-existing"]) == 2
+    assert "NotSeededError" in capsys.readouterr().err
+    assert cli.main(["seed", "--dsn", pg_dsn, "--scale", "0.01"]) == 0
+    capsys.readouterr()
+    assert cli.main(["seed", "--dsn", pg_dsn, "--scale", "0.01", "--into-existing"]) == 2
+    err = capsys.readouterr().err
+    assert "AlreadySeededError" in err and "empty tables" in err
+
+
 def test_negative_scale_is_rejected_with_a_message(pg_dsn: str, capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         cli.main(["seed", "--dsn", pg_dsn, "--scale", "-2"])

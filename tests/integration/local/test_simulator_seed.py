@@ -65,7 +65,7 @@ def test_seeded_schema_is_exactly_the_catalog_ddl(make_database: Callable[[str],
     shape = _schema_shape(seeded)
     assert shape == _schema_shape(fresh)
     assert sum(1 for r in shape if r[2] == "f") == 17
-    assert sum(1 for r in shape if r[2] == "i") == 11 + 11 + 3  # pkeys, cursors, uniques
+    assert sum(1 for r in shape if r[2] == "i") == 11 + 3  # pkeys, uniques: no cursor index
     assert all(r[4] for r in shape)  # every constraint validated
 
 

@@ -359,6 +359,24 @@ def test_retyped_column_is_a_schema_drift_error_and_nothing_is_written(lakes, tm
     assert processed.list("_manifests") == []
 
 
+def test_a_batch_from_before_a_nullable_column_was_adopted_reads_it_as_null(lakes):
+    """A catalog column the source added later (adopted, nullable) is absent from older
+    batches: read as NULL there. A required column absent is still drift."""
+    ingest, processed = lakes
+    write_lookups(ingest, "e1")
+    key = write_batch(ingest, "address", "e2", [row("address", address_id=7, address_line_2="x")])
+    part = ingest.read_json(key)["files"][0]
+    pl.read_parquet(ingest.path(part)).drop("address_line_2").write_parquet(ingest.path(part))
+    assert run(lakes, "t1").status == "ok"
+    location = read_outputs(processed, "t1")["dim_location"].filter(pl.col("location_id") == 7)
+    assert location["address_line_2"].to_list() == [None]
+    key = write_batch(ingest, "address", "e3", [row("address", address_id=8)])
+    part = ingest.read_json(key)["files"][0]
+    pl.read_parquet(ingest.path(part)).drop("city").write_parquet(ingest.path(part))
+    with pytest.raises(SchemaDriftError, match=r"'address'.*'city'.*missing"):
+        run(lakes, "t2")
+
+
 def test_missing_listed_file_is_a_corrupt_batch_error(lakes):
     ingest, _ = lakes
     key = write_batch(ingest, "staff", "e1", [row("staff")])

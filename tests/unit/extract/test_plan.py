@@ -1,4 +1,4 @@
-"""Extract logic that needs no database: the window plan, drift rules, watermark ordering."""
+"""Extract logic that needs no database: the window plan and watermark ordering."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.catalog import TABLES
-from pipeline.errors import ConfigurationError, SchemaDriftError
+from pipeline.errors import ConfigurationError
 from pipeline.extract import watermark
-from pipeline.extract.drift import SourceColumn, check, expected_type
 from pipeline.extract.run import ExtractResult, extract_table, naive_utc, plan
 from pipeline.extract.watermark import Watermark, iso_ms
 from pipeline.lake import Lake
@@ -71,38 +69,6 @@ def test_iso_ms_never_rounds() -> None:
     assert iso_ms(datetime(2024, 11, 4, 9, 0)) == "2024-11-04T09:00:00.000"
     with pytest.raises(ValueError, match="sub-millisecond"):
         iso_ms(datetime(2024, 11, 4, 9, 0, 0, 999500))
-
-
-def _live(table: str) -> list[SourceColumn]:
-    spec = TABLES[table]
-    return [SourceColumn(c.name, expected_type(c.pg_type), c.nullable) for c in spec.columns]
-
-
-def test_drift_accepts_the_catalog_as_created_by_the_ddl() -> None:
-    for name in TABLES:
-        assert check(TABLES[name], _live(name)).warnings == []
-    enum = [*_live("payment_type")]
-    enum[1] = SourceColumn("payment_type_name", 'public."payment_type_name"', False)
-    assert check(TABLES["payment_type"], enum).warnings == []
-
-
-def test_drift_rules() -> None:
-    spec = TABLES["payment"]
-    added = [*_live("payment"), SourceColumn("note", "text", True)]
-    assert "note" in check(spec, added).warnings[0]
-    relaxed = [SourceColumn(c.name, c.type, True) for c in _live("payment")]
-    assert "paid" in check(spec, relaxed).relaxed
-    with pytest.raises(SchemaDriftError, match="dropped"):
-        check(spec, [c for c in _live("payment") if c.name != "paid"])
-    retyped = [
-        SourceColumn(c.name, "text" if c.name == "paid" else c.type, c.nullable)
-        for c in _live("payment")
-    ]
-    with pytest.raises(SchemaDriftError, match=r"'paid'.*retyped") as info:
-        check(spec, retyped)
-    assert info.value.table == "payment"
-    with pytest.raises(SchemaDriftError, match="does not exist"):
-        check(spec, [])
 
 
 def test_watermark_keeps_the_maximum_and_only_moves_forwards(tmp_path: Path) -> None:

@@ -47,8 +47,15 @@ def test_weekday_arithmetic_matches_the_calendar() -> None:
     days = np.arange(clock.day_of(_ms("2024-01-01T00:00")), clock.day_of(_ms("2024-01-15")))
     expected = [clock.day_to_date(d).weekday() < 5 for d in days]
     assert list(clock.is_weekday(days)) == expected
-    saturday = clock.day_of(_ms("2024-11-16T12:00"))
-    assert clock.day_to_date(clock.next_weekday(np.array([saturday]))[0]) == date(2024, 11, 18)
+
+
+def test_each_morning_batch_has_one_moment_between_07_55_10_915_and_12_380() -> None:
+    days = np.arange(clock.day_of(_ms("2024-01-01T00:00")), clock.day_of(_ms("2025-01-01")))
+    moments = [clock.from_ms(t) for t in clock.batch_time_ms(days)]
+    assert all(m.date() == clock.day_to_date(d) for m, d in zip(moments, days, strict=True))
+    times = {m.time().isoformat(timespec="milliseconds") for m in moments}
+    assert min(times) >= "07:55:10.915" and max(times) <= "07:55:12.380"
+    assert len(times) > 200  # days differ, as in the real data
 
 
 def test_business_times_are_sorted_weekday_office_hours() -> None:
@@ -163,14 +170,22 @@ def test_timestamps_are_consistent_and_in_business_hours(history) -> None:
         assert created.max() < datetime(2024, 11, 16)
 
 
-def test_paid_payments_were_settled_by_a_morning_batch_on_their_due_date(history) -> None:
-    pay = history["payment"]
+def test_paid_payments_were_settled_by_the_morning_batch_of_their_due_date(history) -> None:
+    """As in the real data: paid exactly on the due date if that is a weekday after the
+    order's day, all of a day's payments stamped with the batch's one moment."""
+    pay = history["payment"].with_columns(
+        due=pl.col("payment_date").str.to_date(), created=pl.col("created_at").dt.date()
+    )
+    payable = (pl.col("due").dt.weekday() <= 5) & (pl.col("due") > pl.col("created"))
+    settled_by_end = payable & (pl.col("due") < date(2024, 11, 15))
+    assert pay.filter(settled_by_end)["paid"].all()
+    assert not pay.filter(~payable)["paid"].any()
     paid = pay.filter(pl.col("paid"))
-    assert gen.settled(paid["payment_id"].to_numpy()).all()
     flip = paid["last_updated"]
     assert (flip.dt.hour() == 7).all() and (flip.dt.minute() == 55).all()
-    assert (flip.dt.date() >= paid["payment_date"].str.to_date()).all()
-    assert (flip.dt.date() > paid["created_at"].dt.date()).all()
+    assert (flip.dt.date() == paid["due"]).all()
+    per_day = paid.group_by("due").agg(pl.col("last_updated").n_unique())
+    assert (per_day["last_updated"] == 1).all()
     unpaid = pay.filter(~pl.col("paid"))
     assert (unpaid["last_updated"] == unpaid["created_at"]).all()
     assert 0.55 < pay["paid"].mean() < 0.65  # the snapshot: 61%
