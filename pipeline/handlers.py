@@ -17,6 +17,7 @@ Events:
               run_id is the execution name, or `<name>.t<n>` for the n-th pass over a
               backlog: the state machine loops while the result says `more: true`
     load      {"run_id"}
+    report    {"run_id"}   (only with context reportEnabled: after each successful load)
 """
 
 from __future__ import annotations
@@ -172,3 +173,23 @@ def load_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             _emit("RowsLoaded", MetricUnit.Count, n, table=table)
     out = _counts_only(result, "batches")
     return out
+
+
+@logger.inject_lambda_context(clear_state=True)
+def report_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Build the HTML report from the warehouse and publish it to the processed bucket."""
+    from pipeline.report import build_report, publish_report
+
+    run_id = str(_required(event, "run_id"))
+    logger.append_keys(run_id=run_id)
+    settings = _settings("processed_url")
+    with _timed("report", run_id=run_id) as summary:
+        report = publish_report(build_report(settings), settings)
+        summary.update(charts=len(report.charts), bytes=len(report.html.encode()))
+    result = report.to_dict()
+    return {
+        "run_id": run_id,
+        "keys": result["written"],
+        "charts": len(report.charts),
+        "bytes": result["bytes"],
+    }

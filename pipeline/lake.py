@@ -94,8 +94,10 @@ class Lake:
         except FileNotFoundError:
             raise CorruptBatchError(f"lake file {self.uri(key)} does not exist") from None
 
-    def write_bytes(self, key: str, data: bytes) -> None:
-        """Write (or replace) `key` atomically: readers see the old or the new bytes."""
+    def write_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        """Write (or replace) `key` atomically: readers see the old or the new bytes.
+
+        `content_type` is stored with an S3 object (what a browser is told it is)."""
         if self.is_local:
             target = Path(self.path(key))
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +105,8 @@ class Lake:
             tmp.write_bytes(data)
             tmp.replace(target)
         else:
-            with self.fs.open_output_stream(self.path(key)) as f:
+            metadata = {"Content-Type": content_type} if content_type else None
+            with self.fs.open_output_stream(self.path(key), metadata=metadata) as f:
                 f.write(data)
 
     def create_bytes(self, key: str, data: bytes) -> bool:

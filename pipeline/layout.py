@@ -16,6 +16,7 @@ Processed zone (`Settings.processed_url`): written by transform, read by load an
 
     <warehouse_table>/run=<run_id>/part-<NNNNN>.parquet       a batch's rows per table
     _quarantine/<source_table>/run=<run_id>.parquet           rejected rows with reasons
+    reports/latest.html, reports/daily/<YYYY-MM-DD>.html      the HTML report (report step)
     _manifests/<run_id>.json                                  a batch's commit record
     _state/head.json, _state/<kind>/run=<run_id>.parquet      the transform's own state
     _locks/transform.json                                     one transform at a time
@@ -103,8 +104,33 @@ def processed_part(table: str, run_id: str, part: int = 0) -> str:
     return f"{table}/run={run_id}/part-{part:05d}.parquet"
 
 
+QUARANTINE = "_quarantine/"
+
+
 def quarantine_file(source_table: str, run_id: str) -> str:
-    return f"_quarantine/{source_table}/run={run_id}.parquet"
+    return f"{QUARANTINE}{source_table}/run={run_id}.parquet"
+
+
+def quarantine_file_of(key: str) -> tuple[str, str] | None:
+    """(source table, run id) of a `quarantine_file` key; None for any other key."""
+    rest = key.removeprefix(QUARANTINE)
+    table, _, name = rest.partition("/")
+    if rest == key or not table or not name.startswith("run=") or not name.endswith(".parquet"):
+        return None
+    run_id = name.removeprefix("run=").removesuffix(".parquet")
+    return (table, run_id) if run_id and "/" not in run_id else None
+
+
+REPORTS = "reports/"
+
+
+def latest_report() -> str:
+    return f"{REPORTS}latest.html"
+
+
+def daily_report(day: str) -> str:
+    """The report of one UTC day (`YYYY-MM-DD`): replaced by each build that day."""
+    return f"{REPORTS}daily/{day}.html"
 
 
 def processed_manifest(run_id: str) -> str:

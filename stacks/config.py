@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "transformMaxRuns": 20,
     "logRetentionDays": 90,
     "freshnessHours": 6,
+    "reportEnabled": False,
     "stackName": "TotesysEtl",
 }
 
@@ -76,6 +77,7 @@ class PipelineConfig:
     transform_max_runs: int
     log_retention_days: int
     freshness_hours: int
+    report_enabled: bool
     stack_name: str
 
     @staticmethod
@@ -127,5 +129,6 @@ class PipelineConfig:
             transform_max_runs=transform_max_runs,
             log_retention_days=int(get("logRetentionDays")),
             freshness_hours=int(get("freshnessHours")),
+            report_enabled=_as_bool(get("reportEnabled")),
             stack_name=str(get("stackName")),
         )

@@ -1,4 +1,4 @@
-"""The three step Lambdas: one container image, three commands, three least-privilege roles.
+"""The step Lambdas: one container image, one command and one least-privilege role each.
 
 One `DockerImageAsset` is built once (docker/Dockerfile, repository root as context) and
 each function points at the same image with its own `CMD`, so the three steps always run
@@ -11,6 +11,8 @@ the same code. Sizing (measured locally with benchmarks/, see README.md):
   memory; Lambda CPU grows with memory (about 2 vCPUs here), and Polars uses them.
 - load, 2048 MB / 15 min: binary COPY of the processed Parquet into staging tables, then
   one transaction; the database does the heavy lifting.
+- report (only with context `reportEnabled`), 1024 MB / 5 min: the warehouse aggregates,
+  the function only draws a few hundred grouped rows into one HTML page.
 
 Concurrency stays unreserved: reserving it fails on new accounts (whose whole limit is
 10) and the state machine's Map `maxConcurrency` already bounds the load on the source.
@@ -31,6 +33,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
+from pipeline import layout
 from stacks.config import PipelineConfig
 from stacks.data_lake import DataLake
 
@@ -76,6 +79,11 @@ STEPS = (
     StepSpec("transform", "pipeline.handlers.transform_handler", 3008, Duration.minutes(15), 2048),
     StepSpec("load", "pipeline.handlers.load_handler", 2048, Duration.minutes(15)),
 )
+REPORT_STEP = StepSpec("report", "pipeline.handlers.report_handler", 1024, Duration.minutes(5))
+# What the report function may read in the processed bucket (quarantine files and the
+# manifests that commit them) and the one prefix it writes (docs/CONTRACTS.md).
+REPORT_READS = (layout.QUARANTINE, layout.MANIFESTS)
+REPORT_WRITES = layout.REPORTS
 
 
 def secret_ref(scope: Construct, construct_id: str, value: str) -> secretsmanager.ISecret:
@@ -135,9 +143,18 @@ class PipelineFunctions(Construct):
         grant_write(self.transform.role, lake.processed)
         grant_read(self.load.role, lake.processed)
         self.warehouse_secret.grant_read(self.load.role)
+        self.report: lambda_.DockerImageFunction | None = None
+        if config.report_enabled:
+            self.report = self._function(
+                REPORT_STEP,
+                {"PROCESSED_URL": processed_url, "WAREHOUSE_SECRET_ARN": config.warehouse_secret},
+            )
+            grant_report(self.report.role, lake.processed)
+            self.warehouse_secret.grant_read(self.report.role)
 
     @property
     def all(self) -> tuple[lambda_.DockerImageFunction, ...]:
+        """The three pipeline steps (the optional report function is `report`)."""
         return (self.extract, self.transform, self.load)
 
     def _vpc_settings(self) -> dict:
@@ -234,5 +251,28 @@ def grant_write(role: iam.IRole | None, bucket: s3.IBucket) -> None:
         iam.PolicyStatement(
             actions=["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
             resources=[bucket.arn_for_objects("*")],
+        )
+    )
+
+
+def grant_report(role: iam.IRole | None, bucket: s3.IBucket) -> None:
+    """Read the quarantine and the manifests, write `reports/`: nothing else of the bucket."""
+    assert role is not None
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=["s3:ListBucket"],
+            resources=[bucket.bucket_arn],
+            conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in REPORT_READS]}},
+        )
+    )
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=["s3:GetObject"],
+            resources=[bucket.arn_for_objects(f"{p}*") for p in REPORT_READS],
+        )
+    )
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=["s3:PutObject"], resources=[bucket.arn_for_objects(f"{REPORT_WRITES}*")]
         )
     )

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from aws_cdk import Acknowledgment, CfnElement, Stack, Validations
 from constructs import IConstruct
 
+from stacks.functions import REPORT_READS, REPORT_WRITES
+
 if TYPE_CHECKING:
     from stacks.pipeline_stack import TotesysEtlStack
 
@@ -31,6 +33,11 @@ FUNCTION_VERSIONS = (
 STATES_DELIVERY = (
     "Step Functions log delivery and X-Ray (logs:CreateLogDelivery, logs:DescribeLogGroups, "
     "xray:PutTraceSegments, ...) do not support resource-level permissions."
+)
+REPORT_OBJECTS = (
+    "The report function reads the quarantine files and manifests under these prefixes and "
+    "writes reports/latest.html and reports/daily/<date>.html: a wildcard within one prefix "
+    "of the processed bucket."
 )
 VPC_ACCESS = (
     "AWSLambdaVPCAccessExecutionRole (only when deployed into a VPC): the ENI permissions "
@@ -62,9 +69,19 @@ def suppress_findings(stack: TotesysEtlStack) -> None:
     for fn, buckets in zones.items():
         role = fn.role
         assert role is not None
-        acknowledge(role, "IAM5[Resource::*]", XRAY)
         for bucket in buckets:
             acknowledge(role, f"IAM5[Resource::{_arn_ref(stack, bucket)}/*]", OBJECTS)
+    if fns.report is not None:
+        role = fns.report.role
+        assert role is not None
+        for prefix in (*REPORT_READS, REPORT_WRITES):
+            finding = f"IAM5[Resource::{_arn_ref(stack, lake.processed)}/{prefix}*]"
+            acknowledge(role, finding, REPORT_OBJECTS)
+    functions = [*zones, *([fns.report] if fns.report else [])]
+    for fn in functions:
+        role = fn.role
+        assert role is not None
+        acknowledge(role, "IAM5[Resource::*]", XRAY)
         if stack.config.vpc_id:
             acknowledge(
                 role,
@@ -74,5 +91,5 @@ def suppress_findings(stack: TotesysEtlStack) -> None:
             )
     machine_role = stack.workflow.state_machine.role
     acknowledge(machine_role, "IAM5[Resource::*]", STATES_DELIVERY)
-    for fn in fns.all:
+    for fn in functions:
         acknowledge(machine_role, f"IAM5[Resource::{_arn_ref(stack, fn)}:*]", FUNCTION_VERSIONS)

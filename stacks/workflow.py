@@ -7,12 +7,13 @@ Shape (docs/OPERATIONS.md walks through it):
               Extract Catch States.ALL -> TableFailed (recorded, the other tables go on)
     -> Summarise -> Transform -> MoreToTransform?
         more and under the bound -> NextTransform (run id <name>.t<n>) -> Transform ...
-        otherwise -> Load -> AnyTableFailed?
+        otherwise -> Load -> [Report, with context reportEnabled] -> AnyTableFailed?
             yes -> NotifyTablesFailed (SNS: tables, errors, execution, re-run input) -> Fail
             no  -> BacklogCleared?
                 yes -> Succeed
                 no (bound reached) -> NotifyBacklogLimit (SNS) -> Fail
     Transform/Load Catch States.ALL -> NotifyStepFailed (SNS) -> Fail
+    Report Catch States.ALL -> NotifyReportFailed (SNS: the load stands) -> Fail
 
 The run id is the execution name; every payload between states is a small pointer
 (table, counts, manifest key): data never flows through the state machine (R15).
@@ -316,6 +317,21 @@ class PipelineWorkflow(Construct):
         step_failed = self._notify_step_failed()
         for task in (transform, load):
             task.add_catch(step_failed, errors=[sfn.Errors.ALL], result_path="$.failure")
+        after_load: sfn.INextable = load
+        if fns.report is not None:
+            report = invoke(
+                self,
+                "Report",
+                fns.report,
+                payload={"run_id.$": "$.run_id"},
+                result_selector={"keys.$": "$.Payload.keys", "charts.$": "$.Payload.charts"},
+                result_path="$.report",
+            )
+            report.add_catch(
+                self._notify_report_failed(), errors=[sfn.Errors.ALL], result_path="$.failure"
+            )
+            load.next(report)
+            after_load = report
 
         next_n = JsonPath.math_add(JsonPath.number_at("$.transform_call.n"), 1)
         next_transform = sfn.Pass(
@@ -356,8 +372,9 @@ class PipelineWorkflow(Construct):
                 ),
                 next_transform.next(transform),
             )
-            .otherwise(load.next(any_failed))
+            .otherwise(load)
         )
+        after_load.next(any_failed)
         return transform.next(more_to_transform)
 
     def _alert_then_fail(
@@ -443,6 +460,32 @@ class PipelineWorkflow(Construct):
             "DescribeStepFailure",
             "NotifyStepFailed",
             f"{self.config.prefix}: transform or load failed",
+            alert_fields,
+            fail,
+        )
+
+    def _notify_report_failed(self) -> sfn.Chain:
+        """The report failed after retries: the load it followed is committed and stands."""
+        alert_fields = {
+            "problem": (
+                "the HTML report failed after retries; the load before it succeeded and its "
+                "data is in the warehouse"
+            ),
+            "error.$": "$.failure.Error",
+            "cause.$": "$.failure.Cause",
+            "failed_tables.$": "$.failed_tables",
+            "how_to_rerun": (
+                "Fix the cause (see the report function's logs); the next execution that "
+                "loads writes the report again (start one, or wait for the schedule)."
+            ),
+        }
+        fail = sfn.Fail(
+            self, "ReportFailed", error_path="$.failure.Error", cause_path="$.failure.Cause"
+        )
+        return self._alert_then_fail(
+            "DescribeReportFailure",
+            "NotifyReportFailed",
+            f"{self.config.prefix}: report failed (the load succeeded)",
             alert_fields,
             fail,
         )

@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from pipeline.errors import ConfigurationError, PipelineError
@@ -160,6 +160,23 @@ def _cmd_init_warehouse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.report import build_report, write_report
+
+    report = build_report(
+        _settings(args), since=args.since, until=args.until, quarantine=not args.no_quarantine
+    )
+    report = write_report(report, args.out)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(
+            f"report written to {report.keys[0]} ({len(report.charts)} charts, "
+            f"{len(report.html.encode()) / 1e6:.1f} MB, {report.seconds:.1f} s)"
+        )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.local.demo import run_demo
 
@@ -212,6 +229,15 @@ def _timestamp(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected an ISO date or timestamp such as 2022-11-03T14:20:49, got {text!r}"
+        ) from None
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a date such as 2024-11-15, got {text!r}"
         ) from None
 
 
@@ -358,6 +384,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="warehouse DSN (default: $WAREHOUSE_DSN, else $WAREHOUSE_SECRET_ARN)",
     )
+
+    p = command(
+        "report", _cmd_report, "build a self-contained HTML report of charts from the warehouse"
+    )
+    _database_options(p, source=False)
+    _lake_options(p, ingest=False)
+    p.add_argument("--out", default="report.html", help="HTML file to write (report.html)")
+    p.add_argument("--since", type=_date, default=None, help="first business date (inclusive)")
+    p.add_argument("--until", type=_date, default=None, help="last business date (inclusive)")
+    p.add_argument(
+        "--no-quarantine",
+        action="store_true",
+        help="do not read the processed zone (the quarantine chart says so)",
+    )
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
 
     p = command("demo", _cmd_demo, "end-to-end demo on a throwaway PostgreSQL (nothing to set up)")
     p.add_argument("--keep", action="store_true", help="keep the databases and lake afterwards")

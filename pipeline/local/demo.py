@@ -2,7 +2,9 @@
 
 Seeds a synthetic totesys database, runs the pipeline into a warehouse database with a
 local lake folder, simulates a few days of business, runs again incrementally, runs once
-more with nothing new, then answers a few business questions from the warehouse.
+more with nothing new, then answers a few business questions from the warehouse and
+writes the HTML report (`pipeline.report`) next to the lake. The report is kept, even
+when the databases and the lake are removed, and its path is printed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pipeline.local.runner import RunReport, run_pipeline
 from pipeline.settings import Settings
 
 DEMO_DIR = Path(".demo")
+REPORT_NAME = "report.html"
 
 REPORTS: dict[str, str] = {
     "sales value by month and currency (last 6 months)": """
@@ -75,6 +78,16 @@ def _rows_per_run(reports: list[tuple[str, RunReport]]) -> None:
     console.print(table)
 
 
+def write_demo_report(settings: Settings, workdir: Path) -> Path:
+    """The HTML report of the demo's warehouse, next to its lake; returns its path."""
+    from pipeline.report import build_report, write_report
+
+    console.rule("[bold]report")
+    report = write_report(build_report(settings), workdir / REPORT_NAME)
+    console.print(f"{len(report.charts)} charts built in {report.seconds:.1f} s")
+    return Path(report.keys[0])
+
+
 def _start_server(keep: bool) -> tuple[str, Any]:
     """Start PostgreSQL; return (admin DSN, object whose .stop() removes it, or None)."""
     if pgserver.docker_engine_available():
@@ -123,16 +136,20 @@ def run_demo(*, keep: bool = False, days: int = 5, scale: float = 1.0) -> int:
         with psycopg.connect(warehouse) as conn:
             for title, query in REPORTS.items():
                 _print_query(conn, title, query)
+        report_path = write_demo_report(settings, workdir)
         ok = all(r.succeeded for _, r in reports)
         if keep:
             _explain_kept(workdir, warehouse, server)
+        console.print(f"[bold]report:[/] {report_path}")
         return 0 if ok else 1
     finally:
         if not keep:
             server.stop()
             import shutil
 
-            shutil.rmtree(workdir, ignore_errors=True)
+            for child in workdir.iterdir() if workdir.exists() else ():
+                if child.name != REPORT_NAME:  # the report outlives the demo's data
+                    shutil.rmtree(child, ignore_errors=True)
 
 
 def _explain_kept(workdir: Path, warehouse_dsn: str, server: Any) -> None:

@@ -54,3 +54,9 @@ def synthesize(context: dict[str, Any] | None = None) -> Assembly:
 def default_assembly() -> Assembly:
     """The app with no context at all (what `cdk synth` does offline)."""
     return synthesize()
+
+
+@functools.cache
+def report_assembly() -> Assembly:
+    """The app with the report option on (`-c reportEnabled=true`)."""
+    return synthesize({"reportEnabled": "true"})

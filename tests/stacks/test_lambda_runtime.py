@@ -77,10 +77,16 @@ IMPORT_STEPS = textwrap.dedent(
     import importlib, importlib.util, json, sys
     import pipeline.handlers
     imported = ["pipeline.handlers"]
-    for name in ("pipeline.extract", "pipeline.transform", "pipeline.load", "pipeline.credentials"):
+    for name in ("pipeline.extract", "pipeline.transform", "pipeline.load", "pipeline.credentials",
+                 "pipeline.report"):
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name)
             imported.append(name)
+    # The report draws its figures in the image too: Plotly without pandas.
+    from pipeline.report import charts, page
+    chart = charts.Chart("c", "C", "caption", charts.money_by_month([], "sales"))
+    html = page.render(title="t", facts=[], sections=[page.Section("s", "S", [chart])])
+    assert "Plotly" in html and len(html) > 1_000_000
     print(json.dumps({"imported": imported, "path": sys.path, "modules": sorted(sys.modules)}))
     """
 )
@@ -118,7 +124,7 @@ def test_handlers_and_steps_import_with_runtime_dependencies_only(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert "pipeline.handlers" in result["imported"]
+    assert {"pipeline.handlers", "pipeline.report"} <= set(result["imported"])
     assert not [p for p in result["path"] if "site-packages" in p]
     dev_only = {"moto", "pytest", "aws_cdk", "cdk_nag", "jsii", "hypothesis", "pandas"}
     assert not {m.partition(".")[0] for m in result["modules"]} & dev_only

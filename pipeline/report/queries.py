@@ -1,0 +1,383 @@
+"""The report's SQL: every chart's numbers are aggregated in the warehouse, never in Python.
+
+Facts keep every version of a source row, keyed by (source id, last_updated_date,
+last_updated_time); business charts read the *current* version of each source row
+(`current_rows`: the newest by last_updated). `LIVE_ROW` is the one place that decides
+whether a current row counts: when the warehouse marks deleted rows, it becomes the
+predicate that excludes them, and every business chart follows.
+
+Each fact is read once per report: one pass de-duplicates the versions (a backward scan
+of the natural-key index, no sort) and feeds one `GROUPING SETS` aggregate, so all the
+charts of a star cost a single scan; the outer query ranks and labels the small grouped
+result. Identifiers come from `pipeline.warehouse_schema` and the load's ledger and lineage
+names (a renamed column fails here, not in a browser), quoted by `psycopg.sql`; values
+are parameters.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from pipeline.load.ddl import LEDGER_TABLE, LINEAGE_COLUMN
+from pipeline.warehouse_schema import DIMENSIONS, FACTS, WAREHOUSE_TABLES, WarehouseTable
+
+TOP = 10  # designs, counterparties, items per currency
+TOP_CITIES = 20  # delivery cities per currency
+TOP_STAFF = 25  # staff members by units sold
+TOP_OVERDUE = 15  # counterparties by overdue amount per currency
+
+# Whether a current fact row counts in the business charts. Deletes are not tracked yet;
+# once the warehouse carries `_deleted_at`, this becomes `sql.SQL("_deleted_at IS NULL")`.
+LIVE_ROW: sql.Composable = sql.SQL("TRUE")
+
+LEDGER_COLUMNS = ("batch_run_id", "load_run_id", "committed_at", "loaded_at", "rows")
+
+
+def _identifiers() -> dict[str, sql.Identifier]:
+    """Every warehouse table and column name, the ledger and the lineage column, quoted."""
+    names = {LEDGER_TABLE, LINEAGE_COLUMN, *LEDGER_COLUMNS}
+    for table in WAREHOUSE_TABLES.values():
+        names |= {table.name, table.primary_key, *table.column_names}
+    return {name: sql.Identifier(name) for name in names}
+
+
+IDENT = _identifiers()
+
+
+def compose(template: str, **values: sql.Composable) -> sql.Composed:
+    """`template` with `{name}` filled from the schema's identifiers (and `values`)."""
+    return sql.SQL(template).format(**{**IDENT, **values})
+
+
+def current_rows(table: WarehouseTable, columns: tuple[str, ...]) -> sql.Composed:
+    """The newest version of each source row of a fact, if `LIVE_ROW` keeps it, with its
+    lineage and its source `last_updated` (as `updated`).
+
+    `ORDER BY id DESC, date DESC, time DESC` is the natural-key index read backwards, so
+    PostgreSQL walks it once and keeps the first row per id (no sort, no hash).
+    """
+    source_id, updated_date, updated_time = table.natural_key
+    return compose(
+        "SELECT * FROM (SELECT DISTINCT ON ({id}) {cols}, {_loaded_batch}, "
+        "{updated_date} + {updated_time} AS updated, {live} AS live FROM {table} "
+        "ORDER BY {id} DESC, {updated_date} DESC, {updated_time} DESC) AS versions WHERE live",
+        id=sql.Identifier(source_id),
+        cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
+        live=LIVE_ROW,
+        table=sql.Identifier(table.name),
+        updated_date=sql.Identifier(updated_date),
+        updated_time=sql.Identifier(updated_time),
+    )
+
+
+def in_window(column: str) -> sql.Composed:
+    """True when `column` (a date) is within the report window (both ends inclusive)."""
+    return compose(
+        "(%(since)s::date IS NULL OR {c} >= %(since)s::date) "
+        "AND (%(until)s::date IS NULL OR {c} <= %(until)s::date)",
+        c=sql.Identifier(column),
+    )
+
+
+FACT = {t.name: t for t in FACTS}
+
+# Every business query returns rows of this shape; `part` names what the row feeds.
+RESULT_COLUMNS = ("part", "currency", "period", "label", "detail", "n", "units", "value", "newest")
+
+# Current rows by the load day of the batch that wrote them, and the newest source
+# `last_updated` among them (freshness): from the `agg` rows where `lineage` holds.
+# Neither depends on the report window.
+_LINEAGE = """
+SELECT 'lineage', NULL, l.{loaded_at}::date, NULL, NULL, sum(a.n), NULL, NULL, max(a.newest)
+FROM agg a LEFT JOIN {etl_load_ledger} l ON l.{batch_run_id} = a.{_loaded_batch}
+WHERE {lineage} GROUP BY 3"""
+
+# Value by month and currency, and the window's total per currency, from `agg` rows
+# grouped by day (`{day}`) where `{by_day}` holds.
+_MONTHS_AND_TOTALS = """
+SELECT 'month' AS part, c.{currency_code} AS currency,
+       date_trunc('month', a.{day})::date AS period, NULL AS label, NULL AS detail,
+       sum(a.n) AS n, sum(a.units) AS units, sum(a.value) AS value, NULL::timestamp AS newest
+FROM agg a JOIN {dim_currency} c USING ({currency_id})
+WHERE {by_day} AND {window} GROUP BY 2, 3
+UNION ALL
+SELECT 'total', c.{currency_code}, NULL, NULL, NULL, sum(a.n), sum(a.units), sum(a.value), NULL
+FROM agg a JOIN {dim_currency} c USING ({currency_id})
+WHERE {by_day} AND {window} GROUP BY 2"""
+
+
+def _top(part: str, where: str, label: str, key: str, join: str = "", limit: int = TOP) -> str:
+    """The `limit` rows of `where` with the highest value per currency, by `key`: a bounded
+    sort per currency over the grouped rows (purchase item codes can be one per order)."""
+    return f"""
+SELECT '{part}', c.{{currency_code}}, NULL, {label}, NULL, t.n, t.units, t.value, NULL
+FROM {{dim_currency}} c CROSS JOIN LATERAL (
+  SELECT a.{key}, sum(a.n) AS n, sum(a.units) AS units, sum(a.value) AS value
+  FROM agg a WHERE {where} AND a.{{currency_id}} = c.{{currency_id}}
+  GROUP BY a.{key} ORDER BY 4 DESC, 1 LIMIT {limit}) AS t{join}"""
+
+
+SALES_COLUMNS = (
+    "created_date",
+    "currency_id",
+    "design_id",
+    "counterparty_id",
+    "agreed_delivery_location_id",
+    "sales_staff_id",
+    "units_sold",
+    "unit_price",
+)
+
+
+def sales_query() -> sql.Composed:
+    """Sales, current version of each order: value by month and currency, top designs,
+    counterparties and delivery cities, units and value by staff and department, lineage.
+
+    Three grouping sets over one pass: by day and batch (months, totals, lineage), by
+    design, and by counterparty, location and staff together (few combinations in a real
+    business; the charts roll them up).
+    """
+    template = (
+        """
+WITH cur AS ({current}),
+agg AS (
+  SELECT GROUPING({created_date}) = 0 AS by_day, GROUPING({design_id}) = 0 AS by_design,
+         in_window, {currency_id}, {created_date}, {_loaded_batch}, {design_id},
+         {counterparty_id}, {agreed_delivery_location_id}, {sales_staff_id},
+         count(*) AS n, sum({units_sold}) AS units, sum({units_sold} * {unit_price}) AS value,
+         max(updated) AS newest
+  FROM (SELECT cur.*, {window} AS in_window FROM cur) AS w
+  GROUP BY GROUPING SETS (({currency_id}, {created_date}, {_loaded_batch}),
+    ({currency_id}, {design_id}, in_window),
+    ({currency_id}, {counterparty_id}, {agreed_delivery_location_id}, {sales_staff_id},
+     in_window))
+),
+people AS (
+  SELECT a.{currency_id}, a.n, a.units, a.value, p.{counterparty_legal_name}, l.{city},
+         l.{country}, s.{staff_id}, s.{first_name} || ' ' || s.{last_name} AS staff,
+         s.{department_name}
+  FROM agg a
+  JOIN {dim_counterparty} p ON p.{counterparty_id} = a.{counterparty_id}
+  JOIN {dim_location} l ON l.{location_id} = a.{agreed_delivery_location_id}
+  JOIN {dim_staff} s ON s.{staff_id} = a.{sales_staff_id}
+  WHERE NOT a.by_day AND NOT a.by_design AND a.in_window
+),
+rolled AS (
+  SELECT CASE WHEN GROUPING({counterparty_legal_name}) = 0 THEN 'counterparty'
+              WHEN GROUPING({city}) = 0 THEN 'city'
+              WHEN GROUPING({staff_id}) = 0 THEN 'staff' ELSE 'department' END AS part,
+         {currency_id}, {counterparty_legal_name}, {city}, {country}, {staff_id}, staff,
+         {department_name}, sum(n) AS n, sum(units) AS units, sum(value) AS value
+  FROM people
+  GROUP BY GROUPING SETS (({currency_id}, {counterparty_legal_name}),
+    ({currency_id}, {country}, {city}), ({currency_id}, {staff_id}, staff, {department_name}),
+    ({currency_id}, {department_name}))
+),
+ranked AS (
+  SELECT r.*, row_number() OVER (PARTITION BY part, {currency_id}
+    ORDER BY value DESC, {counterparty_legal_name}, {country}, {city}) AS rank
+  FROM rolled r WHERE part IN ('counterparty', 'city')
+),
+top_staff AS (
+  SELECT {staff_id} FROM rolled WHERE part = 'staff'
+  GROUP BY {staff_id} ORDER BY sum(units) DESC, {staff_id} LIMIT {top_staff}
+)"""
+        + _MONTHS_AND_TOTALS
+        + "\nUNION ALL"
+        + _top(
+            "design",
+            "a.by_design AND a.in_window",
+            "d.{design_name} || ' #' || d.{design_id}",
+            "{design_id}",
+            " JOIN {dim_design} d USING ({design_id})",
+        )
+        + """
+UNION ALL
+SELECT r.part, c.{currency_code}, NULL,
+       CASE WHEN r.part = 'counterparty' THEN r.{counterparty_legal_name} ELSE r.{city} END,
+       CASE WHEN r.part = 'city' THEN r.{country} END, r.n, r.units, r.value, NULL
+FROM ranked r JOIN {dim_currency} c USING ({currency_id})
+WHERE r.rank <= CASE WHEN r.part = 'city' THEN {top_cities} ELSE {top} END
+UNION ALL
+SELECT 'staff', c.{currency_code}, NULL, r.staff, r.{department_name}, r.n, r.units, r.value,
+       NULL
+FROM rolled r JOIN top_staff USING ({staff_id}) JOIN {dim_currency} c USING ({currency_id})
+WHERE r.part = 'staff'
+UNION ALL
+SELECT 'staff_units', NULL, NULL, r.staff, r.{department_name}, sum(r.n), sum(r.units), NULL,
+       NULL
+FROM rolled r JOIN top_staff USING ({staff_id}) WHERE r.part = 'staff'
+GROUP BY r.{staff_id}, r.staff, r.{department_name}
+UNION ALL
+SELECT 'department', c.{currency_code}, NULL, r.{department_name}, NULL, r.n, r.units,
+       r.value, NULL
+FROM rolled r JOIN {dim_currency} c USING ({currency_id}) WHERE r.part = 'department'
+UNION ALL"""
+        + _LINEAGE
+        + "\nORDER BY 1, 2, 3, 8 DESC, 4"
+    )
+    return compose(
+        template,
+        current=current_rows(FACT["fact_sales_order"], SALES_COLUMNS),
+        window=in_window("created_date"),
+        day=IDENT["created_date"],
+        by_day=sql.SQL("a.by_day"),
+        lineage=sql.SQL("a.by_day"),
+        top=sql.Literal(TOP),
+        top_cities=sql.Literal(TOP_CITIES),
+        top_staff=sql.Literal(TOP_STAFF),
+    )
+
+
+PURCHASE_COLUMNS = (
+    "created_date",
+    "currency_id",
+    "counterparty_id",
+    "item_code",
+    "item_quantity",
+    "item_unit_price",
+)
+
+
+def purchases_query() -> sql.Composed:
+    """Purchases, current version of each order: value by month and currency, top items,
+    top counterparties, lineage. Two grouping sets over one pass: by day, counterparty
+    and batch (everything but items), and by item."""
+    template = (
+        """
+WITH cur AS ({current}),
+agg AS (
+  SELECT GROUPING({created_date}) = 0 AS by_day, in_window, {currency_id}, {created_date},
+         {counterparty_id}, {_loaded_batch}, {item_code}, count(*) AS n,
+         sum({item_quantity}) AS units, sum({item_quantity} * {item_unit_price}) AS value,
+         max(updated) AS newest
+  FROM (SELECT cur.*, {window} AS in_window FROM cur) AS w
+  GROUP BY GROUPING SETS (({currency_id}, {created_date}, {counterparty_id}, {_loaded_batch}),
+    ({currency_id}, {item_code}, in_window))
+)"""
+        + _MONTHS_AND_TOTALS
+        + "\nUNION ALL"
+        + _top("item", "NOT a.by_day AND a.in_window", "t.{item_code}", "{item_code}")
+        + "\nUNION ALL"
+        + _top(
+            "counterparty",
+            "a.by_day AND {window}",
+            "p.{counterparty_legal_name}",
+            "{counterparty_id}",
+            " JOIN {dim_counterparty} p USING ({counterparty_id})",
+        )
+        + "\nUNION ALL"
+        + _LINEAGE
+        + "\nORDER BY 1, 2, 3, 8 DESC, 4"
+    )
+    window = in_window("created_date")
+    return compose(
+        template,
+        current=current_rows(FACT["fact_purchase_order"], PURCHASE_COLUMNS),
+        window=window,
+        day=IDENT["created_date"],
+        by_day=sql.SQL("a.by_day"),
+        lineage=sql.SQL("a.by_day"),
+    )
+
+
+PAYMENT_COLUMNS = (
+    "payment_date",
+    "payment_type_id",
+    "paid",
+    "currency_id",
+    "counterparty_id",
+    "payment_amount",
+)
+
+
+def payments_query() -> sql.Composed:
+    """Payments, current version of each: how many were paid and unpaid by type and month
+    of the payment date; what is overdue on `today` (payment date passed, not paid) by
+    counterparty and currency; lineage. One grouping over one pass serves all three."""
+    template = (
+        """
+WITH cur AS ({current}),
+agg AS (
+  SELECT {payment_type_id}, {payment_date}, {paid}, {counterparty_id}, {currency_id},
+         {_loaded_batch}, count(*) AS n, NULL::numeric AS units, sum({payment_amount}) AS value,
+         max(updated) AS newest
+  FROM cur
+  GROUP BY {payment_type_id}, {payment_date}, {paid}, {counterparty_id}, {currency_id},
+           {_loaded_batch}
+)
+SELECT 'month' AS part, NULL AS currency, date_trunc('month', a.{payment_date})::date AS period,
+       t.{payment_type_name} AS label, CASE WHEN a.{paid} THEN 'paid' ELSE 'unpaid' END AS detail,
+       sum(a.n) AS n, NULL::numeric AS units, NULL::numeric AS value, NULL::timestamp AS newest
+FROM agg a JOIN {dim_payment_type} t USING ({payment_type_id})
+WHERE {window} GROUP BY 3, 4, 5
+UNION ALL"""
+        + _top(
+            "overdue",
+            "{overdue} AND {window}",
+            "p.{counterparty_legal_name}",
+            "{counterparty_id}",
+            " JOIN {dim_counterparty} p USING ({counterparty_id})",
+            TOP_OVERDUE,
+        )
+        + """
+UNION ALL
+SELECT 'overdue_total', c.{currency_code}, NULL, NULL, NULL, sum(a.n), NULL, sum(a.value), NULL
+FROM agg a JOIN {dim_currency} c USING ({currency_id})
+WHERE {overdue} AND {window} GROUP BY 2
+UNION ALL"""
+        + _LINEAGE
+        + "\nORDER BY 1, 2, 3, 4, 5"
+    )
+    return compose(
+        template,
+        current=current_rows(FACT["fact_payment"], PAYMENT_COLUMNS),
+        window=in_window("payment_date"),
+        overdue=compose("NOT a.{paid} AND a.{payment_date} < %(today)s::date"),
+        lineage=sql.SQL("TRUE"),
+    )
+
+
+def dimension_lineage_query() -> sql.Composed:
+    """Rows of each dimension by the load day of the batch that last wrote them."""
+    parts = [
+        compose(
+            "SELECT {name} AS table_name, {_loaded_batch} AS batch, count(*) AS n "
+            "FROM {table} GROUP BY 2",
+            name=sql.Literal(table.name),
+            table=sql.Identifier(table.name),
+        )
+        for table in DIMENSIONS
+    ]
+    return compose(
+        """
+WITH b AS ({parts})
+SELECT b.table_name, l.{loaded_at}::date AS loaded_on, sum(b.n) AS n
+FROM b LEFT JOIN {etl_load_ledger} l ON l.{batch_run_id} = b.batch
+GROUP BY 1, 2 ORDER BY 1, 2
+""",
+        parts=sql.SQL("\nUNION ALL\n").join(parts),
+    )
+
+
+def ledger_query() -> sql.Composed:
+    """Rows written per load run and table, from the ledger, for runs loaded in the window."""
+    return compose(
+        """
+SELECT l.{load_run_id} AS load_run_id, min(l.{loaded_at}) AS loaded_at, r.key AS table_name,
+       sum(r.value::bigint) AS n, count(DISTINCT l.{batch_run_id}) AS batches
+FROM {etl_load_ledger} l CROSS JOIN LATERAL jsonb_each_text(l.{rows}) AS r
+WHERE (%(since)s::date IS NULL OR l.{loaded_at} >= %(since)s::date)
+  AND (%(until)s::date IS NULL OR l.{loaded_at} < %(until)s::date + 1)
+GROUP BY l.{load_run_id}, r.key
+ORDER BY 2, 3
+"""
+    )
+
+
+def ledger_summary_query() -> sql.Composed:
+    """Last load, newest committed batch, and how many batches the ledger holds."""
+    return compose(
+        "SELECT max({loaded_at}) AS last_loaded_at, max({committed_at}) AS last_committed_at, "
+        "count(*) AS batches FROM {etl_load_ledger}"
+    )
