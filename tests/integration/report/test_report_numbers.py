@@ -133,6 +133,16 @@ def test_window_limits_business_rows_but_not_lineage(loaded, contents):
     periods = {r["period"] for r in results.part("sales", "month")}
     assert min(periods) == date(2023, 3, 1) and max(periods) == date(2023, 8, 1)
     assert sum(int(r["n"]) for r in results.part("sales", "lineage")) == len(sales)
+    overdue: dict[str, Decimal] = defaultdict(Decimal)
+    payments = current(contents, "fact_payment")
+    for row in payments:
+        if window.contains(row["payment_date"]) and not row["paid"] and row["payment_date"] < TODAY:
+            overdue[currency[row["currency_id"]]] += row["payment_amount"]
+    assert {r["currency"]: r["value"] for r in results.part("payments", "overdue_total")} == overdue
+    assert sum(int(r["n"]) for r in results.part("payments", "month")) == sum(
+        window.contains(r["payment_date"]) for r in payments
+    )
+    assert sum(int(r["n"]) for r in results.part("payments", "lineage")) == len(payments)
 
 
 def test_lineage_and_ledger_account_for_every_row(loaded, contents):
