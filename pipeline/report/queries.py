@@ -106,15 +106,29 @@ FROM agg a JOIN {dim_currency} c USING ({currency_id})
 WHERE {by_day} AND {window} GROUP BY 2"""
 
 
-def _top(part: str, where: str, label: str, key: str, join: str = "", limit: int = TOP) -> str:
+def _top(
+    part: str,
+    where: str,
+    label: str,
+    key: str,
+    join: str = "",
+    limit: int = TOP,
+    regroup: bool = False,
+) -> str:
     """The `limit` rows of `where` with the highest value per currency, by `key`: a bounded
-    sort per currency over the grouped rows (purchase item codes can be one per order)."""
+    sort per currency over the grouped rows (purchase item codes can be one per order).
+    `regroup` when `where` keeps several rows per key (a grouping that includes the day)."""
+    rows = (
+        f"SELECT a.{key}, sum(a.n) AS n, sum(a.units) AS units, sum(a.value) AS value "
+        f"FROM agg a WHERE {where} AND a.{{currency_id}} = c.{{currency_id}} "
+        f"GROUP BY a.{key} ORDER BY 4 DESC, 1"
+        if regroup
+        else f"SELECT a.{key}, a.n, a.units, a.value FROM agg a "
+        f"WHERE {where} AND a.{{currency_id}} = c.{{currency_id}} ORDER BY a.value DESC, 1"
+    )
     return f"""
 SELECT '{part}', c.{{currency_code}}, NULL, {label}, NULL, t.n, t.units, t.value, NULL
-FROM {{dim_currency}} c CROSS JOIN LATERAL (
-  SELECT a.{key}, sum(a.n) AS n, sum(a.units) AS units, sum(a.value) AS value
-  FROM agg a WHERE {where} AND a.{{currency_id}} = c.{{currency_id}}
-  GROUP BY a.{key} ORDER BY 4 DESC, 1 LIMIT {limit}) AS t{join}"""
+FROM {{dim_currency}} c CROSS JOIN LATERAL ({rows} LIMIT {limit}) AS t{join}"""
 
 
 SALES_COLUMNS = (
@@ -265,6 +279,7 @@ agg AS (
             "p.{counterparty_legal_name}",
             "{counterparty_id}",
             " JOIN {dim_counterparty} p USING ({counterparty_id})",
+            regroup=True,
         )
         + "\nUNION ALL"
         + _LINEAGE
