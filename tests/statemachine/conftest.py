@@ -108,6 +108,7 @@ def pipeline_aws(
     topic_arn = boto3.client("sns").create_topic(Name=harness.topic_logical_id(assembly))[
         "TopicArn"
     ]
+    warm_up_moto_routers(env)
     router = harness.LambdaRouter(harness.function_handlers(assembly))
     recorder = harness.RetryRecorder()
     with harness.patched_moto(router, recorder):
@@ -119,3 +120,23 @@ def pipeline_aws(
             roleArn=f"arn:aws:iam::{harness.ACCOUNT}:role/totesys-etl-states",
         )["stateMachineArn"]
         yield PipelineAws(moto_url, sfn, machine_arn, topic_arn, env, router, recorder)
+
+
+def warm_up_moto_routers(env: dict[str, str]) -> None:
+    """One request of each kind the handlers send, from one thread, before any execution.
+
+    moto builds a service's request router lazily, on its first request; several
+    extracts building one at once can trip a CPython 3.11 compiler race inside werkzeug
+    (`SystemError: AST constructor recursion depth mismatch`), failing a random scenario.
+    """
+    import boto3
+
+    s3 = boto3.client("s3")
+    bucket = env["PROCESSED_URL"].removeprefix("s3://")
+    s3.put_object(Bucket=bucket, Key="_warm-up", Body=b"")
+    s3.get_object(Bucket=bucket, Key="_warm-up")
+    s3.head_object(Bucket=bucket, Key="_warm-up")
+    s3.list_objects_v2(Bucket=bucket)
+    s3.delete_object(Bucket=bucket, Key="_warm-up")
+    boto3.client("secretsmanager").list_secrets()
+    boto3.client("sns").list_topics()

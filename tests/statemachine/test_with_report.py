@@ -31,18 +31,7 @@ def databases(pipeline_aws, make_database: Callable[[str], str]) -> dict[str, st
     source, warehouse = make_database("source"), make_database("warehouse")
     seed(source, scale=0.02, seed=5)
     pipeline_aws.put_database_secrets(source, warehouse)
-    warm_up_moto_routers(pipeline_aws)
     return {"source": source, "warehouse": warehouse}
-
-
-def warm_up_moto_routers(aws) -> None:
-    """One request per service the handlers call, from one thread: moto builds each
-    service's request router lazily, and four extracts building it at once can trip a
-    CPython 3.11 compiler race inside werkzeug (`AST constructor recursion depth`)."""
-    for env_key in ("INGEST_URL", "PROCESSED_URL"):
-        boto3.client("s3").list_objects_v2(Bucket=aws.lake_url(env_key).removeprefix("s3://"))
-    boto3.client("secretsmanager").get_secret_value(SecretId=aws.env["WAREHOUSE_SECRET_ARN"])
-    boto3.client("sns").list_topics()
 
 
 def test_a_successful_load_publishes_latest_and_daily_reports(pipeline_aws, databases):
