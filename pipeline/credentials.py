@@ -21,6 +21,9 @@ from pipeline.settings import Settings
 _URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)")
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _AUTH_SQLSTATES = {"28000", "28P01"}
+# libpq refuses before the server says anything when the server wants a password and the
+# DSN has none: no SQLSTATE, and retrying cannot help.
+_MISSING_PASSWORD_MESSAGE = "no password supplied"  # noqa: S105 (libpq's words, not a secret)
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,11 @@ def connect(dsn: str, *, what: str = "database", **kwargs: object) -> psycopg.Co
     except psycopg.OperationalError as exc:
         message = redact(str(exc).strip(), _password_of(dsn))
         where = describe(dsn)
-        if getattr(exc, "sqlstate", None) in _AUTH_SQLSTATES or "authentication" in message:
+        if (
+            getattr(exc, "sqlstate", None) in _AUTH_SQLSTATES
+            or "authentication" in message
+            or _MISSING_PASSWORD_MESSAGE in message
+        ):
             raise AuthenticationError(
                 f"{what} {where}: authentication failed ({message.splitlines()[-1]}); "
                 "check the user name and password in the DSN or secret"
