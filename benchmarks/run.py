@@ -248,7 +248,7 @@ def print_table(r: dict[str, Any]) -> None:
     n = r["source_rows"]
     print(
         f"\n== totesys-etl end-to-end benchmark: {r['sales_orders']:,} sales orders, "
-        f"{n:,} source rows"
+        f"{n:,} source rows, on {r.get('server', 'the given server')}"
     )
     print(f"{'measurement':<44}{'seconds':>10}{'rows/s':>14}{'peak RSS MB':>13}")
 
@@ -323,15 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-dlt", action="store_true")
     p.add_argument("--json", default="benchmarks/results/e2e.json")
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="totesys-bench-") as tmp:
-        if args.admin_dsn:
-            result = measure(args, args.admin_dsn, Path(tmp))
-        else:
-            cluster = pgserver.LocalCluster(fast=False).start()
-            try:
-                result = measure(args, cluster.dsn, Path(tmp))
-            finally:
-                cluster.stop()
+    with (
+        tempfile.TemporaryDirectory(prefix="totesys-bench-") as tmp,
+        pgserver.throwaway_postgres(dsn=args.admin_dsn, fast=False) as server,
+    ):
+        print(f"benchmark server: {server.description}", file=sys.stderr)
+        result = measure(args, server.dsn, Path(tmp))
+        result["server"] = server.description
     print_table(result)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1, default=str))

