@@ -34,8 +34,11 @@ def test_ci_lints_tests_with_postgres_required_and_synthesizes():
     assert "postgres" in job["services"]
     runs = "\n".join(step.get("run", "") for step in job["steps"])
     assert "make lint" in runs and "pytest" in runs and "npx cdk synth" in runs
-    [tests] = [s for s in job["steps"] if "pytest" in s.get("run", "")]
-    assert tests["env"]["REQUIRE_POSTGRES"] == "1"
+    suite, again = [s for s in job["steps"] if "pytest" in s.get("run", "")]
+    assert suite["env"]["REQUIRE_POSTGRES"] == "1" and "TEST_PG_DSN" in suite["env"]
+    # The tests that reach PostgreSQL run once more on the newest server version.
+    assert again["env"] == {"TOTESYS_PG": "embedded", "REQUIRE_POSTGRES": "1"}
+    assert "-m postgres" in again["run"]
 
 
 def test_deploy_assumes_a_role_by_oidc_with_no_stored_keys():
