@@ -115,13 +115,7 @@ class LocalCluster:
         return str(self.binaries.bin_dir / name)
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        as_user: dict[str, object] = {}
-        if self.account is not None:
-            as_user = {
-                "user": self.account.pw_uid,
-                "group": self.account.pw_gid,
-                "extra_groups": [],
-            }
+        account = self.account
         try:
             return subprocess.run(
                 list(args),
@@ -129,7 +123,9 @@ class LocalCluster:
                 text=True,
                 check=False,
                 cwd=self.directory,  # the service account may not be able to enter our cwd
-                **as_user,  # type: ignore[call-overload]
+                user=account.pw_uid if account else None,
+                group=account.pw_gid if account else None,
+                extra_groups=[] if account else None,
             )
         except OSError as exc:
             raise PostgresUnavailableError(f"{Path(args[0]).name} could not run: {exc}") from exc
