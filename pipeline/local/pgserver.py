@@ -28,7 +28,7 @@ import logging
 import os
 import shutil
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -39,6 +39,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pipeline.errors import ConfigurationError
 from pipeline.local.pgcluster import Binaries, LocalCluster, PostgresUnavailableError
+from pipeline.settings import THROWAWAY_PG_PATHS, Settings
 
 __all__ = [
     "PATHS",
@@ -54,8 +55,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SETTING = "TOTESYS_PG"
-PATHS = ("docker", "local", "embedded")
+SETTING = Settings.__dataclass_fields__["throwaway_pg"].metadata["env"][0]  # TOTESYS_PG
+PATHS = THROWAWAY_PG_PATHS
 DOCKER_PROBE_TIMEOUT_S = 0.3
 DOCKER_IMAGE = "postgres:15-alpine"
 SYSTEM_INSTALLS = Path("/usr/lib/postgresql")  # Debian/Ubuntu: one <major>/bin per version
@@ -84,27 +85,24 @@ class Server:
         return f"PostgreSQL {self.version} from {self.origin}"
 
 
-def requested_path(environ: Mapping[str, str] = os.environ) -> str | None:
-    """The path `TOTESYS_PG` forces, or None for `auto` (unset)."""
-    value = environ.get(SETTING, "auto").strip().lower() or "auto"
-    if value == "auto":
+def requested_path(settings: Settings | None = None) -> str | None:
+    """The path `TOTESYS_PG` forces, or None for `auto`."""
+    path = (settings if settings is not None else Settings.from_env()).throwaway_pg
+    if path == "auto":
         return None
-    if value not in PATHS:
-        raise ConfigurationError(
-            f"{SETTING}={environ[SETTING]!r} is not a PostgreSQL path; "
-            f"use one of auto, {', '.join(PATHS)}"
-        )
-    return value
+    if path not in PATHS:  # a Settings built in code skips the variable's parser
+        raise ConfigurationError(f"{SETTING}={path!r}: use one of auto, {', '.join(PATHS)}")
+    return path
 
 
 def start_postgres(
-    *, dsn: str | None = None, fast: bool = True, environ: Mapping[str, str] = os.environ
+    *, dsn: str | None = None, fast: bool = True, settings: Settings | None = None
 ) -> Server:
     """Start (or, with `dsn`, reach) a PostgreSQL server; the caller calls `.stop()`.
 
     `fast` turns off fsync for the private clusters: right for throwaway data only.
     """
-    forced = requested_path(environ)
+    forced = requested_path(settings)
     if dsn:
         if forced:
             raise ConfigurationError(
@@ -136,10 +134,10 @@ def start_postgres(
 
 @contextlib.contextmanager
 def throwaway_postgres(
-    *, dsn: str | None = None, fast: bool = True, environ: Mapping[str, str] = os.environ
+    *, dsn: str | None = None, fast: bool = True, settings: Settings | None = None
 ) -> Iterator[Server]:
     """`start_postgres()` as a context manager: the server is removed afterwards."""
-    server = start_postgres(dsn=dsn, fast=fast, environ=environ)
+    server = start_postgres(dsn=dsn, fast=fast, settings=settings)
     try:
         yield server
     finally:

@@ -14,6 +14,7 @@ from pipeline.errors import AuthenticationError, SourceUnavailableError
 from pipeline.local import pgserver
 from pipeline.local.pgserver import docker_engine_available, with_dbname
 from pipeline.local.simulator.schema import create_source_schema
+from pipeline.settings import Settings
 
 
 def test_fresh_database_per_test_is_empty(pg_dsn: str) -> None:
@@ -99,7 +100,7 @@ def test_with_nothing_else_on_the_machine_the_embedded_wheel_serves(
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(pgserver, "SYSTEM_INSTALLS", tmp_path)
     caplog.set_level(logging.INFO, logger=pgserver.__name__)
-    with pgserver.throwaway_postgres(environ={}) as server:
+    with pgserver.throwaway_postgres(settings=Settings()) as server:
         assert server.path == "embedded"
         with psycopg.connect(server.dsn) as conn:
             conn.execute("CREATE TABLE t AS SELECT 1 AS x")

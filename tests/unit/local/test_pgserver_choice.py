@@ -13,6 +13,7 @@ import pytest
 from pipeline.errors import ConfigurationError
 from pipeline.local import pgserver
 from pipeline.local.pgcluster import Binaries
+from pipeline.settings import Settings
 
 
 @pytest.fixture
@@ -42,19 +43,23 @@ def _executables(bin_dir: Path, *names: str) -> None:
 )
 def test_the_setting_forces_one_path_or_none(value: str | None, path: str | None) -> None:
     environ = {} if value is None else {pgserver.SETTING: value}
-    assert pgserver.requested_path(environ) == path
+    assert pgserver.requested_path(Settings.from_env(environ)) == path
 
 
 def test_an_unknown_path_names_the_valid_ones() -> None:
     with pytest.raises(ConfigurationError) as info:
-        pgserver.requested_path({pgserver.SETTING: "podman"})
+        Settings.from_env({"TOTESYS_PG": "podman"})
     assert "TOTESYS_PG='podman'" in str(info.value)
     assert "auto, docker, local, embedded" in str(info.value)
+    with pytest.raises(ConfigurationError, match="use one of auto, docker, local, embedded"):
+        pgserver.requested_path(Settings(throwaway_pg="podman"))
 
 
 def test_a_dsn_and_a_forced_path_together_are_refused_before_anything_starts() -> None:
     with pytest.raises(ConfigurationError, match="unset one of them"):
-        pgserver.start_postgres(dsn="host=127.0.0.1 port=1", environ={pgserver.SETTING: "embedded"})
+        pgserver.start_postgres(
+            dsn="host=127.0.0.1 port=1", settings=Settings(throwaway_pg="embedded")
+        )
 
 
 def test_on_a_bare_machine_one_message_lists_every_path_and_why(bare_machine: Path) -> None:
@@ -74,7 +79,7 @@ def test_on_a_bare_machine_one_message_lists_every_path_and_why(bare_machine: Pa
 
 def test_a_forced_path_is_the_only_one_tried(bare_machine: Path) -> None:
     with pytest.raises(pgserver.PostgresUnavailableError) as info:
-        pgserver.start_postgres(environ={pgserver.SETTING: "docker"})
+        pgserver.start_postgres(settings=Settings(throwaway_pg="docker"))
     message = str(info.value)
     assert "tried TOTESYS_PG=docker:" in message
     assert "docker: no Docker engine" in message
