@@ -57,6 +57,7 @@ def transform(run_id: str, settings: Settings) -> TransformResult:
     """Consume the committed, not yet consumed ingestion batches, in commit order, up to
     `settings.transform_max_rows` rows (`more` says whether some were left)."""
     started = time.monotonic()
+    layout.check_run_id(run_id)  # a key part: checked before any lake is opened
     ingest, processed = settings.ingest_lake(), settings.processed_lake()
     result = _replay(processed, run_id) or _nothing_to_do(ingest, processed, run_id)
     if result is None:
