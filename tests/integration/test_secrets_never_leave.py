@@ -33,6 +33,7 @@ from psycopg.conninfo import make_conninfo
 from pipeline.logs import JsonFormatter
 from pipeline.redaction import forget_secrets
 from tests.hostile_pg import closed_port, hostile_server
+from tests.statemachine.harness import FakeContext
 
 EXAMPLES = int(os.environ.get("REDACTION_EXAMPLES", "500"))
 AWKWARD = [
@@ -170,15 +171,8 @@ def test_cli_run_never_shows_the_password(observe, ports, password, form, server
     assert_nothing_of(password, texts)
 
 
-class Context:
-    function_name = "test"
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:test"
-    memory_limit_in_mb = 1024
-    function_version = "$LATEST"
-    aws_request_id = "req-1"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 900_000
+def lambda_context() -> FakeContext:
+    return FakeContext("test", "arn:aws:lambda:us-east-1:123456789012:function:test")
 
 
 @settings(**CASES)
@@ -193,7 +187,7 @@ def test_extract_handler_never_shows_the_password(observe, ports, password, form
         env = {"TOTESYS_DSN": dsn, "INGEST_URL": str(tmp / "in")}
         with mock.patch.dict(os.environ, env):
             try:
-                return extract_handler({"table": "currency", "run_id": "r1"}, Context())
+                return extract_handler({"table": "currency", "run_id": "r1"}, lambda_context())
             except (PermanentError, TransientError) as exc:
                 raise exc  # typed: the state machine can route it
             except Exception as exc:
@@ -212,7 +206,7 @@ def test_load_handler_never_shows_the_password(observe, ports, password, form, s
     def run(tmp: Path) -> Any:
         env = {"WAREHOUSE_DSN": dsn, "PROCESSED_URL": str(tmp / "out")}
         with mock.patch.dict(os.environ, env):
-            return load_handler({"run_id": "r1"}, Context())
+            return load_handler({"run_id": "r1"}, lambda_context())
 
     assert_nothing_of(password, observe(run))
 

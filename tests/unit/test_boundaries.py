@@ -15,6 +15,7 @@ from pipeline.errors import InvalidInputError, PermanentError, UnknownTableError
 from pipeline.layout import RUN_ID_MAX, check_run_id
 from pipeline.settings import Settings
 from tests.hostile_pg import closed_port
+from tests.statemachine.harness import FakeContext
 
 BAD_RUN_IDS = ["../x", "../../escaped", "a/b", "x" * 300, "", ".hidden", "a..b", "a b", "é"]
 
@@ -110,15 +111,8 @@ def test_runner_rejects_empty_or_unknown_tables(untouched: Settings, tmp_path: P
     assert_untouched(tmp_path)
 
 
-class Context:
-    function_name = "test"
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:test"
-    memory_limit_in_mb = 1024
-    function_version = "$LATEST"
-    aws_request_id = "req-1"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 900_000
+def lambda_context() -> FakeContext:
+    return FakeContext("test", "arn:aws:lambda:us-east-1:123456789012:function:test")
 
 
 @pytest.mark.parametrize(
@@ -146,6 +140,6 @@ def test_handlers_reject_bad_events_with_a_permanent_error(
     monkeypatch.setenv("TOTESYS_DSN", str(untouched.source_dsn))
     monkeypatch.setenv("WAREHOUSE_DSN", str(untouched.warehouse_dsn))
     with pytest.raises(error) as info:
-        getattr(pipeline.handlers, handler)(event, Context())
+        getattr(pipeline.handlers, handler)(event, lambda_context())
     assert isinstance(info.value, PermanentError)
     assert_untouched(tmp_path)
