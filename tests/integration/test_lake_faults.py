@@ -242,3 +242,28 @@ def test_a_corrupt_s3_object_is_a_corrupt_batch(s3_settings, s3_bucket) -> None:
     lake.write_bytes("t.parquet", b"PAR1 definitely not parquet")
     with pytest.raises(CorruptBatchError, match="truncated or corrupt"):
         lake.read_parquet(["t.parquet"])
+
+
+def test_s3_throttling_in_the_middle_of_a_transform_scan_is_transient(
+    s3_settings, s3_bucket, monkeypatch
+) -> None:
+    """Polars passes pyarrow's OSError on from a scan: it must come out typed, transient."""
+    import pipeline.transform.inputs
+    from pipeline.transform import transform
+    from tests.faulty_s3 import running
+
+    with running(str(s3_settings.s3_endpoint)) as proxy:
+        settings = s3_settings.replace(
+            s3_endpoint=proxy.url,
+            ingest_url=f"s3://{s3_bucket}/in",
+            processed_url=f"s3://{s3_bucket}/out",
+        )
+        write_batch(settings.ingest_lake(), "staff", "e1", [row("staff")])
+        # Past the footer checks, so the fault meets the scan itself.
+        monkeypatch.setattr(pipeline.transform.inputs, "_check_schema", lambda *a: None)
+        proxy.arm(100, 503, "SlowDown", methods=("GET",), path="/in/staff/")
+        with pytest.raises(LakeUnavailableError, match="SLOW_DOWN"):
+            transform("t1", settings)
+        assert proxy.faults.injected
+        proxy.disarm()
+        assert transform("t2", settings).status == "ok"
