@@ -260,7 +260,7 @@ def test_s3_throttling_in_the_middle_of_a_transform_scan_is_transient(
         )
         write_batch(settings.ingest_lake(), "staff", "e1", [row("staff")])
         # Past the footer checks, so the fault meets the scan itself.
-        monkeypatch.setattr(pipeline.transform.inputs, "_check_schema", lambda *a: None)
+        monkeypatch.setattr(pipeline.transform.inputs, "_check_schema", lambda *a: set())
         proxy.arm(100, 503, "SlowDown", methods=("GET",), path="/in/staff/")
         with pytest.raises(LakeUnavailableError, match="did not answer"):
             transform("t1", settings)
