@@ -1,38 +1,96 @@
 """Database credentials: a DSN locally, a Secrets Manager secret in AWS.
 
-Secrets are fetched once per process (one Lambda container) and cached. Nothing here
-ever puts a password into a log line or an exception message: `redact` scrubs any text
-that might carry one before it leaves this module.
+Secrets are fetched through Powertools' `SecretsProvider`, whose cache keeps a value for
+`Settings.secret_max_age` (so a warm Lambda does not call Secrets Manager per table). When
+a password from the cache fails to authenticate, the secret is fetched again at once and,
+if it changed (a rotation), the connection is tried once more: a rotation heals on the
+next run, without waiting for a cold start or the cache to expire.
+
+Nothing here ever puts a password into a message. A DSN is checked before libpq sees it
+(`check_dsn`): one libpq would split at the wrong `@` or `/` (an unencoded password) is
+rejected, so libpq never prints part of a password as a host or a port. Every password is
+registered with `pipeline.redaction`, whose `redact` every output path applies, and
+messages describe a database as `user@host:port/dbname` plus the setting it came from.
 """
 
 from __future__ import annotations
 
-import functools
-import json
+import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pipeline.errors import AuthenticationError, ConfigurationError, SourceUnavailableError
+from pipeline.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    PipelineError,
+    SecretUnavailableError,
+    SourceUnavailableError,
+    TransientError,
+    WarehouseUnavailableError,
+)
+from pipeline.redaction import redact, register_dsn, register_secret
 from pipeline.settings import Settings
 
-_URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)")
-_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-_AUTH_SQLSTATES = {"28000", "28P01"}
-# libpq refuses before the server says anything when the server wants a password and the
-# DSN has none: no SQLSTATE, and retrying cannot help.
-_MISSING_PASSWORD_MESSAGE = "no password supplied"  # noqa: S105 (libpq's words, not a secret)
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+__all__ = [
+    "SOURCE",
+    "WAREHOUSE",
+    "Database",
+    "DatabaseRole",
+    "as_database",
+    "check_dsn",
+    "check_dsns",
+    "clear_secret_cache",
+    "connect",
+    "connection_error",
+    "describe",
+    "redact",
+    "resolve",
+    "resolve_dsn",
+]
+
+log = logging.getLogger(__name__)
+
+_URL = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*://")
+_NEEDS_ENCODING = re.compile(r"[@/\s]|%(?![0-9A-Fa-f]{2})")
+_SSLMODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+_AUTH_MARKERS = (
+    "authentication failed",
+    "no password supplied",
+    "pg_hba.conf",
+    "password authentication",
+)
+_BAD_SETTING_MARKERS = ("invalid ", "unsupported", "ssl was required", "does not support ssl")
+_RETRYABLE_SECRET_CODES = {
+    "ThrottlingException",
+    "InternalServiceError",
+    "InternalServiceErrorException",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "RequestTimeoutException",
+}
+_ENCODING_HINT = (
+    "percent-encode the user name and password of a postgresql:// URL (% as %25, @ as %40, "
+    "/ as %2F, a space as %20), or use the key=value form with the password in single "
+    "quotes (password='...', with \\' and \\\\ for a quote and a backslash)"
+)
 
 
 @dataclass(frozen=True)
 class DatabaseRole:
-    """Which `Settings` fields hold one database's credentials (`source` = totesys)."""
+    """Which `Settings` fields hold one database's credentials, and its transient error."""
 
-    name: str
+    name: str  # "source" (totesys) or "warehouse"
     dsn_field: str
     secret_field: str
+    unavailable: type[TransientError]
 
     def setting_names(self) -> tuple[str, str]:
         """The environment variables behind the two fields (for messages)."""
@@ -43,60 +101,91 @@ class DatabaseRole:
         )
 
 
-SOURCE = DatabaseRole("source", "source_dsn", "source_secret_arn")
-WAREHOUSE = DatabaseRole("warehouse", "warehouse_dsn", "warehouse_secret_arn")
+SOURCE = DatabaseRole("source", "source_dsn", "source_secret_arn", SourceUnavailableError)
+WAREHOUSE = DatabaseRole(
+    "warehouse", "warehouse_dsn", "warehouse_secret_arn", WarehouseUnavailableError
+)
 
 
-def redact(text: str, *secrets: str | None) -> str:
-    """Remove passwords from `text`: URL and key=value forms, plus any literal secret given."""
-    text = _URL_PASSWORD.sub(r"\1***\3", text)
-    text = _KV_PASSWORD.sub(r"\1***", text)
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
+@dataclass(frozen=True)
+class Database:
+    """One database's checked credentials and where they came from (for messages)."""
 
+    role: DatabaseRole
+    dsn: str = field(repr=False)
+    origin: str  # the CLI flag, the environment variable or "secret <arn>"
+    secret_arn: str | None = None
+    max_age_s: int = 0
+    cached: bool = False  # the secret came from the cache, not from Secrets Manager now
 
-def _password_of(dsn: str) -> str | None:
-    try:
-        return conninfo_to_dict(dsn).get("password")  # type: ignore[return-value]
-    except psycopg.ProgrammingError:
-        return None
+    @property
+    def where(self) -> str:
+        return f"{self.role.name} database {describe(self.dsn)} (from {self.origin})"
 
-
-@functools.cache
-def _secret_dsn(secret_arn: str) -> str:
-    """Fetch a Secrets Manager secret (RDS JSON shape) once per process and build a DSN."""
-    import boto3
-
-    value = boto3.client("secretsmanager").get_secret_value(SecretId=secret_arn)["SecretString"]
-    try:
-        data = json.loads(value)
-        return make_conninfo(
-            host=data["host"],
-            port=str(data.get("port", 5432)),
-            user=data["username"],
-            password=data["password"],
-            dbname=data.get("dbname") or data.get("database") or "postgres",
+    def refetched(self) -> Database | None:
+        """After an authentication failure: the secret fetched anew, if the value used came
+        from the cache and has changed since (a rotation); else None (fail as is)."""
+        if self.secret_arn is None or not self.cached:
+            return None
+        dsn, _ = _secret_dsn(self.secret_arn, self.max_age_s, force=True)
+        if dsn == self.dsn:
+            return None
+        log.warning(
+            "cached secret failed to authenticate and has changed: retrying with the new value",
+            extra={"database": self.role.name, "secret_arn": self.secret_arn},
         )
-    except (ValueError, KeyError) as exc:
+        return Database(self.role, dsn, self.origin, self.secret_arn, self.max_age_s, False)
+
+
+# -- DSNs ----------------------------------------------------------------------------------
+def check_dsn(dsn: str, what: str) -> None:
+    """Reject a DSN that libpq would misread or that is malformed, before anything uses it.
+
+    `what` names it in the message ("the source DSN (from --source-dsn)"). The message
+    never quotes the DSN or libpq's complaint about it (both may hold the password).
+    """
+    register_dsn(dsn)
+    url = _URL.match(dsn) is not None
+    user = password = None
+    if url:
+        rest = dsn.split("://", 1)[1]
+        if "@" in rest:
+            userinfo = rest.rsplit("@", 1)[0]
+            if _NEEDS_ENCODING.search(userinfo):
+                raise ConfigurationError(
+                    f"{what} is not a valid connection URL: its user name or password holds "
+                    f"a character that must be percent-encoded; {_ENCODING_HINT}"
+                )
+            name, colon, secret = userinfo.partition(":")
+            user, password = unquote(name), (unquote(secret) if colon else None)
+    try:
+        parsed = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        form = "URL" if url else "key=value string"
         raise ConfigurationError(
-            f"secret {secret_arn} must be JSON with host, port, username, password and dbname "
-            f"(missing or malformed: {type(exc).__name__} {exc.args[0] if exc.args else ''})"
+            f"{what} is not a valid PostgreSQL connection {form}; {_ENCODING_HINT}"
         ) from None
-
-
-def resolve_dsn(role: DatabaseRole, settings: Settings) -> str:
-    """The DSN for `role`: its DSN setting, else the DSN built from its secret."""
-    if dsn := getattr(settings, role.dsn_field):
-        return str(dsn)
-    if arn := getattr(settings, role.secret_field):
-        return _secret_dsn(str(arn))
-    dsn_env, secret_env = role.setting_names()
-    raise ConfigurationError(
-        f"no {role.name} database configured: pass a DSN, or set {dsn_env} "
-        f"(local) or {secret_env} (a Secrets Manager secret ARN)"
-    )
+    if (
+        url
+        and user is not None
+        and (parsed.get("user"), parsed.get("password"))
+        != (
+            user or None,
+            password,
+        )
+    ):
+        raise ConfigurationError(
+            f"{what} is ambiguous: libpq would read its user name or password differently; "
+            f"{_ENCODING_HINT}"
+        )
+    for port in str(parsed.get("port") or "").split(","):
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigurationError(f"{what}: port {port!r} is not a port number (1-65535)")
+    sslmode = parsed.get("sslmode")
+    if sslmode and sslmode not in _SSLMODES:
+        raise ConfigurationError(
+            f"{what}: sslmode {sslmode!r} is not one of {', '.join(sorted(_SSLMODES))}"
+        )
 
 
 def describe(dsn: str) -> str:
@@ -106,34 +195,170 @@ def describe(dsn: str) -> str:
     except psycopg.ProgrammingError:
         return "<unparsable DSN>"
     host = d.get("host") or "localhost"
-    return f"{d.get('user') or ''}@{host}:{d.get('port') or 5432}/{d.get('dbname') or ''}"
+    return redact(f"{d.get('user') or ''}@{host}:{d.get('port') or 5432}/{d.get('dbname') or ''}")
 
 
-def connect(dsn: str, *, what: str = "database", **kwargs: object) -> psycopg.Connection:
-    """Open a psycopg connection, turning failures into typed, password-free errors.
+# -- resolving -----------------------------------------------------------------------------
+def resolve(role: DatabaseRole, settings: Settings) -> Database:
+    """`role`'s credentials: its DSN setting (checked), else the DSN built from its secret."""
+    if dsn := getattr(settings, role.dsn_field):
+        origin = settings.origin(role.dsn_field)
+        check_dsn(str(dsn), f"the {role.name} DSN (from {origin})")
+        return Database(role, str(dsn), origin)
+    if arn := getattr(settings, role.secret_field):
+        max_age = int(settings.secret_max_age.total_seconds())
+        dsn, cached = _secret_dsn(str(arn), max_age)
+        return Database(role, dsn, f"secret {arn}", str(arn), max_age, cached)
+    dsn_env, secret_env = role.setting_names()
+    raise ConfigurationError(
+        f"no {role.name} database configured: pass a DSN, or set {dsn_env} "
+        f"(local) or {secret_env} (a Secrets Manager secret ARN)"
+    )
 
-    Authentication failures are permanent (retrying only locks the account); every other
-    connection failure is transient and safe to retry with backoff.
+
+def check_dsns(settings: Settings) -> None:
+    """Check every DSN setting now (an entry point's fail-fast, before anything is written)."""
+    for role in (SOURCE, WAREHOUSE):
+        if dsn := getattr(settings, role.dsn_field):
+            check_dsn(str(dsn), f"the {role.name} DSN (from {settings.origin(role.dsn_field)})")
+
+
+def resolve_dsn(role: DatabaseRole, settings: Settings) -> str:
+    """The DSN for `role` (see `resolve`)."""
+    return resolve(role, settings).dsn
+
+
+_provider: SecretsProvider | None = None
+
+
+def _secrets() -> SecretsProvider:
+    global _provider
+    if _provider is None:
+        from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+        _provider = SecretsProvider()
+    return _provider
+
+
+def clear_secret_cache() -> None:
+    """Forget every cached secret (tests; a process that knows its secrets changed)."""
+    global _provider
+    _provider = None
+
+
+def _secret_dsn(arn: str, max_age_s: int, *, force: bool = False) -> tuple[str, bool]:
+    """The DSN built from secret `arn` and whether it came from the cache."""
+    from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+
+    provider = _secrets()
+    # The key Powertools' own `get` looks up (`_build_cache_key` is how it builds it).
+    cached = not force and provider.has_not_expired_in_cache(provider._build_cache_key(arn))
+    try:
+        value = provider.get(arn, max_age=max_age_s, force_fetch=force)
+    except GetParameterError as exc:
+        raise _secret_error(arn, exc.__cause__ or exc) from None
+    return _dsn_from_secret(arn, str(value)), cached
+
+
+def _secret_error(arn: str, exc: BaseException) -> PipelineError:
+    """Secrets Manager's answer as a typed error: retry its outages, not a wrong ARN."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in _RETRYABLE_SECRET_CODES or status >= 500 or status == 429:
+            return SecretUnavailableError(f"secret {arn}: Secrets Manager answered {code}")
+        return ConfigurationError(
+            f"secret {arn}: {code or 'error'} ({redact(str(exc))}); check the ARN and that "
+            "this function may read the secret"
+        )
+    if isinstance(exc, BotoCoreError):
+        return SecretUnavailableError(f"secret {arn}: Secrets Manager unreachable: {exc}")
+    return ConfigurationError(f"secret {arn}: {type(exc).__name__}: {redact(str(exc))}")
+
+
+def _dsn_from_secret(arn: str, value: str) -> str:
+    """The RDS JSON shape (host, port, username, password, dbname) as a DSN."""
+    import json
+
+    try:
+        data = json.loads(value)
+        register_secret(str(data.get("password") or ""))
+        dsn = make_conninfo(
+            host=data["host"],
+            port=str(data.get("port", 5432)),
+            user=data["username"],
+            password=data["password"],
+            dbname=data.get("dbname") or data.get("database") or "postgres",
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        missing = f" {exc.args[0]!r}" if isinstance(exc, KeyError) else ""
+        raise ConfigurationError(
+            f"secret {arn} must be JSON with host, port, username, password and dbname "
+            f"(missing or malformed:{missing or ' ' + type(exc).__name__})"
+        ) from None
+    register_dsn(dsn)
+    return dsn
+
+
+# -- connecting ----------------------------------------------------------------------------
+def connection_error(db: Database, text: str, *, context: str = "") -> PipelineError:
+    """A libpq connection failure as a typed error naming the database and its setting.
+
+    Bad credentials, a missing database and an invalid setting are permanent (retrying
+    cannot help, and retried logins lock accounts); anything else is the role's transient
+    error (`SourceUnavailableError`, `WarehouseUnavailableError`).
     """
+    low = text.lower()  # classified on the raw text, printed redacted
+    text = redact(text.strip()).replace("\n\t", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = lines[0] if lines else "no details"
+    where = f"{context}: {db.where}" if context else db.where
+    if any(m in low for m in _AUTH_MARKERS) or ("role " in low and "does not exist" in low):
+        return AuthenticationError(
+            f"{where}: authentication failed ({detail}); check the user name and password "
+            f"in {db.origin}"
+        )
+    if "database " in low and "does not exist" in low:
+        return ConfigurationError(
+            f"{where}: the database does not exist ({detail}); check the database name in "
+            f"{db.origin}"
+        )
+    if any(m in low for m in _BAD_SETTING_MARKERS):
+        return ConfigurationError(f"{where}: {detail}; fix the setting in {db.origin}")
+    return db.role.unavailable(f"{where} is unreachable: {detail}")
+
+
+def as_database(target: Database | str, what: str = "source") -> Database:
+    """`target` itself, or a DSN given directly (checked) as the `what` database."""
+    if isinstance(target, Database):
+        return target
+    role = WAREHOUSE if what == "warehouse" else SOURCE
+    check_dsn(target, f"the {what} DSN")
+    return Database(role, target, "the DSN given")
+
+
+def connect(target: Database | str, *, what: str = "database", **kwargs: Any) -> psycopg.Connection:
+    """Open a psycopg connection, turning failures into typed, password-free errors
+    (`connection_error`); a cached secret that fails to authenticate is refetched once."""
+    db = as_database(target, what)
     kwargs.setdefault("connect_timeout", 10)
     try:
-        return psycopg.connect(dsn, **kwargs)  # type: ignore[arg-type]
+        return _connect_once(db, kwargs)
+    except AuthenticationError:
+        fresh = db.refetched()
+        if fresh is None:
+            raise
+        return _connect_once(fresh, kwargs)
+
+
+def _connect_once(db: Database, kwargs: dict[str, Any]) -> psycopg.Connection:
+    try:
+        return psycopg.connect(db.dsn, **kwargs)
     except psycopg.OperationalError as exc:
-        message = redact(str(exc).strip(), _password_of(dsn))
-        where = describe(dsn)
-        if (
-            getattr(exc, "sqlstate", None) in _AUTH_SQLSTATES
-            or "authentication" in message
-            or _MISSING_PASSWORD_MESSAGE in message
-        ):
-            raise AuthenticationError(
-                f"{what} {where}: authentication failed ({message.splitlines()[-1]}); "
-                "check the user name and password in the DSN or secret"
-            ) from None
-        raise SourceUnavailableError(
-            f"{what} {where} is unreachable: {message.splitlines()[-1] if message else exc}"
-        ) from None
-    except psycopg.ProgrammingError as exc:
+        raise connection_error(db, str(exc)) from None
+    except psycopg.ProgrammingError:
         raise ConfigurationError(
-            f"{what}: malformed DSN ({redact(str(exc), _password_of(dsn))})"
+            f"{db.where}: not a valid connection string; {_ENCODING_HINT}"
         ) from None

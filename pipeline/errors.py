@@ -26,7 +26,19 @@ class UnknownTableError(PermanentError):
 
 
 class SourceUnavailableError(TransientError):
-    """The database could not be reached (down, restarting, network)."""
+    """The totesys (source) database could not be reached (down, restarting, network)."""
+
+
+class WarehouseUnavailableError(TransientError):
+    """The warehouse database could not be reached, or its connection broke mid-load."""
+
+
+class SecretUnavailableError(TransientError):
+    """Secrets Manager did not answer (throttling, a 5xx, the network)."""
+
+
+class LakeUnavailableError(TransientError):
+    """The lake's storage did not answer (S3 throttling or a 5xx, a timeout, a reset)."""
 
 
 class AuthenticationError(PermanentError):
@@ -34,7 +46,18 @@ class AuthenticationError(PermanentError):
 
 
 class ConfigurationError(PermanentError):
-    """A setting is missing or malformed (DSN, secret, lake URL)."""
+    """A setting is missing or malformed (DSN, secret, lake URL, database name, port)."""
+
+
+class InvalidInputError(ConfigurationError):
+    """An entry point's argument (run id, table list, event field) is malformed.
+
+    Raised before anything is read or written, so nothing needs cleaning up."""
+
+
+class LakeStorageError(PermanentError):
+    """The lake storage refused an operation: permission denied, a read-only file system, a missing
+    bucket, a path under a file, a name too long, a full disk. The message names the key."""
 
 
 class SchemaDriftError(PermanentError):
@@ -65,7 +88,7 @@ class DataQualityError(PermanentError):
 
 
 class CorruptBatchError(PermanentError):
-    """A lake file listed in a manifest is missing or unreadable."""
+    """A lake file listed in a manifest is missing, truncated or otherwise unreadable."""
 
 
 class LoadConflictError(TransientError):

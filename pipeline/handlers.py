@@ -6,10 +6,12 @@ Powertools metrics and returns a small JSON pointer (docs/CONTRACTS.md). Long li
 (file keys, consumed manifests) are replaced by their counts so a state's payload stays
 far below Step Functions' 256 KiB whatever the backlog (docs/RELIABILITY.md, R15).
 
-Errors are re-raised unchanged: the Lambda runtime reports the exception class name as
-the error type, which is the name Step Functions' Retry/Catch rules match on
-(`SourceUnavailableError`, `SchemaDriftError`, ...). Nothing here ever logs a DSN or a
-secret value: only secret ARNs, table names, run ids and counts.
+Events are checked before any step runs (`InvalidInputError`, permanent: the run id's
+pattern and length, the table name against the catalog, field types). Errors keep their
+class: the Lambda runtime reports the exception class name as the error type, which is the
+name Step Functions' Retry/Catch rules match on (`SourceUnavailableError`,
+`SchemaDriftError`, ...); their message passes through `pipeline.redaction` first. Nothing
+here ever logs a DSN or a secret value: only secret ARNs, table names, run ids and counts.
 
 Events:
     extract   {"table", "run_id", "since"?, "until"?}   ("" or null = incremental)
@@ -22,16 +24,19 @@ Events:
 
 from __future__ import annotations
 
+import functools
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
-from pipeline.errors import ConfigurationError
+from pipeline import layout
+from pipeline.errors import InvalidInputError
+from pipeline.redaction import redact
 from pipeline.settings import Settings
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "totesys-etl")
@@ -52,17 +57,41 @@ def _settings(*required: str) -> Settings:
     return Settings.from_env(required=required)
 
 
-def _optional(event: Mapping[str, Any], key: str) -> Any:
-    """An optional event field: missing, null and "" all mean "not given"."""
+def _optional(event: Mapping[str, Any], key: str) -> str | None:
+    """An optional text field: missing, null and "" all mean "not given"."""
+    if not isinstance(event, Mapping):
+        raise InvalidInputError(f"the event must be a JSON object, got {type(event).__name__}")
     value = event.get(key)
-    return None if value in (None, "") else value
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError(f"event field {key!r} must be a string, got {value!r:.60}")
+    return value
 
 
-def _required(event: Mapping[str, Any], key: str) -> Any:
+def _required(event: Mapping[str, Any], key: str) -> str:
     value = _optional(event, key)
     if value is None:
-        raise ConfigurationError(f"event field {key!r} is required (got keys {sorted(event)})")
+        raise InvalidInputError(f"event field {key!r} is required (got keys {sorted(event)})")
     return value
+
+
+def _run_id(event: Mapping[str, Any]) -> str:
+    return layout.check_run_id(_required(event, "run_id"))
+
+
+def _redacted(handler: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """Re-raise any error with its message redacted (the runtime reports `str(exc)`)."""
+
+    @functools.wraps(handler)
+    def wrapper(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        try:
+            return handler(event, context)
+        except Exception as exc:
+            exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
+            raise
+
+    return wrapper
 
 
 def _emit(name: str, unit: MetricUnit, value: float, **dimensions: str) -> None:
@@ -108,12 +137,14 @@ def _timed(step: str, **fields: Any) -> Iterator[dict[str, Any]]:
 
 # -- handlers --------------------------------------------------------------------------
 @logger.inject_lambda_context(clear_state=True)
+@_redacted
 def extract_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Extract one table (or its next chunk) into the ingestion zone."""
+    from pipeline.catalog import get_table
     from pipeline.extract import extract_table
 
-    table = str(_required(event, "table"))
-    run_id = str(_required(event, "run_id"))
+    table = get_table(_required(event, "table")).name
+    run_id = _run_id(event)
     logger.append_keys(table=table, run_id=run_id)
     with _timed("extract", table=table, run_id=run_id) as summary:
         result = extract_table(
@@ -134,11 +165,12 @@ def extract_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 @logger.inject_lambda_context(clear_state=True)
+@_redacted
 def transform_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Transform every committed, not yet transformed ingestion batch into the stars."""
     from pipeline.transform import transform
 
-    run_id = str(_required(event, "run_id"))
+    run_id = _run_id(event)
     logger.append_keys(run_id=run_id)
     with _timed("transform", run_id=run_id) as summary:
         result = transform(run_id, _settings("ingest_url", "processed_url")).to_dict()
@@ -158,11 +190,12 @@ def transform_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 @logger.inject_lambda_context(clear_state=True)
+@_redacted
 def load_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Apply every processed batch not yet in the warehouse ledger, in order."""
     from pipeline.load import load
 
-    run_id = str(_required(event, "run_id"))
+    run_id = _run_id(event)
     logger.append_keys(run_id=run_id)
     with _timed("load", run_id=run_id) as summary:
         result = load(run_id, _settings("processed_url")).to_dict()

@@ -4,13 +4,22 @@ File I/O goes through `pyarrow.fs`, so Parquet readers and writers stream straig
 either backend. The one thing `pyarrow.fs` cannot do is an atomic create-if-absent, which
 watermarks and manifests need to stay correct under concurrent runs: that single
 operation uses S3's conditional `PutObject` (`If-None-Match: *`) or a local hard link.
+
+Every I/O error leaves this module typed (`lake_error`), naming the key and what to do:
+`LakeUnavailableError` (transient: S3 throttling, a 5xx, a timeout, a reset connection;
+the state machine retries it), `LakeStorageError` (permanent: permission denied, a
+read-only or full file system, a path under a file, a name too long, a missing bucket) or
+`CorruptBatchError` (a file that is missing, truncated or unreadable). A write that fails
+removes what it had written so far (its temporary file, or the partial Parquet file).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,9 +30,127 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.errors import ConfigurationError, CorruptBatchError
+from pipeline.errors import (
+    ConfigurationError,
+    CorruptBatchError,
+    LakeStorageError,
+    LakeUnavailableError,
+    PipelineError,
+)
 
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 3}
+
+# -- classifying I/O errors ----------------------------------------------------------------
+_TRANSIENT_ERRNOS = {
+    errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
+    errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EAGAIN, errno.EINTR,
+}  # fmt: skip
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_DENIED_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
+_PATH_ERRNOS = {errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EEXIST}
+# pyarrow's S3 client: "AWS Error <TYPE> during <Operation> operation: ..." and, when S3
+# sent no error body, "AWS Error UNKNOWN (HTTP status <n>)".
+_AWS_ERROR = re.compile(r"AWS Error (\w+)(?: \(HTTP status (\d+)\))?")
+_AWS_TRANSIENT = {
+    "SLOW_DOWN", "THROTTLING", "INTERNAL_FAILURE", "SERVICE_UNAVAILABLE", "NETWORK_CONNECTION",
+    "REQUEST_TIMEOUT", "REQUEST_TIME_TOO_SKEWED", "UNKNOWN_SERVER_ERROR",
+}  # fmt: skip
+_S3_TRANSIENT_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestThrottled", "RequestTimeout",
+    "InternalError", "ServiceUnavailable", "503", "500", "502", "504",
+}  # fmt: skip
+_S3_DENIED_CODES = {
+    "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "NoSuchBucket",
+    "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "AccountProblem",
+}  # fmt: skip
+
+
+def _kind(exc: BaseException) -> str:
+    """transient | full | denied | path | missing | corrupt | other."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if code in _S3_TRANSIENT_CODES or status >= 500 or status == 429:
+            return "transient"
+        return "denied" if code in _S3_DENIED_CODES or status == 403 else "other"
+    if isinstance(exc, BotoCoreError):  # no answer at all: endpoint, timeout, reset
+        return "transient"
+    if isinstance(exc, FileNotFoundError):
+        return "missing"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        for kind, numbers in (
+            ("transient", _TRANSIENT_ERRNOS),
+            ("full", _FULL_ERRNOS),
+            ("denied", _DENIED_ERRNOS),
+            ("path", _PATH_ERRNOS),
+        ):
+            if exc.errno in numbers:
+                return kind
+        return "other"
+    text = str(exc)
+    if match := _AWS_ERROR.search(text):
+        name, status = match.group(1), int(match.group(2) or 0)
+        if name in _AWS_TRANSIENT or status >= 500 or status == 429:
+            return "transient"
+        if name in {"RESOURCE_NOT_FOUND", "NO_SUCH_KEY"} or status == 404:
+            return "missing"
+        return "denied" if name in {"ACCESS_DENIED", "NO_SUCH_BUCKET"} or status == 403 else "other"
+    if "curlCode" in text or "Connection reset" in text or "timed out" in text.lower():
+        return "transient"
+    if "No space left" in text:
+        return "full"
+    if "Permission denied" in text or "Read-only file system" in text:
+        return "denied"
+    if isinstance(exc, pa.ArrowInvalid) or "Parquet" in text or "thrift" in text:
+        return "corrupt"
+    return "other"
+
+
+def lake_error(exc: BaseException, uri: str, doing: str, fix: str | None = None) -> PipelineError:
+    """`exc`, raised while `doing` ("reading", "writing", "listing", ...) `uri`, as a typed
+    error that names the key and says what to do; `fix` is the remedy for a corrupt file."""
+    if isinstance(exc, PipelineError):
+        return exc
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    kind = _kind(exc)
+    if kind == "other":
+        kind = "corrupt" if doing == "reading" else "denied"
+    what = f"lake {doing} {uri} failed"
+    if kind == "transient":
+        return LakeUnavailableError(
+            f"{what}: the storage did not answer ({detail}); transient (throttling, a 5xx, "
+            "a timeout or the network): retry the step"
+        )
+    if kind == "full":
+        return LakeStorageError(
+            f"{what}: the file system is full ({detail}); free space or point the lake "
+            "elsewhere, then re-run the step (nothing it wrote was committed)"
+        )
+    if kind == "path":
+        return LakeStorageError(
+            f"{what}: the path is not usable ({detail}); check the lake URL (a folder under "
+            "a file, or a name too long)"
+        )
+    if kind in {"missing", "corrupt"}:
+        state = "does not exist" if kind == "missing" else "is truncated or corrupt"
+        return CorruptBatchError(
+            f"lake file {uri} {state} ({detail}). {fix or 'Re-run the step that wrote it.'}"
+        )
+    return LakeStorageError(
+        f"{what}: access refused ({detail}); give this process read and write access to "
+        "the lake (a read-only file system, a permission, a bucket policy or a missing bucket)"
+    )
+
+
+_LAKE_ERRORS: tuple[type[BaseException], ...] = (OSError, pa.ArrowException)
+
+
+def _client_errors() -> tuple[type[BaseException], ...]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (*_LAKE_ERRORS, ClientError, BotoCoreError)
 
 
 @dataclass
@@ -62,9 +189,10 @@ class Lake:
             )
         else:
             path = Path(url.removeprefix("file://")).expanduser().resolve()
-            path.mkdir(parents=True, exist_ok=True)
             self.fs = pafs.LocalFileSystem()
             self.root = path.as_posix()
+            with self._io("", "creating the folder of"):
+                path.mkdir(parents=True, exist_ok=True)
 
     # -- paths -----------------------------------------------------------------------
     def path(self, key: str) -> str:
@@ -78,68 +206,98 @@ class Lake:
     def is_local(self) -> bool:
         return self.bucket is None
 
+    @contextlib.contextmanager
+    def _io(self, key: str, doing: str, fix: str | None = None) -> Iterator[None]:
+        """Raise any I/O error of the block as a typed error naming `key` (`lake_error`)."""
+        try:
+            yield
+        except PipelineError:
+            raise
+        except _client_errors() as exc:
+            raise lake_error(exc, self.uri(key), doing, fix) from exc
+
     def _makedirs(self, key: str) -> None:
         if self.is_local:
-            Path(self.path(key)).parent.mkdir(parents=True, exist_ok=True)
+            with self._io(key, "creating the folder of"):
+                Path(self.path(key)).parent.mkdir(parents=True, exist_ok=True)
+
+    def _discard(self, key: str) -> None:
+        """Best effort after a failed write: what is left is unlisted, so readers ignore it."""
+        with contextlib.suppress(Exception):
+            self.fs.delete_file(self.path(key))
 
     # -- bytes and JSON --------------------------------------------------------------
     def exists(self, key: str) -> bool:
-        return bool(self.fs.get_file_info(self.path(key)).type == pafs.FileType.File)
+        with self._io(key, "checking"):
+            return bool(self.fs.get_file_info(self.path(key)).type == pafs.FileType.File)
 
     def read_bytes(self, key: str) -> bytes:
+        with self._io(key, "reading"), self.fs.open_input_stream(self.path(key)) as f:
+            data: bytes = f.read()
+            return data
+
+    def _local_tmp(self, key: str, data: bytes) -> Path:
+        """`data` in a temporary file next to `key` (removed again if the write fails)."""
+        target = Path(self.path(key))
+        self._makedirs(key)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         try:
-            with self.fs.open_input_stream(self.path(key)) as f:
-                data: bytes = f.read()
-                return data
-        except FileNotFoundError:
-            raise CorruptBatchError(f"lake file {self.uri(key)} does not exist") from None
+            with self._io(key, "writing"):
+                tmp.write_bytes(data)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
 
     def write_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
         """Write (or replace) `key` atomically: readers see the old or the new bytes.
 
         `content_type` is stored with an S3 object (what a browser is told it is)."""
         if self.is_local:
-            target = Path(self.path(key))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-            tmp.write_bytes(data)
-            tmp.replace(target)
+            tmp = self._local_tmp(key, data)
+            try:
+                with self._io(key, "writing"):
+                    tmp.replace(self.path(key))
+            finally:
+                tmp.unlink(missing_ok=True)
         else:
             metadata = {"Content-Type": content_type} if content_type else None
-            with self.fs.open_output_stream(self.path(key), metadata=metadata) as f:
+            with (
+                self._io(key, "writing"),
+                self.fs.open_output_stream(self.path(key), metadata=metadata) as f,
+            ):
                 f.write(data)
 
     def create_bytes(self, key: str, data: bytes) -> bool:
         """Create `key` only if it does not exist yet. True if this call created it."""
         if self.is_local:
-            target = Path(self.path(key))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-            tmp.write_bytes(data)
+            tmp = self._local_tmp(key, data)
             try:
-                os.link(tmp, target)
+                with self._io(key, "creating"):
+                    try:
+                        os.link(tmp, self.path(key))
+                    except FileExistsError:
+                        return False
                 return True
-            except FileExistsError:
-                return False
             finally:
-                tmp.unlink()
+                tmp.unlink(missing_ok=True)
         import boto3
         from botocore.exceptions import ClientError
 
         object_key = self.path(key).split("/", 1)[1]
         assert self.bucket is not None  # not local, so an S3 lake
-        try:
-            boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region).put_object(
-                Bucket=self.bucket, Key=object_key, Body=data, IfNoneMatch="*"
-            )
-            return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {
-                "PreconditionFailed",
-                "ConditionalRequestConflict",
-            }:
-                return False
-            raise
+        client = boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region)
+        with self._io(key, "creating"):
+            try:
+                client.put_object(Bucket=self.bucket, Key=object_key, Body=data, IfNoneMatch="*")
+                return True
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in {
+                    "PreconditionFailed",
+                    "ConditionalRequestConflict",
+                }:
+                    return False
+                raise
 
     def read_json(self, key: str) -> Any:
         try:
@@ -154,7 +312,7 @@ class Lake:
         return self.create_bytes(key, _json_bytes(obj))
 
     def delete(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        with self._io(key, "deleting"), contextlib.suppress(FileNotFoundError):
             self.fs.delete_file(self.path(key))
 
     def list(self, prefix: str = "") -> list[str]:
@@ -162,9 +320,11 @@ class Lake:
         base = self.path(prefix).rstrip("/")
         selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
         start = len(self.root) + 1
+        with self._io(prefix, "listing"):
+            infos = self.fs.get_file_info(selector)
         return sorted(
             info.path[start:]
-            for info in self.fs.get_file_info(selector)
+            for info in infos
             if info.type == pafs.FileType.File and not info.base_name.startswith(".")
         )
 
@@ -173,30 +333,40 @@ class Lake:
     def parquet_writer(
         self, key: str, schema: pa.Schema, **options: Any
     ) -> Iterator[pq.ParquetWriter]:
-        """Stream record batches into one Parquet file (zstd unless told otherwise)."""
+        """Stream record batches into one Parquet file (zstd unless told otherwise); if
+        anything fails on the way, the partial file is removed."""
         self._makedirs(key)
         opts = {**PARQUET_OPTIONS, **options}
-        with pq.ParquetWriter(self.path(key), schema, filesystem=self.fs, **opts) as writer:
-            yield writer
+        try:
+            with (
+                self._io(key, "writing"),
+                pq.ParquetWriter(self.path(key), schema, filesystem=self.fs, **opts) as writer,
+            ):
+                yield writer
+        except BaseException:
+            self._discard(key)
+            raise
 
     def write_parquet(self, key: str, table: pa.Table, **options: Any) -> None:
         self._makedirs(key)
-        pq.write_table(table, self.path(key), filesystem=self.fs, **{**PARQUET_OPTIONS, **options})
+        try:
+            with self._io(key, "writing"):
+                pq.write_table(
+                    table, self.path(key), filesystem=self.fs, **{**PARQUET_OPTIONS, **options}
+                )
+        except BaseException:
+            self._discard(key)
+            raise
 
     def read_parquet(self, keys: Sequence[str], schema: pa.Schema | None = None) -> pa.Table:
         """Read the listed files into one table; a missing or broken file is a typed error."""
         tables = []
         for key in keys:
-            try:
-                # ParquetFile, not pq.read_table: the latter imports pyarrow.dataset (and
-                # pandas when installed), over a second of every cold start.
-                with self.fs.open_input_file(self.path(key)) as f:
-                    table = pq.ParquetFile(f).read()
+            # ParquetFile, not pq.read_table: the latter imports pyarrow.dataset (and
+            # pandas when installed), over a second of every cold start.
+            with self._io(key, "reading"), self.fs.open_input_file(self.path(key)) as f:
+                table = pq.ParquetFile(f).read()
                 tables.append(table if schema is None else table.cast(schema))
-            except (FileNotFoundError, OSError, pa.ArrowInvalid) as exc:
-                raise CorruptBatchError(
-                    f"cannot read lake file {self.uri(key)}: {exc}. Re-run the step that wrote it."
-                ) from exc
         if not tables:
             if schema is None:
                 raise ValueError("read_parquet of no files needs a schema")

@@ -24,12 +24,37 @@ Processed zone (`Settings.processed_url`): written by transform, read by load an
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypedDict
+
+from pipeline.errors import InvalidInputError
 
 MANIFESTS = "_manifests/"  # the commit records of both zones live under this prefix
 RUN_REPORTS = "_runs/"
 STATE_HEAD = "_state/head.json"
 TRANSFORM_LEASE = "_locks/transform.json"
+
+
+# -- run ids: key parts of both zones ---------------------------------------------------------
+# Letters, digits and `._=+-`, starting with a letter or digit, at most RUN_ID_MAX
+# characters, no `..`: safe as an S3 key part, a file name on any local file system and a
+# Step Functions execution name. Every entry point (each step, the runner, the handlers)
+# checks its id with `check_run_id` before it reads or writes anything.
+RUN_ID_MAX = 128
+RUN_ID_PATTERN = rf"[A-Za-z0-9][A-Za-z0-9._=+-]{{0,{RUN_ID_MAX - 1}}}"
+_RUN_ID = re.compile(RUN_ID_PATTERN)
+
+
+def check_run_id(run_id: object) -> str:
+    """`run_id` if it is usable in lake keys, else `InvalidInputError` (nothing written)."""
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or ".." in run_id:
+        shown = repr(run_id) if len(repr(run_id)) <= 60 else f"{repr(run_id)[:57]}..."
+        length = f" ({len(run_id)} characters)" if isinstance(run_id, str) else ""
+        raise InvalidInputError(
+            f"run id {shown}{length} is not usable in lake keys: use 1-{RUN_ID_MAX} letters, "
+            "digits and ._=+- starting with a letter or digit, without '..'"
+        )
+    return run_id
 
 
 # -- ingestion zone ----------------------------------------------------------------------

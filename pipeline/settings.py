@@ -53,13 +53,19 @@ def _knob(
     parse: Callable[[str], Any] = str,
     flag: str | None = None,
     shown: str | None = None,
+    secret: bool = False,
 ) -> Any:
     """A settings field: its default, the variable(s) it is read from (first set wins), what
     it means, how to parse the variable, the CLI flag that sets it, and the default as the
-    docs show it."""
+    docs show it. A `secret` field (a DSN with its password) is left out of `repr`."""
     names = (env,) if isinstance(env, str) else env
     meta = {"env": names, "doc": doc, "parse": parse, "flag": flag, "shown": shown}
-    return field(default=default, metadata=meta)
+    return field(default=default, metadata=meta, repr=not secret)
+
+
+def knobs() -> tuple[dataclasses.Field[Any], ...]:
+    """The configurable fields of `Settings` (everything but the bookkeeping)."""
+    return tuple(f for f in dataclasses.fields(Settings) if "env" in f.metadata)
 
 
 @dataclass(frozen=True)
@@ -77,17 +83,29 @@ class Settings:
         "lake/processed", "PROCESSED_URL", "processed zone (same forms)", flag="--processed-url"
     )
     source_dsn: str | None = _knob(
-        None, "TOTESYS_DSN", "totesys DSN (local use); wins over the secret", flag="--source-dsn"
+        None,
+        "TOTESYS_DSN",
+        "totesys DSN (local use); wins over the secret",
+        flag="--source-dsn",
+        secret=True,
     )
     source_secret_arn: str | None = _knob(
         None, "TOTESYS_SECRET_ARN", "Secrets Manager secret with the totesys credentials (AWS)"
     )
     warehouse_dsn: str | None = _knob(
         None, "WAREHOUSE_DSN", "warehouse DSN (local use); wins over the secret",
-        flag="--warehouse-dsn",
+        flag="--warehouse-dsn", secret=True,
     )  # fmt: skip
     warehouse_secret_arn: str | None = _knob(
         None, "WAREHOUSE_SECRET_ARN", "Secrets Manager secret with the warehouse credentials"
+    )
+    secret_max_age: timedelta = _knob(
+        timedelta(minutes=5),
+        "SECRET_MAX_AGE_SECONDS",
+        "how long a warm process reuses a fetched secret; a rotated password is also picked "
+        "up at once when the cached one fails to authenticate (seconds)",
+        parse=_seconds,
+        shown="300",
     )
     s3_endpoint: str | None = _knob(
         None,
@@ -160,6 +178,26 @@ class Settings:
         parse=_throwaway_pg,
     )
 
+    # -- bookkeeping (not a knob) -----------------------------------------------------------
+    # Where each value came from (field name -> CLI flag, environment variable or
+    # `Settings(...)`): error messages name the setting actually used.
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from pipeline.redaction import register_dsn
+
+        register_dsn(self.source_dsn)  # whatever happens next, these passwords stay redacted
+        register_dsn(self.warehouse_dsn)
+
+    def origin(self, name: str) -> str:
+        """Where field `name` was set, for messages: its flag, its variable, or in code."""
+        if name in self.origins:
+            return self.origins[name]
+        spec = Settings.__dataclass_fields__[name]
+        if getattr(self, name) == spec.default:
+            return f"the default (no {spec.metadata['env'][0]} set)"
+        return f"Settings.{name}"
+
     # -- what the steps open ----------------------------------------------------------
     def ingest_lake(self) -> Lake:
         return self.lake(self.ingest_url)
@@ -182,7 +220,8 @@ class Settings:
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
+        origins: dict[str, str] = {}
+        for f in knobs():
             name = next((n for n in f.metadata["env"] if env.get(n)), None)
             if name is None:
                 if f.name in required:
@@ -194,14 +233,25 @@ class Settings:
             try:
                 values[f.name] = f.metadata["parse"](env[name])
             except ValueError as exc:
+                shown = "(hidden)" if not f.repr else repr(env[name])
                 raise ConfigurationError(
-                    f"environment variable {name}={env[name]!r} is invalid: {exc}"
+                    f"environment variable {name}={shown} is invalid: {exc}"
                 ) from None
-        return cls(**values)
+            origins[f.name] = name
+        return cls(**values, origins=origins)
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with `changes`; None values are ignored (an option that was not given)."""
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        given = {k: v for k, v in changes.items() if v is not None}
+        origins = {**self.origins, **{k: f"Settings.{k}" for k in given}}
+        return dataclasses.replace(self, **given, origins=origins)
+
+    def with_flags(self, **flags: Any) -> Settings:
+        """A copy with the CLI options given (None: not given); each one's origin is its flag."""
+        given = {k: v for k, v in flags.items() if v is not None}
+        fields = Settings.__dataclass_fields__
+        origins = {**self.origins, **{k: str(fields[k].metadata["flag"]) for k in given}}
+        return dataclasses.replace(self, **given, origins=origins)
 
 
 def markdown_table() -> str:
@@ -210,7 +260,7 @@ def markdown_table() -> str:
         "| setting | environment | CLI flag | default | meaning |",
         "|---|---|---|---|---|",
     ]
-    for f in dataclasses.fields(Settings):
+    for f in knobs():
         meta = f.metadata
         default = meta["shown"] or ("unset" if f.default is None else str(f.default))
         env = " or ".join(f"`{n}`" for n in meta["env"])

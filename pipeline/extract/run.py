@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ import pyarrow.parquet as pq
 
 from pipeline import layout
 from pipeline.catalog import Table, get_table
-from pipeline.credentials import SOURCE, resolve_dsn
+from pipeline.credentials import SOURCE, resolve
 from pipeline.errors import ConfigurationError
 from pipeline.extract import watermark
 from pipeline.extract.drift import DriftReport, batch_schema
@@ -58,7 +57,6 @@ __all__ = ["ExtractResult", "extract_table", "plan", "read_batch"]
 log = logging.getLogger(__name__)
 
 ZSTD_LEVEL = 1  # see `_write_parts`
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,127}$")
 
 
 def schema_fingerprint(schema: pa.Schema) -> str:
@@ -276,10 +274,7 @@ def _run_day(lake: Lake, table: str, run_id: str) -> str:
 
 
 def _check_arguments(run_id: str, max_rows: int | None) -> None:
-    if not _RUN_ID.match(run_id) or ".." in run_id:
-        raise ConfigurationError(
-            f"run id {run_id!r} is not usable in lake keys: use 1-128 letters, digits and ._=+-"
-        )
+    layout.check_run_id(run_id)
     if max_rows is not None and max_rows < 1:
         raise ConfigurationError(f"max_rows must be at least 1, got {max_rows}")
 
@@ -343,9 +338,9 @@ def extract_table(
     lower, upper = naive_utc(since, "since"), naive_utc(until, "until")
     backfill = resume["mode"] == "backfill" if resume else (lower or upper) is not None
     state = None if backfill else watermark.load(lake, spec.name)
-    dsn = resolve_dsn(SOURCE, settings)
+    db = resolve(SOURCE, settings)
 
-    with SourceSnapshot.open(dsn, spec) as source:
+    with SourceSnapshot.open(db, spec) as source:
         drift = check_drift(spec, source.columns())
         warnings = list(drift.warnings)
         if source.timezone.upper() not in {"UTC", "ETC/UTC", "GMT", "Z"}:

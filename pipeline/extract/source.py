@@ -63,7 +63,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pipeline.catalog import Table
-from pipeline.credentials import describe, redact
+from pipeline.credentials import Database, as_database, connection_error, redact
 from pipeline.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -76,7 +76,6 @@ from pipeline.extract.drift import SourceColumn, expected
 CONNECT_TIMEOUT_S = 10
 BATCH_BYTES = 16 << 20  # ADBC's batch size hint: bounds the memory one batch takes
 _SETTING = "totesys_extract.{}"  # transaction-local settings carrying the bound values
-_AUTH_MARKERS = ("authentication failed", "no password supplied")
 POOL_SIZE = 4  # idle source connections kept per process (the runner extracts 2-4 at once)
 POOL_MAX_IDLE_S = 60.0  # a kept connection idle for longer is closed, not reused
 
@@ -106,27 +105,15 @@ def _conninfo(dsn: str) -> str:
     return make_conninfo(**params)  # type: ignore[arg-type]
 
 
-def _password(dsn: str) -> str | None:
-    with contextlib.suppress(Exception):
-        return conninfo_to_dict(dsn).get("password")  # type: ignore[return-value]
-    return None
-
-
-def _typed_error(exc: Exception, table: str, dsn: str) -> Exception:
+def _typed_error(exc: Exception, table: str, db: Database) -> Exception:
     """Map a driver error to our typed errors, naming the table and never the password."""
-    text = redact(str(exc).strip(), _password(dsn)).replace("\n\t", " ")
-    lines = [line for line in text.splitlines() if line.strip()]
-    detail = lines[0] if lines else type(exc).__name__
-    where = f"table {table!r}: source {describe(dsn)}"
     sqlstate = getattr(exc, "sqlstate", None) or ""
-    if sqlstate.startswith("28") or any(m in text for m in _AUTH_MARKERS):
-        return AuthenticationError(
-            f"{where}: authentication failed ({detail}); check the user name and password "
-            "in TOTESYS_DSN or the secret"
-        )
-    if isinstance(exc, adbc_driver_manager.OperationalError):
-        return SourceUnavailableError(f"{where} is unavailable: {detail}")
-    return ConfigurationError(f"{where}: {detail}")
+    if isinstance(exc, adbc_driver_manager.OperationalError) or sqlstate.startswith("28"):
+        return connection_error(db, str(exc), context=f"table {table!r}")
+    lines = [line for line in redact(str(exc).strip()).splitlines() if line.strip()]
+    return ConfigurationError(
+        f"table {table!r}: {db.where}: {lines[0] if lines else type(exc).__name__}"
+    )
 
 
 class _Pool:
@@ -254,18 +241,18 @@ def _text(value: str) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(data)])
 
 
-def _connect(conninfo: str, table: Table, dsn: str) -> _Session:
+def _connect(conninfo: str, table: Table, db: Database) -> _Session:
     try:
         return _Session(conninfo)
     except adbc_driver_manager.Error as exc:
-        raise _typed_error(exc, table.name, dsn) from None
+        raise _typed_error(exc, table.name, db) from None
 
 
 class SourceSnapshot:
     """One read-only, repeatable-read transaction on the source (use `open`)."""
 
-    def __init__(self, session: _Session, table: Table, dsn: str) -> None:
-        self._dsn = dsn
+    def __init__(self, session: _Session, table: Table, db: Database) -> None:
+        self._db = db
         self.table = table
         self._session = session
         session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -279,28 +266,38 @@ class SourceSnapshot:
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, dsn: str, table: Table) -> Iterator[SourceSnapshot]:
+    def open(cls, target: Database | str, table: Table) -> Iterator[SourceSnapshot]:
+        """A snapshot through a kept or a new session; a cached secret that fails to
+        authenticate is fetched again once (`Database.refetched`: a rotation)."""
+        db = as_database(target)
         try:
-            conninfo = _conninfo(dsn)
-        except Exception as exc:
+            conninfo = _conninfo(db.dsn)
+        except Exception:  # libpq's complaint may quote the password: not repeated
             raise ConfigurationError(
-                f"table {table.name!r}: malformed source DSN ({redact(str(exc), _password(dsn))})"
+                f"table {table.name!r}: the source DSN (from {db.origin}) is malformed"
             ) from None
         session = _POOL.take(conninfo)
         try:
             try:
-                snapshot = cls(session, table, dsn) if session is not None else None
+                snapshot = cls(session, table, db) if session is not None else None
             except adbc_driver_manager.Error:  # a kept connection the server has closed
                 _close(session)
                 snapshot = None
             if snapshot is None:
-                session = _connect(conninfo, table, dsn)
-                snapshot = cls(session, table, dsn)
+                try:
+                    session = _connect(conninfo, table, db)
+                except AuthenticationError:
+                    fresh = db.refetched()
+                    if fresh is None:
+                        raise
+                    db, conninfo = fresh, _conninfo(fresh.dsn)
+                    session = _connect(conninfo, table, db)
+                snapshot = cls(session, table, db)
             yield snapshot
             snapshot._session.execute("COMMIT")
         except adbc_driver_manager.Error as exc:
             _close(session)
-            raise _typed_error(exc, table.name, dsn) from None
+            raise _typed_error(exc, table.name, db) from None
         except BaseException:
             _close(session)  # the transaction may be open or the stream half read: never reuse
             raise
@@ -410,8 +407,8 @@ class SourceSnapshot:
                     return
                 except (pa.ArrowException, OSError) as exc:  # the stream broke mid-way
                     raise SourceUnavailableError(
-                        f"table {self.table.name!r}: reading from source {describe(self._dsn)} "
-                        f"failed: {redact(str(exc), _password(self._dsn)).splitlines()[0]}"
+                        f"table {self.table.name!r}: reading from {self._db.where} "
+                        f"failed: {redact(str(exc)).splitlines()[0]}"
                     ) from None
                 yield batch
         finally:

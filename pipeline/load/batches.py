@@ -21,10 +21,11 @@ import pyarrow.parquet as pq
 
 from pipeline import layout
 from pipeline.errors import CorruptBatchError
-from pipeline.lake import Lake
+from pipeline.lake import Lake, lake_error
 from pipeline.warehouse_schema import WAREHOUSE_TABLES, WarehouseTable
 
 READ_BATCH_ROWS = 65_536  # rows per record batch streamed to COPY: bounds memory
+_REWRITE = "Re-run the transform that wrote it."
 T = TypeVar("T")
 
 
@@ -85,11 +86,8 @@ def parse_manifest(doc: Any, key: str) -> ProcessedBatch:
 def _open(lake: Lake, key: str) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(lake.path(key), filesystem=lake.fs)  # closes what it opens
-    except (FileNotFoundError, OSError, pa.ArrowInvalid) as exc:
-        raise CorruptBatchError(
-            f"processed file {lake.uri(key)} is missing or unreadable ({exc}); "
-            "re-run the transform that wrote it"
-        ) from None
+    except (OSError, pa.ArrowException) as exc:  # transient (S3) or a broken file, typed
+        raise lake_error(exc, lake.uri(key), "reading", _REWRITE) from None
 
 
 def check_output(lake: Lake, batch: ProcessedBatch, out: TableOutput) -> None:
@@ -119,10 +117,8 @@ def stream(lake: Lake, out: TableOutput) -> Iterator[pa.RecordBatch]:
         try:
             with _open(lake, key) as pf:
                 yield from pf.iter_batches(batch_size=READ_BATCH_ROWS)
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise CorruptBatchError(
-                f"processed file {lake.uri(key)} is corrupt ({exc}); re-run the transform"
-            ) from None
+        except (OSError, pa.ArrowException) as exc:
+            raise lake_error(exc, lake.uri(key), "reading", _REWRITE) from None
 
 
 def read_columns(lake: Lake, out: TableOutput, columns: list[str]) -> pa.Table:
@@ -132,10 +128,8 @@ def read_columns(lake: Lake, out: TableOutput, columns: list[str]) -> pa.Table:
         try:
             with _open(lake, key) as pf:  # not pq.read_table: that imports pandas
                 parts.append(pf.read(columns=columns))
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise CorruptBatchError(
-                f"processed file {lake.uri(key)} is corrupt ({exc}); re-run the transform"
-            ) from None
+        except (OSError, pa.ArrowException) as exc:
+            raise lake_error(exc, lake.uri(key), "reading", _REWRITE) from None
     return pa.concat_tables(parts)
 
 

@@ -13,12 +13,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
 
 from pipeline.errors import MigrationError
 from pipeline.load import ddl
+
+if TYPE_CHECKING:
+    from pipeline.credentials import Database
 
 MIGRATIONS_TABLE = "schema_migrations"
 MIGRATION_LOCK = 0x70E5_0001  # pg_advisory_xact_lock key, one per database
@@ -99,7 +103,7 @@ def apply_migrations(conn: psycopg.Connection) -> list[str]:
     return applied
 
 
-def migrate(dsn: str) -> list[str]:
+def migrate(dsn: str | Database) -> list[str]:
     """Bring the warehouse schema at `dsn` up to date; return the versions applied now."""
     from pipeline.credentials import connect
 

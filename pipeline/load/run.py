@@ -21,8 +21,9 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from pipeline.credentials import WAREHOUSE, connect, redact, resolve_dsn
-from pipeline.errors import LoadConflictError, SourceUnavailableError
+from pipeline import layout
+from pipeline.credentials import WAREHOUSE, connect, redact, resolve
+from pipeline.errors import LoadConflictError, WarehouseUnavailableError
 from pipeline.lake import Lake
 from pipeline.load import apply, batches, ddl, facts
 from pipeline.load.migrations import apply_migrations
@@ -55,16 +56,19 @@ class LoadResult:
 def load(run_id: str, settings: Settings) -> LoadResult:
     """Load every pending processed batch of `settings.processed_url` into the warehouse
     (docs/CONTRACTS.md)."""
-    dsn = resolve_dsn(WAREHOUSE, settings)
+    layout.check_run_id(run_id)  # recorded in the ledger: checked before anything is opened
+    db = resolve(WAREHOUSE, settings)
     lake = settings.processed_lake()
-    with connect(dsn, what="warehouse", autocommit=True) as conn:
+    with connect(db, autocommit=True) as conn:
         try:
             apply_migrations(conn)
             with _load_lock(conn):
                 return _load_pending(conn, lake, run_id)
         except psycopg.OperationalError as exc:  # connection lost mid-load: safe to retry
-            raise SourceUnavailableError(
-                f"warehouse connection failed during load {run_id}: {redact(str(exc))}"
+            detail = redact(str(exc).strip()).splitlines()
+            raise WarehouseUnavailableError(
+                f"{db.where}: connection failed during load {run_id}: "
+                f"{detail[0] if detail else type(exc).__name__}"
             ) from None
 
 
@@ -89,8 +93,7 @@ def _load_lock(conn: psycopg.Connection) -> Iterator[None]:
 
 def loaded_batches(settings: Settings) -> set[str]:
     """Run ids of the processed batches already in the ledger (empty before any load)."""
-    dsn = resolve_dsn(WAREHOUSE, settings)
-    with connect(dsn, what="warehouse", autocommit=True) as conn:
+    with connect(resolve(WAREHOUSE, settings), autocommit=True) as conn:
         exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (ddl.LEDGER_TABLE,)).fetchone()
         if not (exists and exists[0]):
             return set()

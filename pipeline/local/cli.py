@@ -2,12 +2,15 @@
 
 Every command builds one `Settings` (the environment, then the options given on top) and
 calls one function of the package with it; no pipeline logic lives here.
+
+Exit codes: 0 done, 1 a run finished with failed steps, 2 the input was rejected or a step
+raised a typed error (one line on stderr, never a traceback), 130 interrupted. Everything
+printed passes through `pipeline.redaction`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -16,11 +19,13 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from pipeline.errors import ConfigurationError, PipelineError
-from pipeline.settings import Settings
+from pipeline.layout import RUN_ID_MAX, check_run_id
+from pipeline.redaction import redact, scrub
+from pipeline.settings import Settings, knobs
 
 
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    print(json.dumps(scrub(json.loads(json.dumps(obj, default=str))), indent=2, sort_keys=True))
 
 
 def _print_counts(verb: str, counts: dict[str, Any]) -> None:
@@ -34,12 +39,16 @@ def _settings(args: argparse.Namespace) -> Settings:
     """The environment's settings with the options given on the command line on top."""
     given = {
         f.name: getattr(args, f.name)
-        for f in dataclasses.fields(Settings)
+        for f in knobs()
         if f.metadata["flag"] and hasattr(args, f.name)
     }
     if given.get("extract_lag") is not None:
         given["extract_lag"] = timedelta(seconds=given["extract_lag"])
-    return Settings.from_env().replace(**given)
+    settings = Settings.from_env().with_flags(**given)
+    from pipeline.credentials import check_dsns
+
+    check_dsns(settings)  # a malformed DSN is rejected (exit 2) before anything is written
+    return settings
 
 
 def _source_dsn(args: argparse.Namespace) -> str:
@@ -101,7 +110,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         with run_progress([*tables, "transform", "load"]) as progress:
             report = run_pipeline(settings, tables=tables, run_id=args.run_id, progress=progress)
         print_run_summary(report)
-    return 0 if report.succeeded else 1
+    if report.report_error:
+        print(f"totesys-etl run: run report not written: {report.report_error}", file=sys.stderr)
+    return 0 if report.succeeded and not report.report_error else 1
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -152,10 +163,10 @@ def _cmd_clear_lease(args: argparse.Namespace) -> int:
 
 
 def _cmd_init_warehouse(args: argparse.Namespace) -> int:
-    from pipeline.credentials import WAREHOUSE, resolve_dsn
+    from pipeline.credentials import WAREHOUSE, resolve
     from pipeline.load.migrations import migrate
 
-    applied = migrate(resolve_dsn(WAREHOUSE, _settings(args)))
+    applied = migrate(resolve(WAREHOUSE, _settings(args)))
     _print_json({"applied": applied})
     return 0
 
@@ -185,10 +196,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # -- option types --------------------------------------------------------------------------
 def _table_list(text: str) -> list[str]:
+    """`a,b,...`: catalog names; an empty item (`a,,b`, `,`, ``) is a mistake, not "all"."""
     from pipeline.catalog import get_table
 
+    items = [t.strip() for t in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(
+            f"--tables {text!r} has an empty item: name tables as a,b,... or leave --tables out"
+        )
     try:
-        return [get_table(t.strip()).name for t in text.split(",") if t.strip()]
+        return [get_table(t).name for t in items]
+    except PipelineError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _run_id(text: str) -> str:
+    try:
+        return check_run_id(text)
     except PipelineError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -242,6 +266,9 @@ def _date(text: str) -> date:
 
 
 # -- the parser ----------------------------------------------------------------------------
+RUN_ID_HELP = f"run id: 1-{RUN_ID_MAX} letters, digits and ._=+- (default: a new sortable id)"
+
+
 def _setting_option(p: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
     """An option that overrides setting `name`; its help names the variable and default."""
     spec = Settings.__dataclass_fields__[name].metadata
@@ -333,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     _database_options(p)
     _lake_options(p)
     p.add_argument("--tables", type=_table_list, default=None, help="a,b,... (default: all)")
-    p.add_argument("--run-id", default=None, help="run id (default: a new sortable id)")
+    p.add_argument("--run-id", type=_run_id, default=None, help=RUN_ID_HELP)
     _setting_option(p, "extract_workers", type=_positive_int)
     _setting_option(p, "extract_max_rows", type=_positive_int)
     _setting_option(p, "extract_lag", type=_non_negative)
@@ -349,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("table", help="totesys table name")
     _database_options(p, warehouse=False)
     _lake_options(p, processed=False)
-    p.add_argument("--run-id", default=None, help="run id (default: a new sortable id)")
+    p.add_argument("--run-id", type=_run_id, default=None, help=RUN_ID_HELP)
     p.add_argument("--since", type=_timestamp, default=None, help="backfill window start")
     p.add_argument("--until", type=_timestamp, default=None, help="backfill window end")
     _setting_option(p, "extract_max_rows", type=_positive_int)
@@ -357,13 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("transform", _cmd_transform, "transform new raw batches into the star schemas")
     _lake_options(p)
-    p.add_argument("--run-id", default=None, help="run id (default: a new sortable id)")
+    p.add_argument("--run-id", type=_run_id, default=None, help=RUN_ID_HELP)
     _setting_option(p, "transform_max_rows", type=_positive_int)
 
     p = command("load", _cmd_load, "load processed batches into the warehouse")
     _lake_options(p, ingest=False)
     _database_options(p, source=False)
-    p.add_argument("--run-id", default=None, help="run id (default: a new sortable id)")
+    p.add_argument("--run-id", type=_run_id, default=None, help=RUN_ID_HELP)
 
     p = command(
         "clear-lease",
@@ -417,7 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except PipelineError as exc:
-        print(f"totesys-etl {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        message = redact(f"{type(exc).__name__}: {exc}").replace("\n", " ")
+        print(f"totesys-etl {args.command}: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

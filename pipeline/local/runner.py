@@ -5,6 +5,11 @@ state machine: tables extracted concurrently (bounded) to completion, a failed t
 recorded while the others carry on, the transform looped over a backlog up to its bound,
 the load of whatever was transformed, then the failure. The report names the command that
 re-runs just the failed tables; each report is kept in the ingestion lake for `status`.
+
+The run id and the table list are checked before anything is read or written. A step
+that fails (typed error or a bug) is recorded in the report, which is written and
+returned all the same; if even the report cannot be written, `report_error` says why.
+Every error text in the report passes through `pipeline.redaction`.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from typing import Any
 from pipeline import layout
 from pipeline import orchestration as policy
 from pipeline.catalog import TABLE_NAMES, get_table
-from pipeline.errors import PipelineError
+from pipeline.errors import InvalidInputError, PipelineError
 from pipeline.lake import Lake
+from pipeline.redaction import redact, scrub
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +51,7 @@ class RunReport:
     transform: dict[str, Any] | None = None
     load: dict[str, Any] | None = None
     error: str | None = None
+    report_error: str | None = None  # why the report could not be written to the lake
     started_at: str = ""
     finished_at: str = ""
     duration_s: float = 0.0
@@ -83,6 +90,7 @@ class RunReport:
             "warnings": self.warnings,
             "error": self.error,
             "rerun": self.rerun_command(),
+            "report_error": self.report_error,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "duration_s": round(self.duration_s, 3),
@@ -96,9 +104,10 @@ def run_pipeline(
     run_id: str | None = None,
     progress: ProgressCallback | None = None,
 ) -> RunReport:
-    """Run one pipeline pass and return its report (never raises for a failed table)."""
-    tables = [get_table(t).name for t in tables]
-    run_id = run_id or new_run_id()
+    """Run one pipeline pass and return its report (never raises for a failed step; a bad
+    run id or table list raises `InvalidInputError` before anything is touched)."""
+    tables = check_tables(tables)
+    run_id = layout.check_run_id(new_run_id() if run_id is None else run_id)
     started = time.perf_counter()
     report = RunReport(run_id=run_id, started_at=datetime.now(UTC).isoformat())
     notify = progress or (lambda table, event, detail: None)
@@ -110,10 +119,10 @@ def run_pipeline(
             outcome = policy.extract_to_completion(table, run_id, settings)
         except PipelineError as exc:
             log.error("extract failed", extra={"table": table, "run_id": run_id, "error": str(exc)})
-            outcome = policy.TableOutcome("failed", error=f"{type(exc).__name__}: {exc}")
+            outcome = policy.TableOutcome("failed", error=_error_text(exc))
         except Exception as exc:  # an unexpected bug: record it, keep the traceback in the log
             log.exception("extract crashed", extra={"table": table, "run_id": run_id})
-            outcome = policy.TableOutcome("failed", error=f"{type(exc).__name__}: {exc}")
+            outcome = policy.TableOutcome("failed", error=_error_text(exc))
         detail = {**outcome.to_dict(), "duration_s": round(time.perf_counter() - t0, 3)}
         notify(table, "failed" if outcome.status == "failed" else "finished", detail)
         return table, detail
@@ -135,13 +144,20 @@ def run_pipeline(
         if transformed.backlog_left:
             report.error = policy.backlog_message(run_id, transformed, settings)
     except PipelineError as exc:
-        report.error = f"{type(exc).__name__}: {exc}"
+        report.error = _error_text(exc)
+    except Exception as exc:  # an unexpected bug: recorded like a typed failure
+        report.error = _error_text(exc)
+        log.exception("run crashed", extra={"run_id": run_id})
     if report.error:
         log.error("run failed", extra={"run_id": run_id, "error": report.error})
 
     report.duration_s = time.perf_counter() - started
     report.finished_at = datetime.now(UTC).isoformat()
-    settings.ingest_lake().write_json(layout.run_report(run_id), report.to_dict())
+    try:
+        settings.ingest_lake().write_json(layout.run_report(run_id), scrub(report.to_dict()))
+    except PipelineError as exc:
+        report.report_error = _error_text(exc)
+        log.error("run report not written", extra={"run_id": run_id, "error": report.report_error})
     log.info(
         "run finished",
         extra={
@@ -151,6 +167,20 @@ def run_pipeline(
         },
     )
     return report
+
+
+def check_tables(tables: Sequence[str]) -> list[str]:
+    """Catalog names, each once, in the order given; an empty list or item is an error."""
+    if isinstance(tables, str):
+        raise InvalidInputError(f"tables must be a list of names, got the string {tables!r}")
+    names = [get_table(t).name for t in tables]  # UnknownTableError names the valid ones
+    if not names:
+        raise InvalidInputError("no tables given: name at least one, or leave the list out")
+    return list(dict.fromkeys(names))
+
+
+def _error_text(exc: BaseException) -> str:
+    return redact(f"{type(exc).__name__}: {exc}")
 
 
 def recent_runs(lake: Lake, limit: int = 10) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from pipeline import layout
 from pipeline.catalog import TABLES
 from pipeline.errors import CorruptBatchError, SchemaDriftError
-from pipeline.lake import Lake
+from pipeline.lake import Lake, lake_error
 
 BATCH_COLUMN = "_batch"  # ordinal of the batch in this run: later batches win ties
 
@@ -116,11 +116,9 @@ def _check_schema(lake: Lake, table: str, key: str, expected: pa.Schema) -> set[
     absent = set()
     try:
         actual = pq.read_schema(lake.path(key), filesystem=lake.fs)
-    except (FileNotFoundError, OSError) as exc:
-        raise CorruptBatchError(
-            f"ingestion file {lake.uri(key)} of table {table!r} is listed in a manifest but "
-            f"unreadable: {exc}. Re-extract the table."
-        ) from exc
+    except (OSError, pa.ArrowException) as exc:  # transient (S3) or a broken file, typed
+        fix = f"It is listed in a manifest of table {table!r}: re-extract the table."
+        raise lake_error(exc, lake.uri(key), "reading", fix) from exc
     for field in expected:
         idx = actual.get_field_index(field.name)
         if idx < 0 and field.nullable:

@@ -15,10 +15,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import polars as pl
+import pyarrow as pa
 
 from pipeline import layout
 from pipeline.catalog import TABLES
-from pipeline.lake import Lake
+from pipeline.lake import Lake, lake_error
 from pipeline.layout import ProcessedManifest
 from pipeline.settings import Settings
 from pipeline.transform import state as st
@@ -57,6 +58,7 @@ def transform(run_id: str, settings: Settings) -> TransformResult:
     """Consume the committed, not yet consumed ingestion batches, in commit order, up to
     `settings.transform_max_rows` rows (`more` says whether some were left)."""
     started = time.monotonic()
+    layout.check_run_id(run_id)  # a key part: checked before any lake is opened
     ingest, processed = settings.ingest_lake(), settings.processed_lake()
     result = _replay(processed, run_id) or _nothing_to_do(ingest, processed, run_id)
     if result is None:
@@ -66,11 +68,16 @@ def transform(run_id: str, settings: Settings) -> TransformResult:
                 base = st.committed_state(processed)
                 pending = pending_batches(ingest, processed, base)
                 batches, more = take_batches(pending, settings.transform_max_rows)
-                result = (
-                    _execute(ingest, processed, run_id, base, batches, lease, more=more)
-                    if batches
-                    else TransformResult(run_id, "nothing_to_do")
-                )
+                try:
+                    result = (
+                        _execute(ingest, processed, run_id, base, batches, lease, more=more)
+                        if batches
+                        else TransformResult(run_id, "nothing_to_do")
+                    )
+                except (OSError, pa.ArrowException) as exc:
+                    # A lake fault in the middle of a Polars scan (Polars passes pyarrow's
+                    # OSError on): typed like any lake error, so S3 throttling is retried.
+                    raise lake_error(exc, ingest.uri(""), "reading") from exc
     log.info(
         "transform %s",
         result.status,

@@ -98,7 +98,7 @@ def pipeline_aws(
     from pipeline import credentials
 
     moto_api_backend.reset()  # the server runs in this process: same backends
-    credentials._secret_dsn.cache_clear()  # secrets are per test (fresh databases)
+    credentials.clear_secret_cache()  # secrets are per test (fresh databases)
     env = harness.function_environment(assembly)
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -49,9 +49,10 @@ class FakeSteps:
             self.before_extract(table, run_id)
         if table in self.fail:
             raise self.fail[table]
-        chunk = int(run_id.rsplit("~", 1)[1]) if "~" in run_id else 0
+        # Continuations are `<base>+<n>` (inside the run id pattern, like the real `.n`).
+        chunk = int(run_id.rsplit("+", 1)[1]) if "+" in run_id else 0
         more = chunk + 1 < self.chunks.get(table, 1)
-        base = run_id.rsplit("~", 1)[0]
+        base = run_id.rsplit("+", 1)[0]
         files = [
             f"{table}/date=2026-11-26/{run_id}/part-{i:05d}.parquet"
             for i in range(self.files_per_call)
@@ -69,7 +70,7 @@ class FakeSteps:
                     f"source table {table!r} has a new column 'extra_{i}'" for i in range(3)
                 ],
                 "more": more,
-                **({"next_run_id": f"{base}~{chunk + 1}"} if more else {}),
+                **({"next_run_id": f"{base}+{chunk + 1}"} if more else {}),
             }
         )
 

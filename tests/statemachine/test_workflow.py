@@ -77,8 +77,8 @@ def test_a_table_needing_more_invocations_continues_under_the_next_run_id(pipeli
     assert execution.status == "SUCCEEDED", execution.cause
     assert [c["run_id"] for c in steps.extracts("sales_order")] == [
         "big-run",
-        "big-run~1",
-        "big-run~2",
+        "big-run+1",
+        "big-run+2",
     ]
     map_exit = [
         e

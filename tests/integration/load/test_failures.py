@@ -247,8 +247,8 @@ def _assert_nothing_applied(dsn: str) -> None:
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        ("delete", "missing or unreadable"),
-        ("garbage", "missing or unreadable"),
+        ("delete", "does not exist.*Re-run the transform"),
+        ("garbage", "truncated or corrupt.*Re-run the transform"),
         ("rows", "the manifest says"),
         ("schema", "does not have the fact_payment schema"),
         ("manifest", "malformed"),
