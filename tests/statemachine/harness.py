@@ -245,9 +245,12 @@ class Execution:
 
 
 def run_execution(
-    sfn: Any, machine_arn: str, name: str, execution_input: dict[str, Any], timeout: float = 300
+    sfn: Any, machine_arn: str, name: str, execution_input: dict[str, Any], timeout: float = 540
 ) -> Execution:
-    """Start a named execution and wait for it to finish (moto runs it in a thread)."""
+    """Start a named execution and wait for it to finish (moto runs it in a thread).
+
+    The wait is generous (a scenario takes well under a minute on an idle machine) but
+    below pytest's 600 s timeout, so a slow machine fails with this message, not a kill."""
     arn = sfn.start_execution(
         stateMachineArn=machine_arn, name=name, input=json.dumps(execution_input)
     )["executionArn"]
