@@ -7,10 +7,14 @@ Ingestion zone (`Settings.ingest_url`): written by extract, read by transform an
 
     <table>/date=<YYYY-MM-DD>/<run_id>/part-<NNNNN>.parquet   data parts of one batch
     _manifests/<table>/<run_id>.json                          a batch's commit record
-    _state/<table>/watermark-<seq>.json                       watermark versions
-    _state/<table>/resume/<run_id>.json                       where a continuation resumes
-    _state/<table>/runs/<run_id>.json                         a run's first attempt (its day)
-    _runs/<run_id>.json                                       local run reports
+    _log/batches/<seq>.json, head.json, segment-<n>.jsonl     the batch log (commit order)
+    _state/<table>/watermark.json                             the current watermark
+    _state/<table>/watermark-<seq>.json                       watermark versions (CAS)
+    _state/<table>/summary.json                               the table's last batch (status)
+    _resume/<table>/<run_id>.json                             where a continuation resumes
+    _attempts/<table>/<run_id>.json                           a run's first attempt (its day)
+    _log/runs/<seq>.json, ...                                 local run reports (a log too)
+    _state/housekeeping.json                                  when housekeeping last ran
 
 Processed zone (`Settings.processed_url`): written by transform, read by load and status.
 
@@ -18,8 +22,12 @@ Processed zone (`Settings.processed_url`): written by transform, read by load an
     _quarantine/<source_table>/run=<run_id>.parquet           rejected rows with reasons
     reports/latest.html, reports/daily/<YYYY-MM-DD>.html      the HTML report (report step)
     _manifests/<run_id>.json                                  a batch's commit record
+    _log/batches/<seq>.json, segment-<n>.jsonl                the batch log (commit order)
     _state/head.json, _state/<kind>/run=<run_id>.parquet      the transform's own state
     _locks/transform.json                                     one transform at a time
+
+Lookups never list a prefix whose size grows with history: logs are read forward from a
+remembered position (`pipeline.commitlog`), everything else by its exact key.
 """
 
 from __future__ import annotations
@@ -30,9 +38,33 @@ from typing import Any, TypedDict
 from pipeline.errors import InvalidInputError
 
 MANIFESTS = "_manifests/"  # the commit records of both zones live under this prefix
-RUN_REPORTS = "_runs/"
 STATE_HEAD = "_state/head.json"
 TRANSFORM_LEASE = "_locks/transform.json"
+HOUSEKEEPING = "_state/housekeeping.json"
+
+# Logs (pipeline.commitlog): the same layout in either zone, by log name.
+BATCH_LOG = "batches"  # ingestion: committed extract batches; processed: transform batches
+RUN_LOG = "runs"  # ingestion zone: the local runner's run reports
+ATTEMPTS = "_attempts/"
+RESUMES = "_resume/"
+LEGACY_RUN_REPORTS = "_runs/"  # run reports before the run log (read by nothing, expired)
+# Ingestion-zone prefixes whose objects only matter for a while (replays, continuations):
+# expired after `Settings.retention_days` (S3 lifecycle rules in AWS, housekeeping locally).
+INGEST_EXPIRING: tuple[str, ...] = (MANIFESTS, ATTEMPTS, RESUMES)
+
+
+def log_entry(log: str, seq: int) -> str:
+    return f"_log/{log}/{seq:012d}.json"
+
+
+def log_head(log: str) -> str:
+    """A hint of the log's newest entry number (may lag; never ahead)."""
+    return f"_log/{log}/head.json"
+
+
+def log_segment(log: str, segment: int) -> str:
+    """Entries `segment * n .. (segment + 1) * n - 1`, compacted into one JSON-lines object."""
+    return f"_log/{log}/segment-{segment:08d}.jsonl"
 
 
 # -- run ids: key parts of both zones ---------------------------------------------------------
@@ -75,21 +107,32 @@ def watermark(table: str, seq: int) -> str:
     return f"_state/{table}/watermark-{seq:010d}.json"
 
 
+def watermark_pointer(table: str) -> str:
+    """The newest watermark version's content (rewritten after each new version)."""
+    return f"_state/{table}/watermark.json"
+
+
 def table_state(table: str) -> str:
-    """The prefix of a table's extract state (watermarks, resume and attempt records)."""
+    """The prefix of a table's extract state (watermarks; before the batch log, also the
+    resume and attempt records: `legacy_state_records`)."""
     return f"_state/{table}/"
 
 
+def table_summary(table: str) -> str:
+    return f"_state/{table}/summary.json"
+
+
+def legacy_state_records(table: str) -> tuple[str, str]:
+    """Where attempt and resume records lived before `_attempts/` and `_resume/`."""
+    return f"_state/{table}/runs/", f"_state/{table}/resume/"
+
+
 def resume_record(table: str, run_id: str) -> str:
-    return f"_state/{table}/resume/{run_id}.json"
+    return f"{RESUMES}{table}/{run_id}.json"
 
 
 def attempt_record(table: str, run_id: str) -> str:
-    return f"_state/{table}/runs/{run_id}.json"
-
-
-def run_report(run_id: str) -> str:
-    return f"{RUN_REPORTS}{run_id}.json"
+    return f"{ATTEMPTS}{table}/{run_id}.json"
 
 
 class SchemaColumn(TypedDict):
@@ -121,7 +164,30 @@ class IngestionManifest(TypedDict):
     next_run_id: str | None
     resume: dict[str, Any] | None
     watermark: dict[str, Any] | None
-    committed_at: str  # ISO UTC, microseconds: batches are consumed in (committed_at, run_id)
+    committed_at: str  # ISO UTC, microseconds
+    log_from: int  # the batch log's head hint when committing: where a replay looks for it
+
+
+BATCH_ROWS = "rows"  # the kind of an extract batch's log entry (other kinds: other steps)
+
+
+class BatchLogEntry(TypedDict):
+    """`_log/batches/<seq>.json` in the ingestion zone: one committed batch, in log order.
+
+    Everything the transform needs to read the batch, so it never opens the manifest.
+    `kind` says what the batch holds (`BATCH_ROWS`: new and changed rows of `table`); a
+    reader skips nothing it does not understand: it fails (docs/CONTRACTS.md).
+    """
+
+    seq: int
+    kind: str
+    table: str
+    run_id: str
+    manifest: str  # the batch's commit record
+    committed_at: str
+    files: list[str]
+    rows: int
+    logged_at: str
 
 
 # -- processed zone ----------------------------------------------------------------------
@@ -200,3 +266,19 @@ class ProcessedManifest(TypedDict):
     more: bool
     state: dict[str, Any]  # the state pointers this batch commits
     committed_at: str  # ISO UTC: the load applies batches in (committed_at, run_id) order
+    seq: int  # this batch's number in the processed zone's batch log
+    previous: str | None  # the run id of the batch committed before this one
+    released: list[str]  # state snapshots this batch superseded (deleted after retention)
+
+
+class ProcessedLogEntry(TypedDict):
+    """`_log/batches/<seq>.json` in the processed zone: what the load needs of one batch."""
+
+    seq: int
+    run_id: str
+    manifest: str
+    committed_at: str
+    outputs: dict[str, OutputFiles]
+    previous: str | None
+    released: list[str]
+    logged_at: str

@@ -130,13 +130,14 @@ class Settings:
         "rows per ingestion Parquet part",
         parse=_positive_int,
     )
-    extract_max_rows: int | None = _knob(
-        None,
+    # One bound for the local runner and the Lambdas (the stack passes this default on):
+    # a table's batches never exceed it, and an extract call stays well inside 15 minutes.
+    extract_max_rows: int = _knob(
+        2_000_000,
         "EXTRACT_MAX_ROWS",
-        "rows per extract call; a bigger table continues in further calls (unset: no limit)",
+        "rows per extract call; a bigger table continues in further calls (`more`)",
         parse=_positive_int,
         flag="--max-rows",
-        shown="unset",
     )
     extract_workers: int = _knob(
         4,
@@ -152,7 +153,7 @@ class Settings:
     transform_max_rows: int = _knob(
         4_000_000,
         "TRANSFORM_MAX_ROWS",
-        "input rows one transform call takes (at least one batch); the rest waits for the next",
+        "input rows one transform call takes at most (a bigger batch in slices); the rest waits",
         parse=_positive_int,
         flag="--transform-max-rows",
     )
@@ -197,6 +198,20 @@ class Settings:
         if getattr(self, name) == spec.default:
             return f"the default (no {spec.metadata['env'][0]} set)"
         return f"Settings.{name}"
+
+    # -- housekeeping -----------------------------------------------------------------
+    retention_days: int = _knob(
+        30,
+        "RETENTION_DAYS",
+        "days the bookkeeping of past runs is kept (replay records, attempt and resume "
+        "records, run reports, superseded state); data batches are never expired here",
+        parse=_positive_int,
+        flag="--retention-days",
+    )
+
+    @property
+    def retention(self) -> timedelta:
+        return timedelta(days=self.retention_days)
 
     # -- what the steps open ----------------------------------------------------------
     def ingest_lake(self) -> Lake:

@@ -14,6 +14,9 @@ from typing import Any
 
 from constructs import Node
 
+from pipeline.settings import Settings
+
+_SETTINGS = Settings()
 DEFAULTS: dict[str, Any] = {
     "prefix": "totesys-etl",
     "scheduleExpression": "rate(30 minutes)",
@@ -26,7 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "alertEmail": None,
     "architecture": "arm64",
     "extractConcurrency": 4,
-    "extractMaxRows": 2_000_000,
+    "extractMaxRows": _SETTINGS.extract_max_rows,  # the pipeline's own defaults: one value
+    "retentionDays": _SETTINGS.retention_days,
     "transformMaxRuns": 20,
     "logRetentionDays": 90,
     "freshnessHours": 6,
@@ -52,6 +56,13 @@ def _as_list(value: Any) -> list[str]:
     return [str(v) for v in value]
 
 
+def _positive(value: Any, key: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"context {key} must be at least 1, got {number}")
+    return number
+
+
 def _as_bool(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in {"1", "true", "yes", "on"}
@@ -74,6 +85,7 @@ class PipelineConfig:
     architecture: str
     extract_concurrency: int
     extract_max_rows: int
+    retention_days: int
     transform_max_runs: int
     log_retention_days: int
     freshness_hours: int
@@ -126,6 +138,7 @@ class PipelineConfig:
             architecture=arch,
             extract_concurrency=concurrency,
             extract_max_rows=int(get("extractMaxRows")),
+            retention_days=_positive(get("retentionDays"), "retentionDays"),
             transform_max_runs=transform_max_runs,
             log_retention_days=int(get("logRetentionDays")),
             freshness_hours=int(get("freshnessHours")),

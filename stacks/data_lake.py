@@ -4,6 +4,12 @@ Both are private, encrypted, TLS-only and versioned (a bad write can be rolled b
 noncurrent versions expire so versioning does not grow the bill forever), and are
 retained when the stack is deleted: the lake is the pipeline's record of what it saw.
 A third bucket receives their S3 server access logs.
+
+Retention (docs/CONTRACTS.md, *Retention*): the ingestion zone's run-keyed records (replay
+manifests, attempt and resume records) only matter for a while, so lifecycle rules expire
+them after the retention period, with no request from the pipeline. Data and the batch log
+have no such rule; the processed zone is cleaned by the transform, which knows what is
+still referenced.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from pipeline.layout import INGEST_EXPIRING
+
 NONCURRENT_VERSION_DAYS = 30
 ACCESS_LOG_DAYS = 365
 
@@ -19,7 +27,7 @@ ACCESS_LOG_DAYS = 365
 class DataLake(Construct):
     """Ingestion and processed zones plus their access-log bucket."""
 
-    def __init__(self, scope: Construct, construct_id: str) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, retention_days: int) -> None:
         super().__init__(scope, construct_id)
         self.access_logs = s3.Bucket(
             self,
@@ -34,10 +42,20 @@ class DataLake(Construct):
                 s3.LifecycleRule(id="expire-access-logs", expiration=Duration.days(ACCESS_LOG_DAYS))
             ],
         )
-        self.ingestion = self._zone("Ingestion", "ingestion/")
+        expiring = [
+            s3.LifecycleRule(
+                id=f"expire-{prefix.strip('_/')}-after-retention",
+                prefix=prefix,
+                expiration=Duration.days(retention_days),
+            )
+            for prefix in INGEST_EXPIRING
+        ]
+        self.ingestion = self._zone("Ingestion", "ingestion/", expiring)
         self.processed = self._zone("Processed", "processed/")
 
-    def _zone(self, construct_id: str, log_prefix: str) -> s3.Bucket:
+    def _zone(
+        self, construct_id: str, log_prefix: str, extra: list[s3.LifecycleRule] | None = None
+    ) -> s3.Bucket:
         return s3.Bucket(
             self,
             construct_id,
@@ -55,5 +73,6 @@ class DataLake(Construct):
                     noncurrent_version_expiration=Duration.days(NONCURRENT_VERSION_DAYS),
                     abort_incomplete_multipart_upload_after=Duration.days(7),
                 ),
+                *(extra or []),
             ],
         )

@@ -125,10 +125,16 @@ class PipelineFunctions(Construct):
                 "INGEST_URL": ingest_url,
                 "TOTESYS_SECRET_ARN": config.source_secret,
                 "EXTRACT_MAX_ROWS": str(config.extract_max_rows),
+                "RETENTION_DAYS": str(config.retention_days),  # (legacy records it meets)
             },
         )
         self.transform = self._function(
-            spec["transform"], {"INGEST_URL": ingest_url, "PROCESSED_URL": processed_url}
+            spec["transform"],
+            {
+                "INGEST_URL": ingest_url,
+                "PROCESSED_URL": processed_url,
+                "RETENTION_DAYS": str(config.retention_days),  # (its own housekeeping)
+            },
         )
         self.load = self._function(
             spec["load"],

@@ -19,7 +19,7 @@ class TotesysEtlStack(Stack):
         super().__init__(scope, construct_id, **kwargs)
         Tags.of(self).add("project", config.prefix)
         self.config = config
-        self.lake = DataLake(self, "Lake")
+        self.lake = DataLake(self, "Lake", retention_days=config.retention_days)
         self.alerts = Alerts(self, "Alerts", config=config)
         self.functions = PipelineFunctions(self, "Functions", config=config, lake=self.lake)
         self.workflow = PipelineWorkflow(

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline import ingest_log, layout
 from pipeline.catalog import TABLES
 from pipeline.lake import Lake
 from pipeline.settings import Settings
@@ -72,10 +73,12 @@ def write_batch(
     parts: int = 1,
     mode: str = "incremental",
     commit: bool = True,
+    legacy: bool = False,
 ) -> str:
     """Write one committed batch of `table` for `run_id`; returns the manifest key.
 
-    `commit=False` writes only the data files (a crashed extract: readers must ignore them).
+    `commit=False` writes only the data files (a crashed extract: readers must ignore them);
+    `legacy=True` commits it as versions before the batch log did (a manifest only).
     """
     data = to_catalog_table(table, rows)
     committed_at = committed_at or next_committed_at()
@@ -87,27 +90,37 @@ def write_batch(
         lake.write_parquet(key, data.slice(i * size, size))
         files.append(key)
     lu = data.column("last_updated")
-    manifest_key = f"_manifests/{table}/{run_id}.json"
-    if commit:
-        lake.write_json(
-            manifest_key,
-            {
-                "table": table,
-                "run_id": run_id,
-                "files": files,
-                "rows": data.num_rows,
-                "cursor": {
-                    "from": _iso(pc.min(lu).as_py()),
-                    "to": _iso(pc.max(lu).as_py()),
-                },
-                "window": {"since": None, "until": None},
-                "mode": mode,
-                "schema_fingerprint": schema_fingerprint(table),
-                "warnings": [],
-                "committed_at": committed_at,
+    manifest_key = layout.ingestion_manifest(table, run_id)
+    if commit:  # as the extract commits: the manifest, then the batch log entry
+        manifest = {
+            "table": table,
+            "run_id": run_id,
+            "files": files,
+            "rows": data.num_rows,
+            "cursor": {
+                "from": _iso(pc.min(lu).as_py()),
+                "to": _iso(pc.max(lu).as_py()),
             },
-        )
+            "window": {"since": None, "until": None},
+            "mode": mode,
+            "schema_fingerprint": schema_fingerprint(table),
+            "warnings": [],
+            "committed_at": committed_at,
+        }
+        if not legacy:
+            manifest["log_from"] = ingest_log.head(lake)
+        lake.write_json(manifest_key, manifest)
+        if not legacy:
+            ingest_log.log_batch(lake, manifest_key, manifest, replayed=False)  # type: ignore[arg-type]
     return manifest_key
+
+
+def log_entry_key(lake: Lake, manifest_key: str) -> str:
+    """The key of the batch log entry of the batch committed at `manifest_key`."""
+    for entry in ingest_log.batch_log(lake).entries():
+        if entry["manifest"] == manifest_key:
+            return layout.log_entry(layout.BATCH_LOG, int(entry["seq"]))
+    raise KeyError(f"{manifest_key} is not in the batch log")
 
 
 def _iso(value: dt.datetime | None) -> str | None:

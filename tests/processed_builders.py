@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline import layout, processed_log
 from pipeline.lake import Lake
 from pipeline.warehouse_schema import WAREHOUSE_TABLES
 
@@ -30,8 +31,9 @@ def write_batch(
     *,
     committed_at: dt.datetime | None = None,
     parts: int = 1,
+    legacy: bool = False,
 ) -> dict[str, Any]:
-    """Write each table as `parts` Parquet files and commit the batch with its manifest."""
+    """Write each table as `parts` Parquet files and commit the batch (`commit`)."""
     outputs: dict[str, Any] = {}
     for name, rows in tables.items():
         data = rows if isinstance(rows, pa.Table) else arrow(name, rows)
@@ -42,17 +44,42 @@ def write_batch(
             lake.write_parquet(key, data.slice(i * size, size))
             keys.append(key)
         outputs[name] = {"files": keys, "rows": data.num_rows}
-    manifest = {
+    return commit(lake, run_id, outputs, committed_at=committed_at, legacy=legacy)
+
+
+def commit(
+    lake: Lake,
+    run_id: str,
+    outputs: dict[str, Any],
+    *,
+    committed_at: dt.datetime | None = None,
+    legacy: bool = False,
+) -> dict[str, Any]:
+    """Commit a batch as the transform does: head, manifest, batch log entry (`legacy`:
+    the manifest only, as versions before the batch log did)."""
+    base, _ = processed_log.read_head(lake)
+    seq = int(base.get("log_seq") or 0) + 1
+    when = (committed_at or dt.datetime.now(dt.UTC)).isoformat(timespec="microseconds")
+    manifest: dict[str, Any] = {
         "run_id": run_id,
         "inputs": [],
         "outputs": outputs,
         "rows_in": {},
         "quarantined": {},
-        "committed_at": (committed_at or dt.datetime.now(dt.UTC)).isoformat(
-            timespec="microseconds"
-        ),
+        "committed_at": when,
     }
-    lake.write_json(f"_manifests/{run_id}.json", manifest)
+    key = layout.processed_manifest(run_id)
+    if lake.exists(key):  # committed already: as a transform replaying its run id
+        recorded: dict[str, Any] = lake.read_json(key)
+        return recorded
+    if legacy:
+        lake.write_json(key, manifest)
+        return manifest
+    pointers = {"run_id": run_id, "files": {}, "log_seq": seq, "committed_at": when}
+    manifest.update(seq=seq, previous=base.get("run_id"), released=[], state=pointers)
+    lake.write_json(layout.STATE_HEAD, {"current": pointers, "previous": base})
+    lake.write_json(key, manifest)
+    processed_log.log_commit(lake, key, manifest)  # type: ignore[arg-type]
     return manifest
 
 

@@ -1,8 +1,9 @@
 """The extract step: one table's new or changed rows into the ingestion zone.
 
 Layout and result: docs/CONTRACTS.md. One call = one snapshot of the source (see
-`pipeline.extract.source`), streamed as typed Parquet parts, committed by a manifest, then the
-watermark. The order matters (R5): a crash before the manifest leaves only unlisted parts,
+`pipeline.extract.source`), streamed as typed Parquet parts, committed by a manifest, then
+logged in the batch log (`pipeline.ingest_log`, where readers find it), then the watermark.
+The order matters (R5): a crash before the manifest leaves only unlisted parts,
 which readers ignore and a re-run with the same run id overwrites at the same keys; a crash
 after it is repaired by the replay, which re-saves the watermark the manifest records.
 
@@ -28,6 +29,7 @@ Which rows (the window, `plan`):
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -39,7 +41,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import layout
+from pipeline import housekeeping, ingest_log, layout
 from pipeline.catalog import Table, get_table
 from pipeline.credentials import SOURCE, resolve
 from pipeline.errors import ConfigurationError
@@ -49,7 +51,7 @@ from pipeline.extract.drift import check as check_drift
 from pipeline.extract.source import SourceSnapshot, Window, to_catalog
 from pipeline.extract.watermark import Watermark, iso_ms
 from pipeline.lake import Lake
-from pipeline.layout import IngestionManifest, SchemaColumn
+from pipeline.layout import BatchLogEntry, IngestionManifest, SchemaColumn
 from pipeline.settings import Settings
 
 __all__ = ["ExtractResult", "extract_table", "plan", "read_batch"]
@@ -262,15 +264,31 @@ class _Cap:
                 yield batch
 
 
-def _run_day(lake: Lake, table: str, run_id: str) -> str:
-    """The date partition of this run's keys: fixed by its first attempt, so a re-run
-    after a crash (even past midnight) writes exactly the same keys."""
-    key = layout.attempt_record(table, run_id)
-    now = datetime.now(UTC)
-    lake.create_json(
-        key, {"run_id": run_id, "first_attempt_at": now.isoformat(), "day": f"{now:%Y-%m-%d}"}
-    )
-    return str(lake.read_json(key)["day"])
+class _RunDay:
+    """The date partition of this run's keys, fixed by its first attempt that wrote a part,
+    so a re-run after a crash (even past midnight) writes exactly the same keys. Looked up
+    only when the first part is opened: a call that finds no rows writes no record."""
+
+    def __init__(self, lake: Lake, table: str, run_id: str) -> None:
+        self.lake, self.table, self.run_id = lake, table, run_id
+        self._day: str | None = None
+
+    def keys(self) -> Iterator[str]:
+        for index in range(10**5):
+            yield layout.ingestion_part(self.table, self.day, self.run_id, index)
+
+    @property
+    def day(self) -> str:
+        if self._day is None:
+            key = layout.attempt_record(self.table, self.run_id)
+            now = datetime.now(UTC)
+            day = f"{now:%Y-%m-%d}"
+            record = {"run_id": self.run_id, "first_attempt_at": now.isoformat(), "day": day}
+            if self.lake.create_json(key, record):
+                self._day = day
+            else:
+                self._day = str(self.lake.read_json(key)["day"])
+        return self._day
 
 
 def _check_arguments(run_id: str, max_rows: int | None) -> None:
@@ -279,14 +297,43 @@ def _check_arguments(run_id: str, max_rows: int | None) -> None:
         raise ConfigurationError(f"max_rows must be at least 1, got {max_rows}")
 
 
-def _finish(lake: Lake, manifest: IngestionManifest) -> None:
-    """The follow-ups of a committed manifest, idempotent: resume record, then watermark."""
+def _finish(lake: Lake, key: str, manifest: IngestionManifest, *, replayed: bool) -> None:
+    """The follow-ups of a committed manifest, idempotent and in this order: the log entry
+    (readers find the batch), the resume record, then the watermark (only once the batch is
+    findable may the next run start after its rows), then the table's summary (status)."""
+    entry = ingest_log.log_batch(lake, key, manifest, replayed=replayed)
     if manifest["more"] and manifest["next_run_id"]:
         lake.create_json(
             layout.resume_record(manifest["table"], manifest["next_run_id"]), manifest["resume"]
         )
     if manifest["watermark"] is not None:
         watermark.save(lake, Watermark.from_json(manifest["watermark"]))
+    if not replayed:
+        _update_summary(lake, key, manifest, entry)
+
+
+def _update_summary(
+    lake: Lake, key: str, manifest: IngestionManifest, entry: BatchLogEntry | None
+) -> None:
+    """What `status` shows for the table, kept by the batches themselves (one small object,
+    so status never reads history). Two concurrent extractions of a table may lose one
+    count: the figures are for display."""
+    summary_key = layout.table_summary(manifest["table"])
+    summary = lake.read_json_or_none(summary_key) or {"batches": 0}
+    if summary.get("last_committed_at", "") > manifest["committed_at"]:
+        summary["batches"] = int(summary.get("batches", 0)) + 1
+    else:
+        summary.update(
+            table=manifest["table"],
+            batches=int(summary.get("batches", 0)) + 1,
+            last_run=manifest["run_id"],
+            last_rows=manifest["rows"],
+            last_committed_at=manifest["committed_at"],
+            last_manifest=key,
+        )
+    if entry is not None:
+        summary["last_seq"] = max(int(summary.get("last_seq", 0)), int(entry["seq"]))
+    lake.write_json(summary_key, summary)
 
 
 def _log(result: ExtractResult, started: float) -> None:
@@ -326,18 +373,20 @@ def extract_table(
     _check_arguments(run_id, max_rows)
     lake = settings.ingest_lake()
     key = layout.ingestion_manifest(spec.name, run_id)
-    if lake.exists(key):  # R8: this (run, table) is committed already
-        recorded = lake.read_json(key)
-        _finish(lake, recorded)
+    recorded = lake.read_json_or_none(key)
+    if recorded is not None:  # R8: this (run, table) is committed already
+        _finish(lake, key, recorded, replayed=True)
         result = ExtractResult.from_manifest(key, recorded, "replayed")
         _log(result, started)
         return result
 
-    resume_key = layout.resume_record(spec.name, run_id)
-    resume = lake.read_json(resume_key) if lake.exists(resume_key) else None
+    resume = lake.read_json_or_none(layout.resume_record(spec.name, run_id))
     lower, upper = naive_utc(since, "since"), naive_utc(until, "until")
     backfill = resume["mode"] == "backfill" if resume else (lower or upper) is not None
-    state = None if backfill else watermark.load(lake, spec.name)
+    expire_legacy = functools.partial(
+        housekeeping.expire_legacy_records, lake, settings, spec.name
+    )
+    state = None if backfill else watermark.load(lake, spec.name, on_listing=expire_legacy)
     db = resolve(SOURCE, settings)
 
     with SourceSnapshot.open(db, spec) as source:
@@ -349,7 +398,6 @@ def extract_table(
                 "hour when DST ends; set EXTRACT_LAG_SECONDS above 3600"
             )
         schema = batch_schema(spec, drift)
-        day = _run_day(lake, spec.name, run_id)  # after the drift check: drift writes nothing
         todo = plan(
             run_id,
             source.now,
@@ -359,19 +407,20 @@ def extract_table(
             until=upper,
             lag=settings.extract_lag,
         )
-        keys = (layout.ingestion_part(spec.name, day, run_id, i) for i in range(10**5))
+        keys = _RunDay(lake, spec.name, run_id).keys()  # after the drift check: drift writes nothing
         cap = _Cap(max_rows)
         rows = cap.apply(source.batches(todo.window, max_rows, drift.added))
         written = _write_parts(lake, keys, schema, spec, rows, settings.extract_part_rows)
         more = cap.more
 
     manifest = _manifest(spec, run_id, todo, written, schema, drift, warnings, more, state)
+    manifest["log_from"] = ingest_log.head(lake)
     if not lake.create_json(key, manifest):  # a concurrent attempt of this run committed first
         manifest = lake.read_json(key)
         status = "replayed"
     else:
         status = "ok"
-    _finish(lake, manifest)
+    _finish(lake, key, manifest, replayed=status == "replayed")
     result = ExtractResult.from_manifest(key, manifest, status)
     _log(result, started)
     return result
@@ -440,6 +489,7 @@ def _manifest(
         "resume": resume,
         "watermark": mark.to_json() if mark else None,
         "committed_at": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "log_from": 0,  # set just before the commit
     }
 
 

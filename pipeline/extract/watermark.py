@@ -5,12 +5,19 @@ Two extractions of the same table may run at once (R10), so a plain overwrite co
 the watermark backwards. Each save instead creates the next version,
 `_state/<table>/watermark-<seq>.json`, with the lake's atomic create-if-absent: of two
 writers racing for the same sequence number exactly one wins, the loser re-reads and
-writes only if its state is still ahead. Readers take the highest sequence number.
+writes only if its state is still ahead. The newest version is the watermark.
+
+Finding the newest without listing: after creating a version the writer copies it to
+`_state/<table>/watermark.json`. That pointer can lag (a writer stopped before copying, or
+an older copy landed last), so a reader takes the pointer's version and then probes the
+next numbers until one is missing: two reads whatever the history. A table written before
+the pointer existed is found by listing once; its first save writes the pointer.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
@@ -20,6 +27,7 @@ from pipeline.lake import Lake
 
 KEEP_VERSIONS = 20  # older versions are pruned; readers only ever need the newest
 MAX_ATTEMPTS = 50
+MAX_PROBES = 1_000  # versions past a lagging pointer before a reader gives up
 _VERSION = re.compile(r"watermark-(\d{10})\.json$")
 
 
@@ -82,15 +90,40 @@ def _key(table: str, seq: int) -> str:
     return layout.watermark(table, seq)
 
 
-def _versions(lake: Lake, table: str) -> list[int]:
-    found = (_VERSION.search(k) for k in lake.list(layout.table_state(table)))
+Listed = Callable[[list[tuple[str, datetime]]], None]
+
+
+def _listed_versions(lake: Lake, table: str, on_listing: Listed | None) -> list[int]:
+    """Every stored version, by listing (only for state written before the pointer)."""
+    listed = lake.list_with_times(layout.table_state(table))
+    if on_listing is not None:
+        on_listing(listed)
+    found = (_VERSION.search(k) for k, _ in listed)
     return sorted(int(m.group(1)) for m in found if m)
 
 
-def load(lake: Lake, table: str) -> Watermark | None:
-    """The newest watermark of `table`, or None before its first committed extraction."""
-    versions = _versions(lake, table)
-    return Watermark.from_json(lake.read_json(_key(table, versions[-1]))) if versions else None
+def load(lake: Lake, table: str, *, on_listing: Listed | None = None) -> Watermark | None:
+    """The newest watermark of `table`, or None before its first committed extraction.
+
+    `on_listing` sees the listing of `_state/<table>/` when the pointer is missing (a table
+    written before it, or never extracted), so a caller can clean up what that era left.
+    """
+    pointed = lake.read_json_or_none(layout.watermark_pointer(table))
+    if pointed is None:
+        versions = _listed_versions(lake, table, on_listing)
+        if not versions:
+            return None
+        pointed = lake.read_json(_key(table, versions[-1]))
+    newest = Watermark.from_json(pointed)
+    for _ in range(MAX_PROBES):  # versions the pointer does not know of yet
+        later = lake.read_json_or_none(_key(table, newest.seq + 1))
+        if later is None:
+            return newest
+        newest = Watermark.from_json(later)
+    raise WatermarkConflictError(
+        f"table {table!r}: more than {MAX_PROBES} watermark versions past "
+        f"{layout.watermark_pointer(table)}; retry"
+    )
 
 
 def read_watermark(lake: Lake, table: str) -> str | None:
@@ -111,6 +144,7 @@ def save(lake: Lake, mark: Watermark) -> Watermark:
         seq = (current.seq if current else 0) + 1
         candidate = Watermark(**{**asdict(mark), "seq": seq})
         if lake.create_json(_key(mark.table, seq), candidate.to_json()):
+            _point_at(lake, candidate)
             _prune(lake, mark.table, seq)
             return candidate
     raise WatermarkConflictError(
@@ -119,7 +153,18 @@ def save(lake: Lake, mark: Watermark) -> Watermark:
     )
 
 
+def _point_at(lake: Lake, mark: Watermark) -> None:
+    """Copy `mark` to the pointer unless a newer version is there already: the check makes
+    a lagging pointer need a writer to stall between two requests, not across its save
+    (a pointer that lags past the pruned versions reads an older watermark: rows are read
+    again, never skipped)."""
+    key = layout.watermark_pointer(mark.table)
+    pointed = lake.read_json_or_none(key)
+    if pointed is None or int(pointed["seq"]) < mark.seq:
+        lake.write_json(key, mark.to_json())
+
+
 def _prune(lake: Lake, table: str, newest: int) -> None:
-    for seq in _versions(lake, table):
-        if seq <= newest - KEEP_VERSIONS:
-            lake.delete(_key(table, seq))
+    """Keep the newest `KEEP_VERSIONS`: each save deletes the one that falls out (no
+    listing). Superseded versions are history only; nothing reads them."""
+    lake.delete(_key(table, newest - KEEP_VERSIONS))

@@ -1,9 +1,12 @@
-"""Processed batches as the load sees them: manifests found in the lake, checked, streamed.
+"""Processed batches as the load sees them: found in the batch log, checked, streamed.
 
-A batch exists only through its manifest `_manifests/<run_id>.json` (docs/CONTRACTS.md);
-files it does not list are leftovers of a crashed transform and are never read. Before a
-batch touches the warehouse every listed file is opened and its footer checked (schema,
-row count against the manifest), so a missing or corrupt file fails as
+A batch exists only through its commit record (docs/CONTRACTS.md); files it does not list
+are leftovers of a crashed transform and are never read. The load finds the batches its
+ledger lacks by reading the processed zone's batch log (`pipeline.processed_log`) from
+the newest entry back to the first one the ledger has, so its cost is what is new; a zone
+committed before the log is read by listing its manifests (`legacy_pending_batches`).
+Before a batch touches the warehouse every listed file is opened and its footer checked
+(schema, row count against the manifest), so a missing or corrupt file fails as
 `CorruptBatchError` before any row is applied.
 """
 
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -19,14 +22,16 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import layout
+from pipeline import layout, processed_log
 from pipeline.errors import CorruptBatchError
 from pipeline.lake import Lake, lake_error
 from pipeline.warehouse_schema import WAREHOUSE_TABLES, WarehouseTable
 
 READ_BATCH_ROWS = 65_536  # rows per record batch streamed to COPY: bounds memory
 _REWRITE = "Re-run the transform that wrote it."
+MAX_STEP = 64  # log entries read back per ledger query, at most
 T = TypeVar("T")
+Loaded = Callable[[list[str]], set[str]]  # run ids -> those of them in the ledger
 
 
 @dataclass(frozen=True)
@@ -50,13 +55,62 @@ class ProcessedBatch:
         return (self.committed_at, self.run_id)
 
 
-def pending_batches(lake: Lake, loaded: set[str]) -> list[ProcessedBatch]:
-    """Manifests not in `loaded`, oldest first by `(committed_at, run_id)`."""
-    batches = []
+def pending_batches(lake: Lake, loaded: Loaded) -> list[ProcessedBatch]:
+    """Committed batches the ledger lacks (`loaded` asks it), oldest first by
+    `(committed_at, run_id)`.
+
+    Every batch before the newest loaded one is loaded (the load applies them in order
+    and stops at a failure), so the walk back stops at the first loaded batch.
+    """
+    committed, _ = processed_log.read_head(lake)
+    run_id, newest = committed.get("run_id"), committed.get("log_seq")
+    if run_id is None or newest is None:  # nothing committed with the log yet
+        return legacy_pending_batches(lake, loaded)
+    log = processed_log.batch_log(lake)
+    pending: list[ProcessedBatch] = []
+    before, step, reached_loaded = int(newest) + 1, 1, False
+    first: dict[str, Any] | None = None
+    while before > 1 and not reached_loaded:
+        entries = log.read_before(before, step)
+        if before == int(newest) + 1 and not entries:  # the head's entry was lost in a crash
+            entries = [_entry_of(lake, run_id)]
+        if not entries:
+            raise CorruptBatchError(
+                f"processed batch log entry {before - 1} is missing: restore "
+                f"{lake.uri(layout.log_entry(layout.BATCH_LOG, before - 1))} from the bucket's "
+                "versions (entries are never deleted, only compacted)"
+            )
+        done = loaded([str(e["run_id"]) for e in entries])
+        for entry in entries:
+            if entry["run_id"] in done:
+                reached_loaded = True
+                break
+            if all(b.run_id != entry["run_id"] for b in pending):
+                pending.append(parse_manifest(entry, str(entry["manifest"])))
+            first = entry
+        before -= len(entries)
+        step = min(2 * step, MAX_STEP)
+    if not reached_loaded and first is not None and first.get("previous"):
+        # the log's first batch was built on batches committed before the log existed
+        logged = {b.run_id for b in pending}
+        pending += [b for b in legacy_pending_batches(lake, loaded) if b.run_id not in logged]
+    return sorted(pending, key=lambda b: b.order)
+
+
+def _entry_of(lake: Lake, run_id: str) -> dict[str, Any]:
+    key = layout.processed_manifest(run_id)
+    return processed_log.entry_for(key, lake.read_json(key))
+
+
+def legacy_pending_batches(lake: Lake, loaded: Loaded) -> list[ProcessedBatch]:
+    """Manifests the ledger lacks, by listing them all (batches committed before the log)."""
+    found = {}
     for key in lake.list(layout.MANIFESTS):
         run_id = layout.processed_run_id(key)
-        if run_id is not None and run_id not in loaded:
-            batches.append(parse_manifest(lake.read_json(key), key))
+        if run_id is not None:
+            found[run_id] = key
+    done = loaded(list(found))
+    batches = [parse_manifest(lake.read_json(k), k) for r, k in found.items() if r not in done]
     return sorted(batches, key=lambda b: b.order)
 
 

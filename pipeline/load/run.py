@@ -91,18 +91,27 @@ def _load_lock(conn: psycopg.Connection) -> Iterator[None]:
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOAD_LOCK,))
 
 
-def loaded_batches(settings: Settings) -> set[str]:
-    """Run ids of the processed batches already in the ledger (empty before any load)."""
+def waiting_batches(settings: Settings) -> list[str]:
+    """Run ids of the processed batches the ledger lacks, oldest first (what the next load
+    would apply); all of them before any load."""
     with connect(resolve(WAREHOUSE, settings), autocommit=True) as conn:
         exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (ddl.LEDGER_TABLE,)).fetchone()
-        if not (exists and exists[0]):
-            return set()
-        return {r[0] for r in conn.execute(_ledger_query("batch_run_id"))}
+        lookup = _in_ledger(conn) if exists and exists[0] else (lambda run_ids: set())
+        return [b.run_id for b in batches.pending_batches(settings.processed_lake(), lookup)]
+
+
+def _in_ledger(conn: psycopg.Connection) -> batches.Loaded:
+    """Which of some run ids the ledger has (its primary key: a lookup, not a scan)."""
+
+    def lookup(run_ids: list[str]) -> set[str]:
+        query = _ledger_query("batch_run_id", "WHERE batch_run_id = ANY(%s)")
+        return {r[0] for r in conn.execute(query, (run_ids,))}
+
+    return lookup
 
 
 def _load_pending(conn: psycopg.Connection, lake: Lake, run_id: str) -> LoadResult:
-    loaded = {r[0] for r in conn.execute(_ledger_query("batch_run_id"))}
-    pending = batches.pending_batches(lake, loaded)
+    pending = batches.pending_batches(lake, _in_ledger(conn))
     if not pending:
         return _recorded(conn, run_id)
     result = LoadResult(run_id, "loaded")

@@ -118,7 +118,8 @@ def print_status(status: dict[str, Any]) -> None:
             str(info["batches"]),
         )
     console.print(tables)
-    console.print(f"batches waiting for transform: {len(status['waiting_for_transform'])}")
+    more = "+" if status.get("waiting_for_transform_more") else ""
+    console.print(f"batches waiting for transform: {len(status['waiting_for_transform'])}{more}")
     waiting_load = status["waiting_for_load"]
     console.print(
         "batches waiting for load: "

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline import layout
+from pipeline import housekeeping, layout
 from pipeline import orchestration as policy
 from pipeline.catalog import TABLE_NAMES, get_table
 from pipeline.errors import InvalidInputError, PipelineError
-from pipeline.lake import Lake
+from pipeline.local import history
 from pipeline.redaction import redact, scrub
 from pipeline.settings import Settings
 
@@ -153,11 +153,14 @@ def run_pipeline(
 
     report.duration_s = time.perf_counter() - started
     report.finished_at = datetime.now(UTC).isoformat()
+    ingest = settings.ingest_lake()
     try:
-        settings.ingest_lake().write_json(layout.run_report(run_id), scrub(report.to_dict()))
+        history.record_run(ingest, scrub(report.to_dict()))
     except PipelineError as exc:
         report.report_error = _error_text(exc)
         log.error("run report not written", extra={"run_id": run_id, "error": report.report_error})
+    else:
+        housekeeping.expire_ingestion(ingest, settings)  # (at most daily; S3 lifecycle in AWS)
     log.info(
         "run finished",
         extra={
@@ -181,11 +184,3 @@ def check_tables(tables: Sequence[str]) -> list[str]:
 
 def _error_text(exc: BaseException) -> str:
     return redact(f"{type(exc).__name__}: {exc}")
-
-
-def recent_runs(lake: Lake, limit: int = 10) -> list[dict[str, Any]]:
-    """The newest run reports written by `run_pipeline` in the ingestion lake, newest first."""
-    keys = lake.list(layout.RUN_REPORTS)
-    reports = [lake.read_json(k) for k in keys]
-    reports.sort(key=lambda r: r.get("started_at", ""), reverse=True)
-    return reports[:limit]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from pipeline.catalog import TABLES
+from pipeline.lake import empty_table
 from pipeline.transform.inputs import BATCH_COLUMN
 
 # Source tables whose current state is kept (everything a dimension is built from).
@@ -36,7 +37,7 @@ class Merged:
 
 
 def empty_state(table: str) -> pl.DataFrame:
-    df = pl.from_arrow(TABLES[table].arrow_schema.empty_table())
+    df = pl.from_arrow(empty_table(TABLES[table].arrow_schema))
     assert isinstance(df, pl.DataFrame)
     return df
 

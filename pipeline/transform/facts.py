@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from pipeline.catalog import TABLES
+from pipeline.lake import empty_table
 from pipeline.transform.inputs import BATCH_COLUMN
 from pipeline.transform.quality import (
     DATE_PREFIX,
@@ -124,7 +125,7 @@ def empty_seen(source: str) -> pl.DataFrame:
 
 
 def empty_pending(source: str) -> pl.DataFrame:
-    df = pl.from_arrow(TABLES[source].arrow_schema.empty_table())
+    df = pl.from_arrow(empty_table(TABLES[source].arrow_schema))
     assert isinstance(df, pl.DataFrame)
     return df.with_columns(pl.lit(None, pl.Datetime("us", "UTC")).alias(PENDING_SINCE))
 

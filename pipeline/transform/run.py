@@ -2,8 +2,10 @@
 
 Commit protocol (docs/CONTRACTS.md, processed zone): outputs, quarantine files and state
 snapshots are written under run-specific keys, then `_state/head.json`, then the run
-manifest with `create_json` (the commit record). A crash anywhere before the manifest
-leaves the previous committed state in force, and a re-run rewrites the same keys.
+manifest with `create_json` (the commit record), then the batch's entry in the processed
+batch log (`pipeline.processed_log`). A crash anywhere before the manifest leaves the
+previous committed state in force, and a re-run rewrites the same keys; a crash after it
+leaves the entry to the next transform, which re-creates it first.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 import polars as pl
 import pyarrow as pa
 
-from pipeline import layout
+from pipeline import housekeeping, layout, processed_log
 from pipeline.catalog import TABLES
 from pipeline.lake import Lake, lake_error
 from pipeline.layout import ProcessedManifest
@@ -36,9 +38,10 @@ from pipeline.transform.facts import (
 )
 from pipeline.transform.inputs import (
     Batch,
+    IngestCursor,
     check_row_count,
-    list_manifest_keys,
-    read_batches,
+    legacy_cursor,
+    pending_batches,
     scan_batches,
 )
 from pipeline.transform.lease import Lease, leased
@@ -49,7 +52,7 @@ from pipeline.warehouse_schema import WAREHOUSE_TABLES
 
 log = logging.getLogger(__name__)
 
-CONSUMED = "consumed"
+CONSUMED = "consumed"  # the state kind that listed consumed manifests before the cursor
 READ_ALL_STATE_ROWS = 500_000  # a fact batch this big reads every state bucket it may need
 _EMPTY_CONSUMED = pl.DataFrame(schema={"key": pl.String, "run_id": pl.String})
 
@@ -65,13 +68,15 @@ def transform(run_id: str, settings: Settings) -> TransformResult:
         with leased(processed, run_id, settings.transform_lease_seconds) as lease:
             result = _replay(processed, run_id)
             if result is None:
-                base = st.committed_state(processed)
-                pending = pending_batches(ingest, processed, base)
+                head = st.read_head(processed)
+                cursor, migrated = ingest_cursor(ingest, processed, head.committed)
+                pending, truncated = pending_batches(ingest, cursor)
                 batches, more = take_batches(pending, settings.transform_max_rows)
+                work = _Round(run_id, head, cursor, batches, more or truncated, migrated)
                 try:
                     result = (
-                        _execute(ingest, processed, run_id, base, batches, lease, more=more)
-                        if batches
+                        _execute(ingest, processed, work, lease, settings)
+                        if batches or migrated
                         else TransformResult(run_id, "nothing_to_do")
                     )
                 except (OSError, pa.ArrowException) as exc:
@@ -105,21 +110,28 @@ def _replay(processed: Lake, run_id: str) -> TransformResult | None:
 
 def _nothing_to_do(ingest: Lake, processed: Lake, run_id: str) -> TransformResult | None:
     """Answer an idle run without taking the lease (nothing is written)."""
-    if pending_batches(ingest, processed, st.committed_state(processed)):
+    cursor, migrated = ingest_cursor(ingest, processed, st.committed_state(processed))
+    if migrated or pending_batches(ingest, cursor)[0]:
         return None
     return TransformResult(run_id, "nothing_to_do")
 
 
-def pending_batches(ingest: Lake, processed: Lake, base: st.StatePointers) -> list[Batch]:
-    """Committed ingestion batches that no committed transform run has consumed."""
+def ingest_cursor(
+    ingest: Lake, processed: Lake, base: st.StatePointers
+) -> tuple[IngestCursor, bool]:
+    """How far the committed state has consumed the ingestion zone. Derived by one listing
+    for a new processed zone, and for state from before the cursor: True then, and the run
+    commits the cursor even if it has nothing else to do, so the listing happens once."""
+    if base.ingest is not None:
+        return base.ingest, False
     consumed = st.read_state(processed, base, CONSUMED, _EMPTY_CONSUMED)
-    done = set(consumed["key"].to_list())
-    return read_batches(ingest, [k for k in list_manifest_keys(ingest) if k not in done])
+    return legacy_cursor(ingest, set(consumed["key"].to_list())), base.run_id is not None
 
 
 def take_batches(batches: list[Batch], limit: int) -> tuple[list[Batch], bool]:
-    """The oldest batches up to `limit` rows (at least one), so a long backlog
-    is worked off over several runs in bounded memory; True if some were left for later.
+    """The oldest batches up to `limit` rows, so a long backlog is worked off over several
+    runs in bounded memory; True if some were left for later. A batch bigger than the
+    limit is taken in slices of `limit` rows, one slice per run.
 
     Lookup-table batches go first (each table keeps its commit order): when the cap splits
     a backlog, the dimensions a deferred fact batch needs are in place before it, instead of
@@ -128,30 +140,42 @@ def take_batches(batches: list[Batch], limit: int) -> tuple[list[Batch], bool]:
     taken: list[Batch] = []
     rows = 0
     for batch in sorted(batches, key=lambda b: b.table not in LOOKUP_TABLES):  # stable
-        if taken and rows + batch.rows > limit:
+        if rows + batch.remaining > limit:
+            if not taken:
+                taken.append(batch.slice(limit))
             return taken, True
         taken.append(batch)
-        rows += batch.rows
+        rows += batch.remaining
     return taken, False
 
 
+@dataclass
+class _Round:
+    """What one transform call works on: its batches and the state it builds on."""
+
+    run_id: str
+    head: st.Head
+    cursor: IngestCursor
+    batches: list[Batch]
+    more: bool
+    migrated: bool  # the cursor was derived: the legacy `consumed` snapshot is dropped
+
+    @property
+    def base(self) -> st.StatePointers:
+        return self.head.committed
+
+
 def _execute(
-    ingest: Lake,
-    processed: Lake,
-    run_id: str,
-    base: st.StatePointers,
-    batches: list[Batch],
-    lease: Lease,
-    *,
-    more: bool,
+    ingest: Lake, processed: Lake, round_: _Round, lease: Lease, settings: Settings
 ) -> TransformResult:
+    run_id, batches = round_.run_id, round_.batches
     by_table: dict[str, list[tuple[int, Batch]]] = defaultdict(list)
     for ordinal, batch in enumerate(batches):
         by_table[batch.table].append((ordinal, batch))
-    store = st.StateStore(processed, base, run_id)
+    store = st.StateStore(processed, round_.base, run_id)
     work = _Work(ingest, store, by_table, TransformResult(run_id, "ok"))
     work.result.inputs = [b.key for b in batches]
-    work.result.more = more
+    work.result.more = round_.more
     states, changed = work.lookups()
     dims = build_dimensions(states, changed)
     # Release the lookup states (a big batch reads all 2.8M transaction rows) before the
@@ -163,7 +187,9 @@ def _execute(
     outputs["dim_date"] = build_dim_date(
         referenced_dates({f.name: outputs[f.name] for f in FACT_SPECS if outputs[f.name].height})
     )
-    return _commit(processed, run_id, base, work.result, outputs, work.quarantine, store, lease)
+    if round_.migrated:
+        store.replace(CONSUMED, pl.DataFrame())  # (an empty frame drops the kind)
+    return _commit(processed, round_, work.result, outputs, work.quarantine, store, lease, settings)
 
 
 @dataclass
@@ -297,23 +323,37 @@ def _committed_at(processed: Lake, base: st.StatePointers) -> str:
     """Now, but never before the previous run's `committed_at`: the load applies batches in
     that order, and a host whose clock lags must not reorder SCD1 dimension updates."""
     now = dt.datetime.now(dt.UTC)
-    if base.run_id:
+    previous = base.committed_at
+    if previous is None and base.run_id:  # (committed before the pointers recorded it)
         previous = processed.read_json(layout.processed_manifest(base.run_id))["committed_at"]
+    if previous is not None:
         now = max(now, dt.datetime.fromisoformat(previous) + dt.timedelta(microseconds=1))
     return now.isoformat(timespec="microseconds")
 
 
+def _released(head: st.Head, new: st.StatePointers) -> list[str]:
+    """Snapshots no state from this run on refers to: the base's that this run replaced,
+    and those a crashed run wrote and never committed. Deleted after the retention period."""
+    keep = set(new.files.values())
+    old = list(head.committed.files.values())
+    if head.abandoned is not None:
+        old += head.abandoned.files.values()
+    return sorted(set(old) - keep)
+
+
 def _commit(
     processed: Lake,
-    run_id: str,
-    base: st.StatePointers,
+    round_: _Round,
     result: TransformResult,
     outputs: dict[str, pl.DataFrame],
     quarantine: dict[str, list[pl.DataFrame]],
     store: st.StateStore,
     lease: Lease,
+    settings: Settings,
 ) -> TransformResult:
-    """Write data, quarantine and state; then the head; then the manifest (commit point)."""
+    """Write data, quarantine and state; then the head; then the manifest (commit point);
+    then the batch's log entry."""
+    run_id, base = round_.run_id, round_.base
     written = {
         name: write_warehouse_table(processed, name, run_id, outputs.get(name, pl.DataFrame()))
         for name in WAREHOUSE_TABLES
@@ -325,17 +365,15 @@ def _commit(
         if rejected:
             bad = pl.concat(rejected, how="vertical_relaxed")
             quarantine_files[table] = write_quarantine(processed, table, run_id, bad)
-    consumed = pl.concat(
-        [
-            store.read_whole(CONSUMED, _EMPTY_CONSUMED),
-            pl.DataFrame(
-                {"key": result.inputs, "run_id": [run_id] * len(result.inputs)},
-                schema=_EMPTY_CONSUMED.schema,
-            ),
-        ]
-    )
-    store.replace(CONSUMED, consumed)
     pointers = store.flush()  # only the snapshots that changed; the others carry forward
+    processed_log.repair(processed, base.run_id, base.log_seq)
+    pointers.ingest = round_.cursor.advanced(round_.batches)
+    pointers.log_seq = (base.log_seq or 0) + 1
+    pointers.committed_at = _committed_at(processed, base)
+    if round_.migrated and base.run_id:
+        keep = {*pointers.files.values(), *base.files.values()}  # (base: if this run crashes)
+        housekeeping.expire_legacy_state(processed, settings, keep=keep)
+    pointers.housekept = housekeeping.expire_processed(processed, base, settings)
     result.rows_out = {name: w["rows"] for name, w in written.items()}
     manifest: ProcessedManifest = {
         "run_id": run_id,
@@ -348,12 +386,16 @@ def _commit(
         "pending": result.pending,
         "more": result.more,
         "state": pointers.to_json(),
-        "committed_at": _committed_at(processed, base),
+        "committed_at": pointers.committed_at,
+        "seq": pointers.log_seq,
+        "previous": base.run_id,
+        "released": _released(round_.head, pointers),
     }
     lease.assert_held()
     st.write_head(processed, pointers, base)
     key = layout.processed_manifest(run_id)
     if not processed.create_json(key, manifest):  # the same run id committed meanwhile
         return TransformResult.from_manifest(processed.read_json(key), key)
+    processed_log.log_commit(processed, key, manifest)
     result.manifest = key
     return result

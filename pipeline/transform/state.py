@@ -9,8 +9,13 @@ with the manifest, a crashed run's files are ignored, and no listing is needed.
 State kinds (keys in `StatePointers.files`):
 - `current/<table>/b<n>`: latest valid version per primary key of each lookup source table;
 - `seen/<table>/b<n>`: fact row versions already handled (skip re-deliveries);
-- `pending/<table>`: fact rows waiting for a missing dimension row;
-- `consumed`: the ingestion manifest keys consumed so far.
+- `pending/<table>`: fact rows waiting for a missing dimension row.
+
+Next to the snapshots the pointers carry, as small JSON: how far the ingestion batch log is
+consumed (`ingest`, an `IngestCursor`: this replaced the `consumed` snapshot of every
+manifest key ever consumed, which grew and was rewritten by every run), the run's number
+in the processed zone's batch log (`log_seq`), its `committed_at`, and how far housekeeping
+has gone through that log (`housekept`).
 
 `current` and `seen` are split into buckets of `bucket_ids` consecutive primary keys
 (bucket `n` holds ids `n * bucket_ids .. (n + 1) * bucket_ids - 1`), so a run reads only
@@ -31,8 +36,9 @@ from typing import Any
 
 import polars as pl
 
-from pipeline import layout
+from pipeline import layout, processed_log
 from pipeline.lake import Lake
+from pipeline.transform.inputs import IngestCursor
 
 BUCKET_IDS = 65_536  # ids per state bucket (new processed zones; existing ones keep theirs)
 BUCKET = "__bucket"
@@ -46,12 +52,20 @@ class StatePointers:
     run_id: str | None = None
     files: dict[str, str] = field(default_factory=dict)  # "current/staff/b0" -> lake key
     bucket_ids: int | None = None  # None: no state yet (or state from before buckets)
+    ingest: IngestCursor | None = None  # None: no state yet, or from before the batch log
+    log_seq: int | None = None  # None: no run yet, or committed before the batch log
+    committed_at: str | None = None
+    housekept: int = 0  # processed batch log entries whose expired records are deleted
 
     def to_json(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "bucket_ids": self.bucket_ids,
             "files": dict(sorted(self.files.items())),
+            "ingest": None if self.ingest is None else self.ingest.to_json(),
+            "log_seq": self.log_seq,
+            "committed_at": self.committed_at,
+            "housekept": self.housekept,
         }
 
     @classmethod
@@ -59,22 +73,40 @@ class StatePointers:
         if not obj:
             return cls()
         width = obj.get("bucket_ids")
+        ingest = obj.get("ingest")
+        log_seq = obj.get("log_seq")
         return cls(
             run_id=obj.get("run_id"),
             files=dict(obj.get("files", {})),
             bucket_ids=int(width) if width else None,
+            ingest=None if ingest is None else IngestCursor.from_json(ingest),
+            log_seq=None if log_seq is None else int(log_seq),
+            committed_at=obj.get("committed_at"),
+            housekept=int(obj.get("housekept") or 0),
         )
+
+
+@dataclass
+class Head:
+    """`_state/head.json` as read: the committed state, and the state a crashed run wrote
+    but never committed (its snapshots are garbage once a later run commits)."""
+
+    committed: StatePointers
+    abandoned: StatePointers | None = None
+
+
+def read_head(lake: Lake) -> Head:
+    """The state of the last committed run: the head, or its predecessor if it crashed."""
+    committed, abandoned = processed_log.read_head(lake)
+    return Head(
+        StatePointers.from_json(committed),
+        None if abandoned is None else StatePointers.from_json(abandoned),
+    )
 
 
 def committed_state(lake: Lake) -> StatePointers:
     """The state of the last committed run: the head, or its predecessor if it crashed."""
-    if not lake.exists(layout.STATE_HEAD):
-        return StatePointers()
-    head = lake.read_json(layout.STATE_HEAD)
-    current = StatePointers.from_json(head.get("current"))
-    if current.run_id and lake.exists(layout.processed_manifest(current.run_id)):
-        return current
-    return StatePointers.from_json(head.get("previous"))
+    return read_head(lake).committed
 
 
 def write_head(lake: Lake, new: StatePointers, base: StatePointers) -> None:
@@ -211,7 +243,8 @@ class StateStore:
             self._buckets[kind] = (df, key_column, set(dirty))
 
     def flush(self) -> StatePointers:
-        """Write every updated snapshot under this run's keys; the next pointers."""
+        """Write every updated snapshot under this run's keys; the next pointers (their
+        `files`, the other fields are the caller's)."""
         files = dict(self.base.files)
         jobs: list[tuple[str, pl.DataFrame]] = []
         for kind, new in self._whole.items():

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Match
 
+from pipeline.settings import Settings
 from tests.stacks.synth import Assembly
 
 HANDLERS = {
@@ -84,10 +85,34 @@ def test_lake_buckets_are_private_encrypted_versioned_logged_and_retained(assemb
     [sse] = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
     assert sse["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in {"AES256", "aws:kms"}
     assert props["VersioningConfiguration"] == {"Status": "Enabled"}
-    [rule] = props["LifecycleConfiguration"]["Rules"]
+    [rule] = [r for r in props["LifecycleConfiguration"]["Rules"] if "Prefix" not in r]
     assert rule["Status"] == "Enabled" and rule["NoncurrentVersionExpiration"]["NoncurrentDays"] > 0
     access_logs = logical_id(assembly, "AWS::S3::Bucket", "LakeAccessLogs")
     assert props["LoggingConfiguration"]["DestinationBucketName"] == {"Ref": access_logs}
+
+
+def test_only_the_ingestion_zones_run_keyed_records_expire_after_the_retention_period(assembly):
+    """Replay manifests, attempt and resume records: the lifecycle rules delete them, the
+    same number of days the functions are told (data and batch logs have no such rule)."""
+    rules = {}
+    for zone in ("LakeIngestion", "LakeProcessed"):
+        bucket = assembly.template["Resources"][logical_id(assembly, "AWS::S3::Bucket", zone)]
+        rules[zone] = {
+            r["Prefix"]: r["ExpirationInDays"]
+            for r in bucket["Properties"]["LifecycleConfiguration"]["Rules"]
+            if "Prefix" in r and r["Status"] == "Enabled"
+        }
+    days = Settings().retention_days
+    assert rules == {
+        "LakeIngestion": {"_manifests/": days, "_attempts/": days, "_resume/": days},
+        "LakeProcessed": {},
+    }
+    for step in ("extract", "transform"):
+        _, fn = functions_by_step(assembly)[step]
+        assert fn["Properties"]["Environment"]["Variables"]["RETENTION_DAYS"] == str(days)
+    _, extract = functions_by_step(assembly)["extract"]
+    env = extract["Properties"]["Environment"]["Variables"]
+    assert env["EXTRACT_MAX_ROWS"] == str(Settings().extract_max_rows)  # as the local runner
 
 
 def test_every_bucket_denies_requests_without_tls(assembly):

@@ -195,25 +195,43 @@ def test_an_ambiguous_invoke_is_retried_and_the_step_replays_without_duplicates(
     )
 
 
+def _source_counts(dsn: str) -> dict[str, int]:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(dsn) as conn:
+        return {
+            t: conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))
+            ).fetchone()[0]  # type: ignore[index]
+            for t in TABLE_NAMES
+        }
+
+
 def test_a_transform_backlog_loops_until_done_and_loads_what_an_uncapped_pass_loads(
     pipeline_aws, databases, make_database, tmp_path, monkeypatch
 ):
-    """TRANSFORM_MAX_ROWS=1: every transform takes one batch (at least one is always taken,
-    oldest first, so facts can come before their dimensions) and reports `more` while
-    batches are left; one load at the end takes them all, in order."""
-    monkeypatch.setenv("TRANSFORM_MAX_ROWS", "1")
+    """A row cap of a tenth of the source: every transform takes at most that many rows
+    (a bigger batch in slices; lookups first, so facts seldom come before their
+    dimensions) and reports `more` while rows are left; one load at the end takes every
+    pass, in order."""
+    total = sum(_source_counts(databases["source"]).values())
+    cap = -(-total // 10)
+    monkeypatch.setenv("TRANSFORM_MAX_ROWS", str(cap))
     execution = pipeline_aws.run({}, name="run-backlog")
 
     assert execution.status == "SUCCEEDED", execution.cause
-    batches = len(TABLE_NAMES)  # one ingestion batch per table
     transforms = pipeline_aws.router.calls("transform_handler")
+    passes = len(transforms)
+    assert 10 <= passes <= 20
     assert [c.event["run_id"] for c in transforms] == ["run-backlog"] + [
-        f"run-backlog.t{n}" for n in range(2, batches + 1)
+        f"run-backlog.t{n}" for n in range(2, passes + 1)
     ]
-    assert [c.result["more"] for c in transforms] == [True] * (batches - 1) + [False]
-    assert all(c.result["inputs_count"] == 1 for c in transforms)
+    assert [c.result["more"] for c in transforms] == [True] * (passes - 1) + [False]
+    rows_in = [sum(c.result["rows_in"].values()) for c in transforms]
+    assert max(rows_in) <= cap and sum(rows_in) == total
     [load] = pipeline_aws.router.calls("load_handler")
-    assert load.event["run_id"] == "run-backlog" and load.result["batches_count"] == batches
+    assert load.event["run_id"] == "run-backlog" and load.result["batches_count"] == passes
     assert pipeline_aws.notifications() == []
     assert max(execution.payload_sizes()) < 10 * KIB
 

@@ -9,6 +9,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from pipeline import ingest_log
+from pipeline.commitlog import CommitLog
 from pipeline.errors import AuthenticationError, SourceUnavailableError
 from pipeline.extract import watermark
 from pipeline.lake import Lake
@@ -89,6 +91,33 @@ def test_crash_between_manifest_and_watermark_is_repaired_by_the_replay(
     assert wm is not None and wm.last_updated.isoformat() == "2024-11-04T09:00:00"
 
 
+def test_crash_between_manifest_and_log_entry_loses_nothing(
+    source: str, lake_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watermark only moves once the batch is in the log: after a crash in between, the
+    next run reads the rows again, and a replay of the crashed run logs its batch once."""
+    add_currencies(source, ["2024-11-04 09:00:00.000"])
+    real_append = CommitLog.append
+
+    def crash(self: CommitLog, entry: dict) -> dict:
+        raise CrashError("killed before the log entry")
+
+    monkeypatch.setattr(CommitLog, "append", crash)
+    with pytest.raises(CrashError):
+        run(source, lake_url, "r1")
+    monkeypatch.setattr(CommitLog, "append", real_append)
+    lake = Lake(lake_url)
+    assert lake.exists("_manifests/currency/r1.json") and mark(lake_url) is None
+    assert ingest_log.batch_log(lake).read_after(0) == []
+
+    second = run(source, lake_url, "r2")  # the next run: from the old watermark (none: full)
+    assert second.rows == 2 and second.mode == "full"
+    assert run(source, lake_url, "r1").status == "replayed"
+    assert run(source, lake_url, "r1").status == "replayed"
+    logged = [e["manifest"] for e in ingest_log.batch_log(lake).read_after(0)]
+    assert logged == ["_manifests/currency/r2.json", "_manifests/currency/r1.json"]
+
+
 def test_same_run_id_twice_writes_nothing_the_second_time(source: str, lake_url: str) -> None:
     """R8: a replayed (run, table) returns the recorded result and leaves the lake as it was."""
     add_currencies(source, ["2024-11-04 09:00:00.000"])
@@ -138,6 +167,9 @@ def test_concurrent_runs_never_move_the_watermark_backwards(source: str, lake_ur
     assert final.last_updated.isoformat(timespec="milliseconds") == newest  # the maximum won
     run(source, lake_url, "after")
     assert all_versions(lake_url, "currency") == source_versions(source)
+    committed = {k for k in lake.list("_manifests/currency/") if lake.read_json(k)["rows"]}
+    logged = [e["manifest"] for e in ingest_log.batch_log(lake).read_after(0)]
+    assert sorted(logged) == sorted(committed)  # every batch with rows, each once
 
 
 def test_wrong_password_fails_fast_without_the_password(source: str, lake_url: str) -> None:

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 import pipeline.load.run as load_module
+from pipeline import layout
 from pipeline.errors import CorruptBatchError, DataQualityError, ReferentialIntegrityError
 from pipeline.lake import Lake
 from pipeline.load import LoadResult, facts, load
@@ -259,7 +260,8 @@ def test_missing_or_corrupt_input_is_a_typed_error_and_nothing_is_applied(
 ) -> None:
     _batches(lake, ["b1"])
     key = "fact_payment/run=b1/part-00000.parquet"
-    manifest = lake.read_json("_manifests/b1.json")
+    entry = layout.log_entry(layout.BATCH_LOG, 1)  # what the load reads of batch b1
+    manifest = lake.read_json(entry)
     if damage == "delete":
         lake.delete(key)
     elif damage == "garbage":
@@ -272,7 +274,7 @@ def test_missing_or_corrupt_input_is_a_typed_error_and_nothing_is_applied(
         lake.write_parquet(key, pa.table({"payment_id": pa.array([1], pa.int64())}))
     else:
         del manifest["committed_at"]
-    lake.write_json("_manifests/b1.json", manifest)
+    lake.write_json(entry, manifest)
     with pytest.raises(CorruptBatchError, match=message):
         load("l", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     _assert_nothing_applied(pg_dsn)

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from pipeline.lake import Lake
-from pipeline.load.run import load, loaded_batches
+from pipeline.load.run import load, waiting_batches
 from pipeline.settings import Settings
 from tests.processed_builders import (
     full_contents,
@@ -58,15 +58,15 @@ def test_first_load_writes_every_table_exactly(lake: Lake, pg_dsn: str, caplog) 
             "SELECT batch_run_id, load_run_id, rows->>'fact_sales_order' FROM etl_load_ledger"
         ).fetchall()
     assert ledger == [("t1", "load-1", "5")]
-    assert loaded_batches(Settings(warehouse_dsn=pg_dsn)) == {"t1"}
+    assert waiting_batches(Settings(processed_url=lake.url, warehouse_dsn=pg_dsn)) == []
 
 
 def test_nothing_to_do_and_replay(lake: Lake, pg_dsn: str) -> None:
     assert (
         load("a", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn)).status == "nothing_to_do"
     )
-    assert loaded_batches(Settings(warehouse_dsn=pg_dsn)) == set()
     write_batch(lake, "t1", star_batch(T0))
+    assert waiting_batches(Settings(processed_url=lake.url, warehouse_dsn=pg_dsn)) == ["t1"]
     first = load("b", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
     before = full_contents(pg_dsn)
     again = load("b", Settings(processed_url=lake.url, warehouse_dsn=pg_dsn))
@@ -150,6 +150,26 @@ def test_pending_batches_load_oldest_first_in_one_call(lake: Lake, pg_dsn: str) 
             for r in conn.execute("SELECT batch_run_id FROM etl_load_ledger ORDER BY loaded_at")
         ]
     assert order == ["c", "a", "b"]
+
+
+def test_batches_of_a_zone_written_before_the_batch_log_are_all_loaded(
+    lake: Lake, pg_dsn: str
+) -> None:
+    """Manifests only (the version before the log), one loaded, one not; then a batch with
+    the log built on them: the load applies exactly the two it lacks, in order."""
+    settings = Settings(processed_url=lake.url, warehouse_dsn=pg_dsn)
+    for k, name in enumerate(["old1", "old2"]):
+        when = T0 + dt.timedelta(hours=k)
+        tables = star_batch(when, suffix=name)
+        write_batch(lake, name, tables, committed_at=when.astimezone(dt.UTC), legacy=True)
+        if k == 0:
+            assert load("l1", settings).batches == ["old1"]
+    lake.write_json("_state/head.json", {"current": {"run_id": "old2"}})  # its state head
+    when = T0 + dt.timedelta(hours=5)
+    write_batch(lake, "new", star_batch(when, suffix="new"), committed_at=when.astimezone(dt.UTC))
+    assert waiting_batches(settings) == ["old2", "new"]
+    assert load("l2", settings).batches == ["old2", "new"]
+    assert load("l3", settings).status == "nothing_to_do"
 
 
 def test_empty_outputs_and_dimension_only_batches_load(lake: Lake, pg_dsn: str) -> None:

@@ -36,34 +36,43 @@ def lake(tmp_path) -> Lake:
     return Lake(str(tmp_path / "processed"))
 
 
-def _two_batches(lake: Lake) -> list[str]:
+Batches = list[tuple[str, dict[str, Any], dt.datetime, int]]  # name, tables, committed, parts
+
+
+def _two_batches() -> Batches:
+    out = []
     for k, name in enumerate(["b1", "b2"]):
         when = T0 + dt.timedelta(days=k)
         batch = star_batch(when, ids=range(1 + k, 6 + k), suffix=name)
         if k:  # b2: ids 1-3 of every dimension changed, 4-6 new
             batch.update(dimension_rows(6, suffix=name))
-        write_batch(lake, name, batch, committed_at=when.replace(tzinfo=dt.UTC), parts=2)
-    return ["b1", "b2"]
+        out.append((name, batch, when.replace(tzinfo=dt.UTC), 2))
+    return out
 
 
-def _older_batch_late(lake: Lake) -> list[str]:
+def _older_batch_late() -> Batches:
     new, old = T0 + dt.timedelta(days=1), T0
+    out = []
     for name, when in [("newer", new), ("older", old)]:
         batch = star_batch(when, suffix=f"-{name}")
         batch.update(dimension_rows(5 if name == "older" else 3, suffix=f"-{name}"))
-        write_batch(lake, name, batch, committed_at=when.replace(tzinfo=dt.UTC))
-    return ["newer", "older"]  # the older batch arrives late
+        out.append((name, batch, when.replace(tzinfo=dt.UTC), 1))
+    return out  # the older batch arrives late
 
 
-def _load_each(lake: Lake, dsn: str, order: list[str]) -> list[dict[str, Any]]:
-    """Load the batches one load call each, in `order` (a late batch arrives after)."""
+def _write(lake: Lake, batches: Batches) -> list[str]:
+    for name, tables, when, parts in batches:
+        write_batch(lake, name, tables, committed_at=when, parts=parts)
+    return [name for name, *_ in batches]
+
+
+def _load_each(lake: Lake, dsn: str, batches: Batches) -> list[dict[str, Any]]:
+    """Commit and load the batches one at a time, in their order (a late batch arrives
+    after the load of the one before it)."""
     results = []
-    for run_id in order:
-        sub = Lake(f"{lake.url}-{run_id}")
-        for key in lake.list(""):
-            if not key.startswith("_manifests/") or key == f"_manifests/{run_id}.json":
-                sub.write_bytes(key, lake.read_bytes(key))
-        results.append(load(f"l-{run_id}", Settings(processed_url=sub.url, warehouse_dsn=dsn)))
+    for name, tables, when, parts in batches:
+        write_batch(lake, name, tables, committed_at=when, parts=parts)
+        results.append(load(f"l-{name}", Settings(processed_url=lake.url, warehouse_dsn=dsn)))
     return [r.to_dict() for r in results]
 
 
@@ -73,8 +82,7 @@ def test_copying_new_dimension_keys_equals_the_upsert_path(
 ) -> None:
     """A first load COPYs into the empty dimensions; with SPLIT_ROWS = 1 every later batch
     COPYs its new keys and upserts the known ones. Same warehouse as the general path."""
-    lake = Lake(str(tmp_path / "processed"))
-    order = scenario(lake)
+    batches = scenario()
     copied: list[str] = []
     real = apply.copy_rows
 
@@ -85,8 +93,8 @@ def test_copying_new_dimension_keys_equals_the_upsert_path(
     monkeypatch.setattr(apply, "copy_rows", spy)
     monkeypatch.setattr(apply, "SPLIT_ROWS", 1)
     fast_dsn = make_database("fast")
-    fast = _load_each(lake, fast_dsn, order)
-    first, second = order
+    fast = _load_each(Lake(str(tmp_path / "fast")), fast_dsn, batches)
+    first, second = (name for name, *_ in batches)
     dims = [t for t in WAREHOUSE_TABLES if t.startswith("dim_")]
     assert sorted(c for c in copied if c.startswith(f"{first}:")) == sorted(
         f"{first}:{t}:all" for t in dims
@@ -100,7 +108,7 @@ def test_copying_new_dimension_keys_equals_the_upsert_path(
 
     monkeypatch.setattr(apply, "copy_rows", refuse)
     general_dsn = make_database("general")
-    assert _load_each(lake, general_dsn, order) == fast
+    assert _load_each(Lake(str(tmp_path / "general")), general_dsn, batches) == fast
     contents = full_contents(fast_dsn)
     assert contents == full_contents(general_dsn)  # lineage included
     if scenario is _older_batch_late:  # known keys keep the newer values, new ones are added
@@ -188,7 +196,7 @@ def test_missing_keys_are_found_by_ranges_and_by_probes(
 def test_a_load_does_not_import_pandas(lake: Lake, pg_dsn: str) -> None:
     """pyarrow imports pandas on Python-object conversions (fill_null(0), pa.array(...),
     pq.read_table): a second of a cold start for nothing. The load avoids them."""
-    _two_batches(lake)
+    _write(lake, _two_batches())
     write_batch(  # an overlapping batch: the natural-key lookup path too
         lake,
         "b3",

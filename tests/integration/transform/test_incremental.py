@@ -19,6 +19,7 @@ from pipeline.transform import state as state_module
 from pipeline.transform import transform
 from pipeline.transform.lease import LEASE_KEY
 from tests.lake_builders import (
+    log_entry_key,
     next_committed_at,
     read_outputs,
     row,
@@ -434,8 +435,8 @@ def test_files_holding_other_rows_than_the_manifest_says_are_a_corrupt_batch(lak
     key = write_batch(
         ingest, "sales_order", "e1", [row("sales_order"), row("sales_order", sales_order_id=2)]
     )
-    manifest = ingest.read_json(key)
-    ingest.write_json(key, {**manifest, "rows": 3})
+    entry = log_entry_key(ingest, key)  # what the transform reads of a batch
+    ingest.write_json(entry, {**ingest.read_json(entry), "rows": 3})
     with pytest.raises(CorruptBatchError, match=r"sales_order.*hold 2 rows.*say 3"):
         run(lakes, "t1")
     assert processed.list("_manifests") == []
@@ -455,10 +456,9 @@ def test_committed_at_never_goes_backwards_even_if_the_clock_does(lakes):
     ingest, processed = lakes
     write_lookups(ingest, "e1")
     run(lakes, "t1")
-    first = processed.read_json("_manifests/t1.json")
-    processed.write_json(
-        "_manifests/t1.json", {**first, "committed_at": "2999-01-01T00:00:00+00:00"}
-    )
+    head = processed.read_json("_state/head.json")  # t1 as if committed by a clock far ahead
+    head["current"]["committed_at"] = "2999-01-01T00:00:00+00:00"
+    processed.write_json("_state/head.json", head)
     write_batch(ingest, "sales_order", "e2", [row("sales_order")])
     run(lakes, "t2")
     assert processed.read_json("_manifests/t2.json")["committed_at"] == (

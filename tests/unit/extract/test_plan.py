@@ -112,8 +112,41 @@ def test_old_watermark_versions_are_pruned(tmp_path: Path) -> None:
     t = datetime(2024, 11, 4, 9, 0)
     for i in range(watermark.KEEP_VERSIONS + 5):
         watermark.save(lake, mark(t, i + 1))
-    assert len(lake.list("_state/currency/")) == watermark.KEEP_VERSIONS
+    versions = [k for k in lake.list("_state/currency/") if "watermark-" in k]
+    assert len(versions) == watermark.KEEP_VERSIONS
     assert watermark.load(lake, "currency").key == watermark.KEEP_VERSIONS + 5  # type: ignore[union-attr]
+
+
+def test_the_watermark_is_read_without_listing_even_behind_a_lagging_pointer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pointer names a version; newer versions (a writer stopped before moving the
+    pointer, or an older copy landed last) are found by probing the next numbers."""
+    lake = Lake(str(tmp_path))
+    t = datetime(2024, 11, 4, 9, 0)
+    for i in range(3):
+        watermark.save(lake, mark(t, i + 1))
+    stale = lake.read_json("_state/currency/watermark-0000000001.json")
+    lake.write_json("_state/currency/watermark.json", stale)  # the pointer lags by two
+
+    def no_listing(self: Lake, prefix: str = "") -> list[str]:
+        raise AssertionError(f"listed {prefix!r}")
+
+    monkeypatch.setattr(Lake, "list_with_times", no_listing)
+    assert watermark.load(lake, "currency").key == 3  # type: ignore[union-attr]
+    assert watermark.save(lake, mark(t, 4)).seq == 4  # and saving continues after it
+    assert lake.read_json("_state/currency/watermark.json")["seq"] == 4
+
+
+def test_a_watermark_written_before_the_pointer_is_found_by_one_listing(tmp_path: Path) -> None:
+    lake = Lake(str(tmp_path))
+    t = datetime(2024, 11, 4, 9, 0)
+    for i in range(3):
+        watermark.save(lake, mark(t, i + 1))
+    lake.delete("_state/currency/watermark.json")  # as versions before the pointer wrote it
+    assert watermark.load(lake, "currency").seq == 3  # type: ignore[union-attr]
+    watermark.save(lake, mark(t, 9))
+    assert lake.read_json("_state/currency/watermark.json")["seq"] == 4
 
 
 @pytest.mark.parametrize("bad", ["../x", "a/b", "", "x" * 200, "a..b"])

@@ -1,4 +1,5 @@
-"""Processed manifests as the load reads them: validation and batch order (no database)."""
+"""Processed batches as the load finds them: validation, batch order, the walk back through
+the batch log to the ledger (no database)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,13 @@ import pytest
 
 from pipeline.errors import CorruptBatchError
 from pipeline.lake import Lake
-from pipeline.load.batches import check_output, parse_manifest, pending_batches
-from tests.processed_builders import star_batch, write_batch
+from pipeline.load.batches import (
+    check_output,
+    legacy_pending_batches,
+    parse_manifest,
+    pending_batches,
+)
+from tests.processed_builders import commit, star_batch, write_batch
 
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC)
 
@@ -51,19 +57,45 @@ def test_naive_commit_times_are_utc() -> None:
     assert batch.committed_at.tzinfo == dt.UTC
 
 
-def test_pending_batches_skip_loaded_ones_and_sort_by_commit_time_then_run_id(tmp_path) -> None:
+def _ledger(loaded: set[str], asked: list[str] | None = None):
+    def lookup(run_ids: list[str]) -> set[str]:
+        if asked is not None:
+            asked.extend(run_ids)
+        return loaded & set(run_ids)
+
+    return lookup
+
+
+def test_pending_batches_walk_the_log_back_to_the_ledger_and_sort_by_commit_time(tmp_path) -> None:
     lake = Lake(str(tmp_path))
-    for name, minutes in [("z", 0), ("b", 5), ("a", 5), ("loaded", 1)]:
+    for name, minutes in [("z", 0), ("y", 1), ("b", 5), ("a", 5)]:
         write_batch(lake, name, {"dim_staff": []}, committed_at=T0 + dt.timedelta(minutes=minutes))
     lake.write_bytes("fact_payment/run=orphan/part-00000.parquet", b"not listed anywhere")
+    asked: list[str] = []
+    assert [b.run_id for b in pending_batches(lake, _ledger({"z", "y"}, asked))] == ["a", "b"]
+    assert "z" not in asked  # the walk stopped at the first loaded batch, y
+    assert pending_batches(lake, _ledger({"z", "y", "a", "b"})) == []
+    assert [b.run_id for b in pending_batches(lake, _ledger(set()))] == ["z", "y", "a", "b"]
+
+
+def test_batches_committed_before_the_log_are_found_by_listing(tmp_path) -> None:
+    lake = Lake(str(tmp_path))
+    for name, minutes in [("z", 0), ("b", 5), ("a", 5), ("loaded", 1)]:
+        commit(lake, name, {"dim_staff": {"files": [], "rows": 0}},
+               committed_at=T0 + dt.timedelta(minutes=minutes), legacy=True)  # fmt: skip
     lake.write_json("_manifests/nested/x.json", {})  # not a manifest key
-    assert [b.run_id for b in pending_batches(lake, {"loaded"})] == ["z", "a", "b"]
+    assert [b.run_id for b in legacy_pending_batches(lake, _ledger({"loaded"}))] == ["z", "a", "b"]
+    # the first batch committed with the log builds on them: the load still finds them
+    lake.write_json("_state/head.json", {"current": {"run_id": "loaded"}})
+    write_batch(lake, "new", {"dim_staff": []}, committed_at=T0 + dt.timedelta(minutes=9))
+    assert [b.run_id for b in pending_batches(lake, _ledger({"loaded"}))] == ["z", "a", "b", "new"]
+    assert [b.run_id for b in pending_batches(lake, _ledger({"loaded", "new"}))] == []
 
 
 def test_check_output_reads_footers_only_and_counts_rows(tmp_path) -> None:
     lake = Lake(str(tmp_path))
     write_batch(lake, "r1", {"fact_payment": star_batch(T0)["fact_payment"]}, parts=2)
-    batch = pending_batches(lake, set())[0]
+    batch = pending_batches(lake, _ledger(set()))[0]
     check_output(lake, batch, batch.outputs["fact_payment"])
     wrong = batch.outputs["fact_payment"].__class__(
         batch.outputs["fact_payment"].table, batch.outputs["fact_payment"].files[:1], 5
