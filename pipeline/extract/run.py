@@ -383,9 +383,7 @@ def extract_table(
     resume = lake.read_json_or_none(layout.resume_record(spec.name, run_id))
     lower, upper = naive_utc(since, "since"), naive_utc(until, "until")
     backfill = resume["mode"] == "backfill" if resume else (lower or upper) is not None
-    expire_legacy = functools.partial(
-        housekeeping.expire_legacy_records, lake, settings, spec.name
-    )
+    expire_legacy = functools.partial(housekeeping.expire_legacy_records, lake, settings, spec.name)
     state = None if backfill else watermark.load(lake, spec.name, on_listing=expire_legacy)
     db = resolve(SOURCE, settings)
 
@@ -407,7 +405,7 @@ def extract_table(
             until=upper,
             lag=settings.extract_lag,
         )
-        keys = _RunDay(lake, spec.name, run_id).keys()  # after the drift check: drift writes nothing
+        keys = _RunDay(lake, spec.name, run_id).keys()  # (after the drift check, lazily)
         cap = _Cap(max_rows)
         rows = cap.apply(source.batches(todo.window, max_rows, drift.added))
         written = _write_parts(lake, keys, schema, spec, rows, settings.extract_part_rows)

@@ -90,7 +90,14 @@ def _cmd_seed(args: argparse.Namespace) -> int:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from pipeline.local.simulator.simulate import simulate
 
-    summary = simulate(_source_dsn(args), days=args.days, seed=args.seed)
+    summary = simulate(
+        _source_dsn(args),
+        days=args.days,
+        hours=args.hours,
+        minutes=args.minutes,
+        seed=args.seed,
+        allow_future=args.allow_future,
+    )
     _print_json(summary) if args.json else _print_counts("simulated", summary)
     return 0
 
@@ -118,7 +125,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from pipeline.local.status import gather_status
 
-    status = gather_status(_settings(args))
+    status = gather_status(_settings(args), runs=args.history, page=args.page)
     if args.json:
         _print_json(status)
     else:
@@ -350,9 +357,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the row counts as JSON")
 
-    p = command("simulate", _cmd_simulate, "advance totesys business activity by N days")
+    p = command(
+        "simulate", _cmd_simulate, "advance totesys business activity by some simulated time"
+    )
     source_dsn(p)
-    p.add_argument("--days", type=int, required=True, help="number of days to simulate (>= 1)")
+    span = p.add_mutually_exclusive_group(required=True)
+    span.add_argument("--days", type=int, help="days of simulated time (>= 1)")
+    span.add_argument("--hours", type=int, help="hours of simulated time (>= 1)")
+    span.add_argument(
+        "--minutes", type=int, help="minutes of simulated time (>= 1; 15 = one scheduled run)"
+    )
+    p.add_argument(
+        "--allow-future",
+        action="store_true",
+        help="simulate past the database's real clock (rows stamped later are extracted "
+        "only once real time reaches them)",
+    )
     p.add_argument("--seed", type=int, default=None, help="random seed (default: from the data)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -370,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("status", _cmd_status, "watermarks, pending batches and recent runs")
     _lake_options(p)
     _database_options(p, source=False)
+    p.add_argument(
+        "--history", type=_positive_int, default=10, metavar="N", help="show N runs (10)"
+    )
+    p.add_argument(
+        "--page", type=_positive_int, default=1, help="page through older runs: 2 = runs N+1..2N"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = command("extract", _cmd_extract, "extract one table into the ingestion zone")

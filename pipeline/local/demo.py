@@ -117,7 +117,10 @@ def run_demo(*, keep: bool = False, days: int = 5, scale: float = 1.0) -> int:
         reports = [("first run", _run("run 1: full extract into an empty warehouse", settings))]
         console.rule(f"[bold]simulating {days} days of business")
         summary = simulate(source, days=days, seed=7)
-        console.print(", ".join(f"{k} {v:,}" for k, v in summary.items()))
+        console.print(
+            ", ".join(f"{k} {v:,}" for k, v in summary.items() if type(v) is int)
+            + f" (simulated {summary['from']} to {summary['until']})"
+        )
         reports.append(("after simulation", _run("run 2: incremental", settings)))
         reports.append(("no changes", _run("run 3: nothing new", settings)))
 

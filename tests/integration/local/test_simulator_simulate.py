@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import psycopg
@@ -15,6 +16,7 @@ from psycopg import sql
 from pipeline.catalog import TABLE_NAMES, TABLES
 from pipeline.errors import NotSeededError, SimulatorInputError
 from pipeline.local.simulator import clock
+from pipeline.local.simulator import seed as seed_module
 from pipeline.local.simulator.reference import make_faker
 from pipeline.local.simulator.seed import seed
 from pipeline.local.simulator.simulate import (
@@ -200,5 +202,67 @@ def test_simulate_refuses_bad_days_and_unseeded_databases(pg_dsn: str) -> None:
     for days in (0, -3, 1.5, True):
         with pytest.raises(SimulatorInputError, match="days"):
             simulate(pg_dsn, days=days)  # type: ignore[arg-type]
+    with pytest.raises(SimulatorInputError, match="exactly one of"):
+        simulate(pg_dsn, days=1, minutes=15)
+    with pytest.raises(SimulatorInputError, match="exactly one of"):
+        simulate(pg_dsn)
     with pytest.raises(NotSeededError, match="seed it first"):
         simulate(pg_dsn, days=1)
+
+
+def _counts(dsn: str) -> dict[str, int]:
+    with psycopg.connect(dsn) as conn:
+        return {
+            t: conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))
+            ).fetchone()[0]  # type: ignore[index]
+            for t in ("sales_order", "payment")
+        }
+
+
+def test_quarter_hour_steps_cross_a_weekend_and_produce_mondays_business(seeded: str) -> None:
+    """Every 15-minute step advances the clock, whether or not it writes anything: the
+    steps from Friday evening reach Monday, whose morning settles payments at 07:55 and
+    whose business hours bring orders."""
+    first = simulate(seeded, minutes=15, seed=1)  # starts the day after the latest row
+    start = datetime.fromisoformat(str(first["from"]))
+    to_friday = (4 - start.weekday()) % 7 * 24 * 60 + 18 * 60  # minutes to Friday 18:00
+    simulate(seeded, minutes=to_friday - 15, seed=1)
+    steps = [simulate(seeded, minutes=15, seed=1) for _ in range(4 * (6 + 24 + 24 + 10))]
+    assert datetime.fromisoformat(str(steps[0]["from"])).strftime("%a %H:%M") == "Fri 18:00"
+    assert datetime.fromisoformat(str(steps[-1]["until"])).strftime("%a %H:%M") == "Mon 10:00"
+    for before, after in itertools.pairwise(steps):
+        assert after["from"] == before["until"] and after["minutes"] == 15  # time moves on
+    at = {datetime.fromisoformat(str(s["from"])).strftime("%a %H:%M"): s for s in steps}
+
+    def quiet(key: str) -> bool:  # nights and the weekend (but the 07:55 batch)
+        day, hour = key.split()[0], int(key.split()[1][:2])
+        return (
+            day in {"Sat", "Sun"}
+            or (day, hour >= 19) == ("Fri", True)
+            or (day == "Mon" and hour < 8 and key != "Mon 07:45")
+        )
+
+    assert all(s["sales_orders"] == s["payments_paid"] == 0 for k, s in at.items() if quiet(k))
+    assert at["Mon 07:45"]["payments_paid"] > 0  # the 07:55 settlement batch
+    monday = [s for key, s in at.items() if key.startswith(("Mon 08", "Mon 09"))]
+    assert sum(int(s["sales_orders"]) for s in monday) > 0
+
+
+def _utc_now() -> datetime:
+    """Naive UTC, as the source's timestamps are."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def test_simulated_time_stops_at_the_real_clock_unless_asked(pg_dsn: str) -> None:
+    now = _utc_now()
+    seed(pg_dsn, scale=0.02, seed=3, start=now - seed_module.HISTORY - timedelta(days=2))
+    summary = simulate(pg_dsn, days=5, seed=1)
+    assert summary["stopped_at_real_clock"] and summary["days"] < 5
+    reached = datetime.fromisoformat(str(summary["until"]))
+    assert abs(reached - _utc_now()) < timedelta(minutes=5)
+    assert _latest(pg_dsn) <= reached
+    idle = simulate(pg_dsn, minutes=15)
+    assert idle["minutes"] <= 1 and idle["sales_orders"] == 0
+    future = simulate(pg_dsn, days=3, allow_future=True)
+    assert future["days"] == 3 and not future["stopped_at_real_clock"]
