@@ -50,7 +50,7 @@ from pipeline.extract.drift import DriftReport, batch_schema
 from pipeline.extract.drift import check as check_drift
 from pipeline.extract.source import SourceSnapshot, Window, to_catalog
 from pipeline.extract.watermark import Watermark, iso_ms
-from pipeline.lake import Lake
+from pipeline.lake import Lake, empty_table
 from pipeline.layout import BatchLogEntry, IngestionManifest, SchemaColumn
 from pipeline.settings import Settings
 
@@ -518,5 +518,5 @@ def read_batch(lake: Lake, manifest: IngestionManifest) -> pa.Table:
     spec = get_table(manifest["table"])
     data = lake.read_parquet(manifest["files"]) if manifest["files"] else None
     if data is None:
-        return spec.arrow_schema.empty_table()
+        return empty_table(spec.arrow_schema)
     return data.select(list(spec.column_names)).cast(spec.arrow_schema)

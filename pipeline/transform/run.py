@@ -53,7 +53,6 @@ from pipeline.warehouse_schema import WAREHOUSE_TABLES
 log = logging.getLogger(__name__)
 
 CONSUMED = "consumed"  # the state kind that listed consumed manifests before the cursor
-READ_ALL_STATE_ROWS = 500_000  # a fact batch this big reads every state bucket it may need
 _EMPTY_CONSUMED = pl.DataFrame(schema={"key": pl.String, "run_id": pl.String})
 
 
@@ -103,9 +102,8 @@ def transform(run_id: str, settings: Settings) -> TransformResult:
 
 def _replay(processed: Lake, run_id: str) -> TransformResult | None:
     key = layout.processed_manifest(run_id)
-    if not processed.exists(key):
-        return None
-    return TransformResult.from_manifest(processed.read_json(key), key)
+    manifest = processed.read_json_or_none(key)
+    return None if manifest is None else TransformResult.from_manifest(manifest, key)
 
 
 def _nothing_to_do(ingest: Lake, processed: Lake, run_id: str) -> TransformResult | None:
@@ -223,15 +221,12 @@ class _Work:
     def _touch(self, spec: FactSpec) -> None:
         """Buckets of the fact's new ids and of the row-local lookup ids its rows reference.
 
-        A big batch touches (nearly) every bucket: then all are read without scanning ids.
+        Always by the ids: a big batch is read in slices, and each slice's ids (serial, and
+        read in `last_updated` order) cover a slice of the buckets, so the state a run
+        reads grows with the run, not with the table.
         """
         source, pk = spec.source, TABLES[spec.source].primary_key
         batches = self.by_table.get(source, [])
-        if sum(b.rows for _, b in batches) >= READ_ALL_STATE_ROWS:
-            self.seen_buckets[source] = None
-            for target in spec.references.values():
-                self.lookup_buckets[target] = None
-            return
         refs = {c: t for c, t in spec.references.items() if t in ROW_LOCAL_TABLES}
         rows = self.pending[source].lazy().select(list(refs))
         if batches:

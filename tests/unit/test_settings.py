@@ -16,7 +16,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "SETTINGS.md"
 def test_defaults_need_no_environment() -> None:
     settings = Settings.from_env({})
     assert settings == Settings()
-    assert settings.extract_lag == timedelta(minutes=15) and settings.extract_max_rows is None
+    assert settings.extract_lag == timedelta(minutes=15) and settings.extract_max_rows == 2_000_000
 
 
 def test_variables_override_defaults_and_empty_means_unset() -> None:

@@ -203,3 +203,42 @@ def test_a_backlog_over_the_bound_is_loaded_then_the_run_fails(
     assert_equivalent_to_clean_pass(
         warehouse_contents(warehouse), _clean_pass(source, make_database, tmp_path / "clean")
     )
+
+
+def test_status_lists_nothing_and_pages_through_the_runs(
+    make_database: Callable[[str], str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """status reads summaries, cursors and the run log: no listing, whatever the history;
+    `--history N --page P` pages back through the run reports."""
+    from pipeline.lake import Lake
+    from pipeline.local.status import gather_status
+
+    source, warehouse = make_database("source"), make_database("warehouse")
+    seed(source, scale=0.01, seed=9)
+    settings = Settings(
+        source_dsn=source,
+        warehouse_dsn=warehouse,
+        ingest_url=str(tmp_path / "i"),
+        processed_url=str(tmp_path / "p"),
+    )
+    for n in range(5):
+        assert run_pipeline(settings, run_id=f"r{n}").succeeded
+
+    def no_listing(self: Lake, prefix: str = "") -> list:
+        raise AssertionError(f"status listed {prefix!r}")
+
+    monkeypatch.setattr(Lake, "list_with_times", no_listing)
+    status = gather_status(settings, runs=2)
+    assert [r["run_id"] for r in status["recent_runs"]] == ["r4", "r3"]
+    assert status["tables"]["currency"]["batches"] == 5  # every committed batch, empty ones too
+    assert status["tables"]["currency"]["last_run"] == "r4"
+    assert [r["run_id"] for r in gather_status(settings, runs=2, page=3)["recent_runs"]] == ["r0"]
+    lake = ["--ingest-url", str(tmp_path / "i"), "--processed-url", str(tmp_path / "p")]
+    args = ["status", "--json", "--warehouse-dsn", warehouse, "--history", "2", "--page", "2"]
+    assert main([*args, *lake]) == 0
+    paged = json.loads(capsys.readouterr().out)
+    assert [r["run_id"] for r in paged["recent_runs"]] == ["r2", "r1"]
+    assert paged["waiting_for_transform"] == [] and paged["waiting_for_load"] == []

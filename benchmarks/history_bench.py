@@ -1,0 +1,523 @@
+"""History benchmark: does a run cost more after a year of runs at a 15-minute cadence?
+
+    python -m benchmarks.history_bench [--runs 10,1000,35000] [--real-up-to 1000]
+        [--repeat 5] [--keep-all] [--json benchmarks/results/history.json]
+
+For each N it builds a lake with N past runs over one seeded totesys (scale 1) and one
+warehouse, then measures what an operator pays per run:
+
+- N <= `--real-up-to`: real runs. Run 1 is the full load; every later run first
+  simulates 15 minutes of business (`simulate --minutes 15`, weekends and nights
+  included), then runs the pipeline in-process (`pipeline.local.runner.run_pipeline`).
+- larger N: forged runs, then three real ones on top. The forger writes, run by run, what
+  a real 15-minute run leaves in both zones, with the pipeline's own writers (the batch
+  logs through `pipeline.commitlog`, so they compact as they would; manifests, attempt
+  records, run reports, processed manifests and their log entries; data parts copied from
+  the real runs' files; one ledger row per processed batch): during business hours the
+  fact tables and `transaction` change (one batch each, about a third of all runs), the
+  07:55 run settles payments, other runs find nothing. With retention on (the default) it
+  leaves what housekeeping would have left after a year: records older than
+  RETENTION_DAYS are absent and the transform's housekeeping cursor is past them;
+  `--keep-all` keeps everything (housekeeping off: every object a year writes).
+
+Then, each `--repeat` times: a no-change run, a small-delta run (72 rows changed: 24 sales
+orders, 24 transactions, 24 payments) and `status`; per-run in-process time is the run's
+own duration (extract of every table, transform, load, run report, housekeeping). Last,
+both zones are copied into an in-process moto S3 server that counts every request, and a
+no-change run and a delta run are made against it: requests per run by method.
+
+The machine may be shared: medians over `--repeat` runs are printed next to the best.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from pipeline import ingest_log, layout, processed_log
+from pipeline.catalog import TABLE_NAMES
+from pipeline.lake import Lake
+from pipeline.load import ddl
+from pipeline.local import history, pgserver
+from pipeline.local.runner import run_pipeline
+from pipeline.local.status import gather_status
+from pipeline.settings import Settings
+
+CADENCE = dt.timedelta(minutes=15)
+DELTA = {"sales_order": 24, "transaction": 24, "payment": 24}
+FACT_TABLES = ("sales_order", "purchase_order", "transaction", "payment")
+
+
+# -- the lake's history ------------------------------------------------------------------
+def real_history(settings: Settings, source: str, runs: int) -> None:
+    """Run 1 (full load), then `runs - 1` times: 15 simulated minutes and a pipeline run."""
+    from pipeline.local.simulator.simulate import simulate
+
+    for n in range(1, runs + 1):
+        if n > 1:
+            simulate(source, minutes=15, seed=n)
+        report = run_pipeline(settings, run_id=f"real-{n:06d}")
+        if not report.succeeded:
+            raise RuntimeError(f"real run {n} failed: {report.to_dict()}")
+
+
+class Forger:
+    """Writes what `runs` past runs at a 15-minute cadence leave in both zones (module doc)."""
+
+    def __init__(self, settings: Settings, warehouse: str, *, keep_all: bool) -> None:
+        self.settings, self.warehouse, self.keep_all = settings, warehouse, keep_all
+        self.ingest, self.processed = settings.ingest_lake(), settings.processed_lake()
+        self.templates = _templates()
+        self.ledger: list[tuple[Any, ...]] = []
+
+    def forge(self, runs: int, end: dt.datetime) -> None:
+        cutoff = end - self.settings.retention
+        processed_seq, previous = 0, None
+        housekept, committed_at = 0, None
+        for n in range(1, runs + 1):
+            at = end - (runs - n + 1) * CADENCE
+            old = not self.keep_all and at < cutoff  # its records would have expired
+            run_id = f"forged-{n:06d}"
+            changed = _changes(at)
+            inputs = [self._extract(t, run_id, at, changed.get(t, 0), old) for t in TABLE_NAMES]
+            inputs = [k for k in inputs if k]
+            if inputs:  # a transform commit, then its load
+                processed_seq += 1
+                committed_at = at.isoformat(timespec="microseconds")
+                self._transform(run_id, processed_seq, previous, inputs, committed_at, old)
+                previous = run_id
+                housekept = processed_seq if old else housekept
+            history.record_run(self.ingest, _report(run_id, at, changed))
+        self._finish(runs, previous, processed_seq, committed_at, housekept, cutoff)
+
+    def _extract(self, table: str, run_id: str, at: dt.datetime, rows: int, old: bool) -> str:
+        key = layout.ingestion_manifest(table, run_id)
+        manifest = dict(self.templates["manifest"][table])
+        files = []
+        if rows:
+            part, rows = self.templates["part"][table]
+            files = [layout.ingestion_part(table, f"{at:%Y-%m-%d}", run_id, 0)]
+            self.ingest.write_bytes(files[0], part)
+            if not old:
+                self.ingest.write_json(
+                    layout.attempt_record(table, run_id),
+                    {"run_id": run_id, "first_attempt_at": at.isoformat(), "day": f"{at:%Y-%m-%d}"},
+                )
+        manifest.update(
+            run_id=run_id,
+            files=files,
+            rows=rows,
+            committed_at=at.isoformat(timespec="microseconds"),
+            log_from=ingest_log.head(self.ingest),
+        )
+        if not old:
+            self.ingest.write_json(key, manifest)
+        entry = ingest_log.log_batch(self.ingest, key, manifest, replayed=False)  # type: ignore[arg-type]
+        return key if entry else ""
+
+    def _transform(
+        self, run_id: str, seq: int, previous: str | None, inputs: list[str], at: str, old: bool
+    ) -> None:
+        outputs = {}
+        for name, (part, rows) in self.templates["output"].items():
+            key = layout.processed_part(name, run_id)
+            self.processed.write_bytes(key, part)
+            outputs[name] = {"files": [key], "rows": rows}
+        manifest = {
+            "run_id": run_id,
+            "inputs": inputs,
+            "outputs": outputs,
+            "rows_in": {},
+            "quarantined": {},
+            "quarantine_files": {},
+            "duplicates": {},
+            "pending": {},
+            "more": False,
+            "state": {"run_id": run_id, "files": {}, "log_seq": seq, "committed_at": at},
+            "committed_at": at,
+            "seq": seq,
+            "previous": previous,
+            "released": [],
+        }
+        key = layout.processed_manifest(run_id)
+        if not old:
+            self.processed.write_json(key, manifest)
+        processed_log.log_commit(self.processed, key, manifest)  # type: ignore[arg-type]
+        rows = {name: o["rows"] for name, o in outputs.items()}
+        self.ledger.append((run_id, run_id, at, Jsonb(rows), Jsonb(rows), 0.1))
+
+    def _finish(
+        self,
+        runs: int,
+        last: str | None,
+        seq: int,
+        committed_at: str | None,
+        housekept: int,
+        cutoff: dt.datetime,
+    ) -> None:
+        """Point the transform at the end of the forged log; ledger rows; run-log expiry."""
+        through = ingest_log.head(self.ingest)
+        pointers = {
+            "run_id": last,
+            "files": {},
+            "bucket_ids": None,
+            "ingest": {"through": through, "done": [], "partial": {}, "legacy": []},
+            "log_seq": seq or None,
+            "committed_at": committed_at,
+            "housekept": housekept,
+        }
+        if last is not None:  # the head's manifest always exists (housekeeping keeps it)
+            key = layout.processed_manifest(last)
+            if not self.processed.exists(key):
+                entry = processed_log.batch_log(self.processed).get(seq)
+                assert entry is not None
+                self.processed.write_json(key, {**entry, "state": pointers})
+        self.processed.write_json(layout.STATE_HEAD, {"current": pointers, "previous": {}})
+        if not self.keep_all:  # whole run-log segments past retention expire
+            from pipeline.housekeeping import _expired_segments
+
+            doomed = _expired_segments(self.ingest, layout.RUN_LOG, cutoff + dt.timedelta(days=1))
+            self.ingest.delete_many(doomed)
+        _insert_ledger(self.warehouse, self.ledger)
+        for table in TABLE_NAMES:
+            self.ingest.write_json(
+                layout.table_summary(table),
+                {"table": table, "batches": runs, "last_run": f"forged-{runs:06d}"},
+            )
+
+
+def _changes(at: dt.datetime) -> dict[str, int]:
+    """Which tables a 15-minute run at `at` finds changed (business hours: the facts)."""
+    if at.weekday() >= 5:
+        return {}
+    if at.hour == 7 and at.minute == 45:  # the 07:55 settlement batch
+        return {"payment": 1}
+    if 8 <= at.hour < 19:
+        return dict.fromkeys(FACT_TABLES, 1)
+    return {}
+
+
+def _report(run_id: str, at: dt.datetime, changed: dict[str, int]) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "status": "succeeded",
+        "tables": {t: {"status": "ok", "rows": changed.get(t, 0)} for t in TABLE_NAMES},
+        "loaded": {},
+        "quarantined": 0,
+        "error": None,
+        "rerun": None,
+        "started_at": at.isoformat(),
+        "finished_at": (at + dt.timedelta(seconds=1)).isoformat(),
+        "duration_s": 0.5,
+    }
+
+
+_TEMPLATES: dict[str, Any] = {}
+
+
+def _templates() -> dict[str, Any]:
+    return _TEMPLATES
+
+
+def collect_templates(settings: Settings) -> None:
+    """Real objects to copy from: each table's manifest and smallest part, each warehouse
+    table's smallest output part (from a lake that real runs wrote)."""
+    ingest, processed = settings.ingest_lake(), settings.processed_lake()
+    manifests, parts, outputs = {}, {}, {}
+    for table in TABLE_NAMES:
+        keys = ingest.list(layout.ingestion_manifests(table))
+        manifests[table] = ingest.read_json(keys[-1])
+        found = [(ingest.read_json(k)["rows"], ingest.read_json(k)["files"]) for k in keys]
+        rows, files = min((r, f) for r, f in found if r)
+        parts[table] = (ingest.read_bytes(files[0]), rows)
+    for key in processed.list(layout.MANIFESTS):
+        manifest = processed.read_json(key)
+        for name, out in manifest["outputs"].items():
+            smaller = name not in outputs or out["rows"] < outputs[name][1]
+            if out["rows"] and len(out["files"]) == 1 and smaller:
+                outputs[name] = (processed.read_bytes(out["files"][0]), out["rows"])
+    _TEMPLATES.update(manifest=manifests, part=parts, output=outputs)
+
+
+def _insert_ledger(dsn: str, rows: list[tuple[Any, ...]]) -> None:
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+        cur.executemany(
+            f"INSERT INTO {ddl.LEDGER_TABLE} (batch_run_id, load_run_id, committed_at, rows, "
+            "rows_in, duration_s) VALUES (%s, %s, %s, %s, %s, %s)",
+            rows,
+        )
+
+
+# -- measuring --------------------------------------------------------------------------
+def change_rows(source: str, counts: dict[str, int]) -> int:
+    """Bump `last_updated` (and a value) of the newest rows of each table, as edits would."""
+    from psycopg import sql
+
+    from pipeline.catalog import TABLES
+
+    changed = 0
+    with psycopg.connect(source) as conn:
+        for table, n in counts.items():
+            t = TABLES[table]
+            query = sql.SQL(
+                "UPDATE {t} SET {lu} = clock_timestamp() AT TIME ZONE 'UTC' WHERE {pk} IN "
+                "(SELECT {pk} FROM {t} ORDER BY {pk} DESC LIMIT %s)"
+            ).format(
+                t=sql.Identifier(table),
+                lu=sql.Identifier(t.cursor),
+                pk=sql.Identifier(t.primary_key),
+            )
+            changed += conn.execute(query, (n,)).rowcount
+    return changed
+
+
+def measure(settings: Settings, source: str, repeat: int, label: str) -> dict[str, Any]:
+    """No-change runs, then small-delta runs, and status: their in-process seconds. (The
+    no-change runs go first: a run after a delta re-reads its overlap window, as every run
+    does at this cadence, so the delta runs each find 72 new rows and the 72 before.)"""
+    out: dict[str, list[float]] = {"no_change": [], "delta": [], "status": []}
+    rows = []
+    for i in range(repeat):
+        report = run_pipeline(settings, run_id=f"{label}-idle-{i}")
+        assert report.succeeded, report.to_dict()
+        out["no_change"].append(report.duration_s)
+        started = time.perf_counter()
+        gather_status(settings)
+        out["status"].append(time.perf_counter() - started)
+    for i in range(repeat):
+        change_rows(source, DELTA)
+        report = run_pipeline(settings, run_id=f"{label}-delta-{i}")
+        assert report.succeeded, report.to_dict()
+        out["delta"].append(report.duration_s)
+        rows.append(sum(t["rows"] for t in report.tables.values()))
+    summary: dict[str, Any] = {
+        k: {"best": min(v), "median": statistics.median(v), "all": v} for k, v in out.items()
+    }
+    summary["delta_rows"] = rows
+    return summary
+
+
+def lake_objects(settings: Settings) -> dict[str, int]:
+    return {
+        "ingestion": len(settings.ingest_lake().list()),
+        "processed": len(settings.processed_lake().list()),
+    }
+
+
+# -- S3: a moto server that counts requests -------------------------------------------------
+class CountingMotoServer:
+    """moto's server in this process, counting requests by method (and copying lakes in
+    through its backend: a year of objects over HTTP would take longer than the runs)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def start(self) -> str:
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
+        from werkzeug.serving import make_server
+
+        app = DomainDispatcherApplication(create_backend_app)
+
+        def counting(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            method = environ["REQUEST_METHOD"]
+            query = environ.get("QUERY_STRING", "")
+            kind = "LIST" if method == "GET" and "list-type" in query else method
+            with self._lock:
+                self.counts[kind] += 1
+            return app(environ, start_response)
+
+        self.server = make_server(
+            "127.0.0.1", 0, counting, True, request_handler=MotoRequestHandler
+        )
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @contextmanager
+    def counting(self) -> Iterator[Counter[str]]:
+        with self._lock:
+            self.counts.clear()
+        seen: Counter[str] = Counter()
+        yield seen
+        with self._lock:
+            seen.update(self.counts)
+
+    def upload(self, bucket: str, prefix: str, lake: Lake) -> int:
+        from moto.core.models import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+
+        backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+        if bucket not in backend.buckets:
+            backend.create_bucket(bucket, "us-east-1")
+        keys = lake.list()
+        for key in keys:
+            backend.put_object(bucket, f"{prefix}/{key}", lake.read_bytes(key))
+        return len(keys)
+
+
+def on_s3(settings: Settings, moto: CountingMotoServer, url: str, bucket: str) -> Settings:
+    """Both zones copied into a new bucket of the moto server; settings that use them."""
+    moto.upload(bucket, "ingestion", settings.ingest_lake())
+    moto.upload(bucket, "processed", settings.processed_lake())
+    return settings.replace(
+        ingest_url=f"s3://{bucket}/ingestion",
+        processed_url=f"s3://{bucket}/processed",
+        s3_endpoint=url,
+        aws_region="us-east-1",
+    )
+
+
+def counted_run(s3: Settings, moto: CountingMotoServer, run_id: str) -> dict[str, Any]:
+    with moto.counting() as counts:
+        report = run_pipeline(s3, run_id=run_id)
+    assert report.succeeded, report.to_dict()
+    return {"requests": sum(counts.values()), "by_method": dict(sorted(counts.items()))}
+
+
+# -- the benchmark ----------------------------------------------------------------------
+def bench_one(
+    n: int, args: argparse.Namespace, admin: str, moto: CountingMotoServer, url: str
+) -> dict[str, Any]:
+    from pipeline.load.migrations import migrate
+    from pipeline.local.simulator.seed import seed
+
+    tag = f"h{n}"
+    source = pgserver.create_database(admin, f"{tag}_totesys", replace=True)
+    warehouse = pgserver.create_database(admin, f"{tag}_warehouse", replace=True)
+    seed(source, scale=1, seed=1)
+    migrate(warehouse)
+    with tempfile.TemporaryDirectory(prefix=f"history-{n}-") as tmp:
+        settings = Settings(
+            ingest_url=f"{tmp}/ingestion",
+            processed_url=f"{tmp}/processed",
+            source_dsn=source,
+            warehouse_dsn=warehouse,
+            extract_workers=2,
+        )
+        started = time.perf_counter()
+        if n <= args.real_up_to:
+            real_history(settings, source, n)
+            how = "real"
+        else:
+            if not _TEMPLATES:  # the objects to copy come from real runs
+                with tempfile.TemporaryDirectory() as t2:
+                    probe = settings.replace(ingest_url=f"{t2}/i", processed_url=f"{t2}/p")
+                    probe_source = pgserver.create_database(admin, "probe_totesys", replace=True)
+                    probe_wh = pgserver.create_database(admin, "probe_warehouse", replace=True)
+                    seed(probe_source, scale=1, seed=1)
+                    real_history(
+                        probe.replace(source_dsn=probe_source, warehouse_dsn=probe_wh),
+                        probe_source,
+                        20,
+                    )
+                    collect_templates(probe)
+            forger = Forger(settings, warehouse, keep_all=args.keep_all)
+            forger.forge(n - 3, dt.datetime.now(dt.UTC) - 3 * CADENCE)
+            real_history_after_forged(settings, source)
+            how = "forged" + (" (everything kept)" if args.keep_all else "")
+        built = time.perf_counter() - started
+        if args.keep_all:  # housekeeping off for the measured runs too
+            settings = settings.replace(retention_days=36_500)
+        objects = lake_objects(settings)
+        print(f"N={n:,}: {how} history built in {built:.0f} s, objects {objects}", flush=True)
+        s3 = {"no_change": counted_run(on_s3(settings, moto, url, f"{tag}-a"), moto, f"{tag}-s3a")}
+        local = measure(settings, source, args.repeat, tag)
+        s3_delta = on_s3(settings, moto, url, f"{tag}-b")  # after the local deltas
+        change_rows(source, DELTA)
+        s3["delta"] = counted_run(s3_delta, moto, f"{tag}-s3b")
+    return {
+        "runs": n,
+        "history": how,
+        "build_seconds": built,
+        "objects": objects,
+        "local": local,
+        "s3": s3,
+    }
+
+
+def real_history_after_forged(settings: Settings, source: str) -> None:
+    """Three real runs on a forged history: the full load, then two incremental ones."""
+    from pipeline.local.simulator.simulate import simulate
+
+    for n in range(1, 4):
+        if n > 1:
+            simulate(source, minutes=15, seed=n)
+        report = run_pipeline(settings, run_id=f"real-on-forged-{n}")
+        if not report.succeeded:
+            raise RuntimeError(f"real run {n} on the forged history failed: {report.to_dict()}")
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    print("\n== history benchmark: per-run cost after N runs (in-process seconds, best / median)")
+    print(f"{'N':>8} {'history':<10} {'no-change':>16} {'72-row delta':>16} {'status':>16} "
+          f"{'S3 req no-change':>17} {'S3 req delta':>13}")  # fmt: skip
+    for r in results:
+        loc, s3 = r["local"], r["s3"]
+
+        def cell(k: str, loc: dict[str, Any] = loc) -> str:
+            return f"{loc[k]['best']:.3f} / {loc[k]['median']:.3f}"
+
+        print(f"{r['runs']:>8,} {r['history'].split()[0]:<10} {cell('no_change'):>16} "
+              f"{cell('delta'):>16} {cell('status'):>16} {s3['no_change']['requests']:>17} "
+              f"{s3['delta']['requests']:>13}")  # fmt: skip
+    base = results[0]["local"]
+    for r in results[1:]:
+        ratio = {k: r["local"][k]["median"] / base[k]["median"] for k in ("no_change", "delta")}
+        print(f"N={r['runs']:,} vs N={results[0]['runs']:,}: no-change {ratio['no_change']:.2f}x, "
+              f"delta {ratio['delta']:.2f}x (medians)")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--runs", default="10,1000,35000", help="comma-separated N")
+    p.add_argument("--real-up-to", type=int, default=1000, help="largest N built from real runs")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--keep-all", action="store_true", help="forge without retention")
+    p.add_argument("--admin-dsn", default=os.environ.get("BENCH_PG_DSN"))
+    p.add_argument("--json", default="benchmarks/results/history.json")
+    args = p.parse_args(argv)
+    moto = CountingMotoServer()
+    url = moto.start()
+    for key, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}.items():
+        os.environ.setdefault(key, value)
+    runs = [int(x) for x in args.runs.split(",")]
+    results = []
+    cluster = None if args.admin_dsn else pgserver.LocalCluster(fast=True).start()
+    try:
+        admin = args.admin_dsn or cluster.dsn  # type: ignore[union-attr]
+        for n in runs:
+            results.append(bench_one(n, args, admin, moto, url))
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    print_table(results)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    print(f"\nwritten {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
