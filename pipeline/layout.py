@@ -279,6 +279,8 @@ class ProcessedLogEntry(TypedDict):
     manifest: str
     committed_at: str
     outputs: dict[str, OutputFiles]
+    quarantined: dict[str, int]
+    quarantine_files: dict[str, str]
     previous: str | None
     released: list[str]
     logged_at: str

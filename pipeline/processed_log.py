@@ -6,7 +6,8 @@ the entry is written right after the manifest, and the next transform first re-c
 its predecessor's entry if a crash lost it (`repair`). The load finds the batches it lacks
 by reading this log backwards from the newest until it meets one its ledger has: a cost
 of what is new, whatever the history. A batch's entry holds what the load applies, so the
-load never opens manifests, which expire after the retention period (`housekeeping`).
+load never opens manifests, which expire after the retention period (`housekeeping`), and
+the report still finds the quarantine files of batches that old.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def entry_for(key: str, manifest: ProcessedManifest) -> dict[str, Any]:
         "manifest": key,
         "committed_at": manifest["committed_at"],
         "outputs": manifest["outputs"],
+        "quarantined": dict(manifest.get("quarantined", {})),
+        "quarantine_files": dict(manifest.get("quarantine_files", {})),
         "previous": manifest.get("previous"),
         "released": list(manifest.get("released", [])),
     }
@@ -51,6 +54,12 @@ def entry_for(key: str, manifest: ProcessedManifest) -> dict[str, Any]:
 def log_commit(lake: Lake, key: str, manifest: ProcessedManifest) -> None:
     """Write the entry of a committed batch at its number (a no-op if it is there)."""
     batch_log(lake).create(int(manifest["seq"]), entry_for(key, manifest))
+
+
+def committed_batches(lake: Lake) -> dict[str, dict[str, Any]]:
+    """Run id -> log entry of every batch in the log (reads the whole log: for tools that
+    read all of history anyway, not for a run)."""
+    return {str(e["run_id"]): e for e in batch_log(lake).entries()}
 
 
 def repair(lake: Lake, run_id: str | None, seq: int | None) -> None:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import layout
+from pipeline import layout, processed_log
 from pipeline.errors import CorruptBatchError
 from pipeline.lake import Lake
 from pipeline.report.window import ReportWindow
@@ -42,11 +42,17 @@ def quarantine_counts(lake: Lake, window: ReportWindow) -> list[QuarantineCount]
         if parsed is not None:
             runs.setdefault(parsed[1], set()).add(key)
     counts: Counter[tuple[date, str, str]] = Counter()
+    logged: dict[str, dict[str, Any]] | None = None
     for run_id, keys in sorted(runs.items()):
         mkey = layout.processed_manifest(run_id)
-        if not lake.exists(mkey):
-            continue  # not committed: the transform crashed before its manifest
-        committed_on, files, expected = _manifest_quarantine(lake.read_json(mkey), mkey)
+        doc = lake.read_json_or_none(mkey)
+        if doc is None:  # expired after the retention period (its log entry says), or never
+            if logged is None:  # committed: the transform crashed before its manifest
+                logged = processed_log.committed_batches(lake)
+            doc = logged.get(run_id)
+            if doc is None:
+                continue
+        committed_on, files, expected = _manifest_quarantine(doc, mkey)
         if not window.contains(committed_on):
             continue
         for table, key in sorted(files.items()):

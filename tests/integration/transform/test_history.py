@@ -140,3 +140,41 @@ def test_a_processed_zone_of_the_previous_version_is_migrated_on_first_use(
     ]
     monkeypatch.setattr(Lake, "list_with_times", lambda self, p="": pytest.fail(f"listed {p!r}"))
     assert run(lakes, "t3").status == "nothing_to_do"
+
+
+def test_processed_records_past_retention_are_deleted_by_a_later_commit(lakes) -> None:
+    """Manifests and superseded state snapshots of batches older than the retention period
+    go; the head, its base and everything newer stay, replays inside the period replay,
+    and the report still counts the quarantined rows of the expired batches."""
+    from pipeline.report.quarantine import quarantine_counts
+    from pipeline.report.window import ReportWindow
+
+    ingest, processed = lakes
+    write_lookups(ingest, "e0")
+    write_batch(ingest, "sales_order", "e1", [row("sales_order", sales_order_id=1, units_sold=-5)])
+    results = [run(lakes, "t1")]
+    for n in range(2, 5):
+        write_batch(ingest, "sales_order", f"e{n}", sales(range(n, n + 1)))
+        results.append(run(lakes, f"t{n}"))
+    released = {
+        r.run_id: processed.read_json(f"_manifests/{r.run_id}.json")["released"] for r in results
+    }
+    assert all(processed.exists(k) for k in released["t2"] + released["t3"])
+    old = (dt.datetime.now(dt.UTC) - dt.timedelta(days=31)).isoformat()
+    for seq in (1, 2, 3):  # t1..t3 committed a month ago
+        key = layout.log_entry(layout.BATCH_LOG, seq)
+        processed.write_json(key, {**processed.read_json(key), "committed_at": old})
+
+    write_batch(ingest, "sales_order", "e5", sales(range(9, 10)))
+    assert run(lakes, "t5").status == "ok"
+    # t4 is the base of t5: t1..t3 (older than the period, older than the base) are expired
+    assert [processed.exists(f"_manifests/t{n}.json") for n in range(1, 6)] == [
+        False, False, False, True, True,
+    ]  # fmt: skip
+    assert not any(processed.exists(k) for k in released["t2"] + released["t3"])
+    head = processed.read_json(layout.STATE_HEAD)["current"]
+    assert head["housekept"] == 3
+    assert all(processed.exists(k) for k in head["files"].values())
+    assert run(lakes, "t4").status == "replayed"  # inside the period
+    [count] = quarantine_counts(processed, ReportWindow())
+    assert (count.source_table, count.rule, count.rows) == ("sales_order", "negative_value", 1)
