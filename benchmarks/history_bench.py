@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import os
 import statistics
 import sys
@@ -498,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--admin-dsn", default=os.environ.get("BENCH_PG_DSN"))
     p.add_argument("--json", default="benchmarks/results/history.json")
     args = p.parse_args(argv)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # (one line per S3 request)
     moto = CountingMotoServer()
     url = moto.start()
     for key, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}.items():

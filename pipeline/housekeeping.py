@@ -101,21 +101,29 @@ def expire_processed(lake: Lake, base: StatePointers, settings: Settings) -> int
     """Delete what the processed batches older than the retention period left behind: their
     manifests (replay records) and the state snapshots they superseded (`released`). Only
     batches before `base` (the state the committing run builds on) are touched, so the
-    committed state and its fallback stay whole. Returns how far the log is housekept."""
+    committed state and its fallback stay whole. Returns how far the log is housekept.
+
+    Entries are read one chunk at a time from the cursor on, and the first one inside the
+    period ends the pass: in the steady state one read per commit."""
     if base.log_seq is None:
         return base.housekept
     from pipeline.processed_log import batch_log
 
     cutoff = (dt.datetime.now(dt.UTC) - settings.retention).isoformat()
-    upto = min(base.log_seq - 1, base.housekept + PROCESSED_BATCH)
-    if upto <= base.housekept:
-        return base.housekept
-    done, doomed = base.housekept, []
-    for entry in batch_log(lake).read_after(base.housekept, upto - base.housekept):
-        if entry["committed_at"] >= cutoff:
+    last = min(base.log_seq - 1, base.housekept + PROCESSED_BATCH)
+    log_ = batch_log(lake)
+    done, doomed, step = base.housekept, [], 1
+    while done < last:
+        entries = log_.read_after(done, min(step, last - done))
+        if not entries:
             break
-        doomed += [entry["manifest"], *entry.get("released", [])]
-        done = int(entry["seq"])
+        for entry in entries:
+            if entry["committed_at"] >= cutoff:
+                last = done  # the rest is newer
+                break
+            doomed += [entry["manifest"], *entry.get("released", [])]
+            done = int(entry["seq"])
+        step = min(2 * step, 64)
     lake.delete_many(doomed)
     return done
 
