@@ -506,14 +506,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     runs = [int(x) for x in args.runs.split(",")]
     results = []
-    cluster = None if args.admin_dsn else pgserver.LocalCluster(fast=True).start()
-    try:
-        admin = args.admin_dsn or cluster.dsn  # type: ignore[union-attr]
+    with pgserver.throwaway_postgres(dsn=args.admin_dsn) as server:  # (a DSN: used as is)
+        print(server.description, flush=True)
         for n in runs:
-            results.append(bench_one(n, args, admin, moto, url))
-    finally:
-        if cluster is not None:
-            cluster.stop()
+            results.append(bench_one(n, args, server.dsn, moto, url))
     print_table(results)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=1, default=str))

@@ -1,8 +1,9 @@
 """One data-lake interface over S3 (`s3://bucket/prefix`) and local folders (path or `file://`).
 
 File I/O goes through `pyarrow.fs`, so Parquet readers and writers stream straight to
-either backend. Small objects (JSON records, log entries) on S3 go through one boto3 client
-instead: one request each, where pyarrow's filesystem adds a HEAD before every read. The one thing `pyarrow.fs` cannot do is an atomic create-if-absent, which
+either backend. Small objects (JSON records, log entries) on S3 go through one boto3
+client instead: one request each, where pyarrow's filesystem adds a HEAD before every
+read. The one thing `pyarrow.fs` cannot do is an atomic create-if-absent, which
 watermarks and manifests need to stay correct under concurrent runs: that single
 operation uses S3's conditional `PutObject` (`If-None-Match: *`) or a local hard link.
 
