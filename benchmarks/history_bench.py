@@ -510,9 +510,9 @@ def main(argv: list[str] | None = None) -> int:
         print(server.description, flush=True)
         for n in runs:
             results.append(bench_one(n, args, server.dsn, moto, url))
-    print_table(results)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+            print_table(results)  # (as each N is done: a year's history takes a while)
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     print(f"\nwritten {args.json}")
     return 0
 
