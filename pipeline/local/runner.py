@@ -153,8 +153,8 @@ def run_pipeline(
 
     report.duration_s = time.perf_counter() - started
     report.finished_at = datetime.now(UTC).isoformat()
-    ingest = settings.ingest_lake()
     try:
+        ingest = settings.ingest_lake()
         history.record_run(ingest, scrub(report.to_dict()))
     except PipelineError as exc:
         report.report_error = _error_text(exc)

@@ -22,6 +22,7 @@ import pytest
 
 from pipeline.errors import CorruptBatchError, LakeStorageError, LakeUnavailableError
 from pipeline.lake import Lake
+from pipeline.local import history
 from pipeline.local.cli import main
 from tests.hostile_pg import closed_port
 from tests.lake_builders import row, write_batch, write_lookups
@@ -179,8 +180,8 @@ def test_a_lake_under_a_file_is_a_permanent_error_and_run_still_reports(tmp_path
     report = json.loads(out)
     assert report["status"] == "failed" and report["error"].startswith("LakeStorageError")
     assert report["tables"]["currency"]["error"].startswith("SourceUnavailableError")
-    stored = Lake(str(tmp_path / "in")).read_json("_runs/r1.json")
-    assert stored["error"] == report["error"]
+    [stored] = history.recent_runs(Lake(str(tmp_path / "in")), 1)  # (the run log)
+    assert stored["run_id"] == "r1" and stored["error"] == report["error"]
 
     # run: not even the report can be written: the summary says so, in one line.
     code, out, err = cli(capsys, "run", "--json", "--tables", "currency", "--run-id", "r2",
