@@ -44,6 +44,10 @@ NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "TotesysEtl")
 
 logger = Logger(service=SERVICE)
 
+# What an extract needs after its stream stops (close the part, commit the manifest and the
+# watermark): below this much remaining time it hands over to the next invocation (`more`).
+EXTRACT_RESERVE_MS = 120_000
+
 if os.environ.get("AWS_LAMBDA_RUNTIME_API"):  # only inside Lambda: leave test logging alone
     from pipeline.logs import configure
 
@@ -92,6 +96,11 @@ def _redacted(handler: Callable[..., dict[str, Any]]) -> Callable[..., dict[str,
             raise
 
     return wrapper
+
+
+def _seconds_left(context: Any) -> Callable[[], float]:
+    """The invocation's remaining time in seconds, asked when the step wants to know."""
+    return lambda: context.get_remaining_time_in_millis() / 1000
 
 
 def _emit(name: str, unit: MetricUnit, value: float, **dimensions: str) -> None:
@@ -153,6 +162,7 @@ def extract_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             _settings("ingest_url"),
             since=_optional(event, "since"),
             until=_optional(event, "until"),
+            stop=lambda: context.get_remaining_time_in_millis() < EXTRACT_RESERVE_MS,
         ).to_dict()
         summary.update(rows=result.get("rows"), more=bool(result.get("more")))
     _emit("RowsExtracted", MetricUnit.Count, result.get("rows", 0), table=table)
@@ -173,7 +183,9 @@ def transform_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     run_id = _run_id(event)
     logger.append_keys(run_id=run_id)
     with _timed("transform", run_id=run_id) as summary:
-        result = transform(run_id, _settings("ingest_url", "processed_url")).to_dict()
+        result = transform(
+            run_id, _settings("ingest_url", "processed_url"), time_left=_seconds_left(context)
+        ).to_dict()
         summary.update(status=result.get("status"), quarantined=result.get("quarantined"))
     for table, rows in (result.get("quarantined") or {}).items():
         _emit("RowsQuarantined", MetricUnit.Count, rows, table=table)

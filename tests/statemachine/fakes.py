@@ -74,9 +74,9 @@ class FakeSteps:
             }
         )
 
-    def transform(self, run_id: str, settings: Settings) -> Result:
+    def transform(self, run_id: str, settings: Settings, **kwargs: Any) -> Result:
         with self.lock:
-            self.calls.append(("transform", {"run_id": run_id, "settings": settings}))
+            self.calls.append(("transform", {"run_id": run_id, "settings": settings, **kwargs}))
             # Per distinct run id, so a retried invocation reports what the first one did.
             seen = list(dict.fromkeys(a["run_id"] for a in self.transforms()))
             more = seen.index(run_id) < self.transform_more

@@ -130,9 +130,10 @@ class FakeContext:
     aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     log_group_name: str = "/aws/lambda/test"
     log_stream_name: str = "test"
+    remaining_ms: int = 900_000  # a fresh invocation of a 15-minute function
 
     def get_remaining_time_in_millis(self) -> int:
-        return 900_000
+        return self.remaining_ms
 
 
 @dataclass
