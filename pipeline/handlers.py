@@ -20,6 +20,8 @@ Events:
               backlog: the state machine loops while the result says `more: true`
     load      {"run_id"}
     report    {"run_id"}   (only with context reportEnabled: after each successful load)
+    alert     an EventBridge "Step Functions Execution Status Change" event (unsuccessful
+              ends only): one SNS message with what the execution's history says
 """
 
 from __future__ import annotations
@@ -238,3 +240,13 @@ def report_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         "charts": len(report.charts),
         "bytes": result["bytes"],
     }
+
+
+@logger.inject_lambda_context(clear_state=True)
+def alert_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Publish the one alert for an execution that ended FAILED, TIMED_OUT or ABORTED."""
+    from pipeline.alerts import notify
+
+    sent = notify(event, topic_arn=_env("ALERT_TOPIC_ARN"), pipeline=_env("PIPELINE_NAME"))
+    logger.info("alert published", extra=sent)
+    return sent
