@@ -247,6 +247,7 @@ def alert_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Publish the one alert for an execution that ended FAILED, TIMED_OUT or ABORTED."""
     from pipeline.alerts import notify
 
-    sent = notify(event, topic_arn=_env("ALERT_TOPIC_ARN"), pipeline=_env("PIPELINE_NAME"))
+    settings = _settings("alert_topic_arn")
+    sent = notify(event, topic_arn=str(settings.alert_topic_arn), pipeline=settings.pipeline_name)
     logger.info("alert published", extra=sent)
     return sent

@@ -14,6 +14,8 @@ from typing import Any
 
 from constructs import Node
 
+from pipeline.settings import env_name
+
 DEFAULTS: dict[str, Any] = {
     "prefix": "totesys-etl",
     "scheduleExpression": "rate(30 minutes)",
@@ -46,7 +48,7 @@ ARCHITECTURES = ("arm64", "x86_64")
 _SECRET_ARN = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:(?P<name>.+)$")
 # Secrets Manager appends "-" and 6 random characters to a secret's name in its ARN.
 _SUFFIX = re.compile(r"-[A-Za-z0-9]{6}$")
-_SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$")
+_SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@!-]{1,512}$")  # "!": RDS-managed rds!db-...
 _DB_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
 
 
@@ -120,16 +122,17 @@ class DatabaseSpec:
             raise ValueError(f"context {db}Port must be a TCP port (1-65535)")
         return spec
 
-    def environment(self, prefix: str) -> dict[str, str]:
-        """The function settings the runtime reads (pipeline/credentials.py)."""
+    def environment(self, role: str) -> dict[str, str]:
+        """The variables behind the runtime's `<role>_db_*` settings (pipeline/settings.py),
+        for `role` "source" or "warehouse"."""
         values = {
-            "HOST": self.host,
-            "PORT": str(self.port) if self.port else None,
-            "NAME": self.database,
-            "INSTANCE": self.db_instance,
-            "CLUSTER": self.db_cluster,
+            "host": self.host,
+            "port": str(self.port) if self.port else None,
+            "name": self.database,
+            "instance": self.db_instance,
+            "cluster": self.db_cluster,
         }
-        return {f"{prefix}_DB_{k}": v for k, v in values.items() if v}
+        return {env_name(f"{role}_db_{k}"): v for k, v in values.items() if v}
 
 
 def _as_list(value: Any) -> list[str]:

@@ -152,7 +152,7 @@ class PipelineFunctions(Construct):
                 "INGEST_URL": ingest_url,
                 "TOTESYS_SECRET_ARN": config.source_secret,
                 "EXTRACT_MAX_ROWS": str(config.extract_max_rows),
-                **config.source.environment("TOTESYS"),
+                **config.source.environment("source"),
             },
         )
         self.transform = self._function(
@@ -163,7 +163,7 @@ class PipelineFunctions(Construct):
             {
                 "PROCESSED_URL": processed_url,
                 "WAREHOUSE_SECRET_ARN": config.warehouse_secret,
-                **config.warehouse.environment("WAREHOUSE"),
+                **config.warehouse.environment("warehouse"),
             },
         )
         # R19: each role reaches only its own zone(s) and its own secret.
@@ -251,8 +251,8 @@ class PipelineFunctions(Construct):
                 "FunctionsSecurityGroup",
                 vpc=vpc,
                 description=(
-                    f"{cfg.prefix} Lambda functions: allow it on 5432 in the databases' "
-                    "security groups"
+                    f"{cfg.prefix} Lambda functions - allow TCP 5432 from this group in the "
+                    "database security groups"
                 ),
                 allow_all_outbound=True,
             )

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from pipeline.credentials import SOURCE, describe, redact, resolve_dsn
@@ -171,3 +173,126 @@ def test_the_message_names_the_setting_actually_used() -> None:
     assert resolve(SOURCE, flag).origin == "--source-dsn"
     assert resolve(SOURCE, env).origin == "TOTESYS_DSN"
     assert "--source-dsn" in resolve(SOURCE, flag).where
+
+
+# -- secret shapes (Secrets Manager and RDS in moto) -------------------------------------
+@pytest.fixture
+def aws(moto_server: str):
+    import boto3
+    from moto.moto_api._internal.models import moto_api_backend
+
+    from pipeline import credentials
+
+    moto_api_backend.reset()
+    credentials.clear_secret_cache()
+    yield boto3
+    credentials.clear_secret_cache()
+
+
+def put_secret(aws, name: str, value: dict) -> str:
+    client = aws.client("secretsmanager")
+    arn = client.create_secret(Name=name, SecretString=json.dumps(value))["ARN"]
+    return arn
+
+
+def fields(dsn: str) -> dict:
+    from psycopg.conninfo import conninfo_to_dict
+
+    return conninfo_to_dict(dsn)
+
+
+def test_the_full_rds_shape_is_a_dsn(aws):
+    arn = put_secret(
+        aws,
+        "totesys-etl/totesys",
+        {
+            "host": "db.internal",
+            "port": 5433,
+            "username": "etl",
+            "password": "pw-1",
+            "database": "totesys",
+        },
+    )
+    assert fields(resolve_dsn(SOURCE, Settings(source_secret_arn=arn))) == {
+        "host": "db.internal",
+        "port": "5433",
+        "user": "etl",
+        "password": "pw-1",
+        "dbname": "totesys",
+    }
+
+
+def test_an_rds_managed_secret_takes_host_port_and_database_from_the_settings(aws):
+    """`rds!db-...` secrets hold only username and password; the Lambda gets the rest as
+    TOTESYS_DB_HOST / TOTESYS_DB_NAME (read into the settings)."""
+    arn = put_secret(aws, "rds!db-0a1b2c3d", {"username": "postgres", "password": "pw-2"})
+    settings = Settings.from_env(
+        {
+            "TOTESYS_SECRET_ARN": arn,
+            "TOTESYS_DB_HOST": "totesys.abc.eu-west-2.rds.amazonaws.com",
+            "TOTESYS_DB_NAME": "totesys",
+        }
+    )
+    assert fields(resolve_dsn(SOURCE, settings)) == {
+        "host": "totesys.abc.eu-west-2.rds.amazonaws.com",
+        "port": "5432",
+        "user": "postgres",
+        "password": "pw-2",
+        "dbname": "totesys",
+    }
+
+
+def test_an_rds_managed_secret_reads_the_endpoint_of_the_named_instance(aws):
+    aws.client("rds").create_db_instance(
+        DBInstanceIdentifier="totesys-prod",
+        DBInstanceClass="db.t3.micro",
+        Engine="postgres",
+        DBName="totesys",
+        MasterUsername="postgres",
+        MasterUserPassword="not-used-here",
+        AllocatedStorage=20,
+    )
+    arn = put_secret(aws, "rds!db-0e9f8a7b", {"username": "postgres", "password": "pw-3"})
+    settings = Settings(source_secret_arn=arn, source_db_instance="totesys-prod")
+    got = fields(resolve_dsn(SOURCE, settings))
+    endpoint = aws.client("rds").describe_db_instances(DBInstanceIdentifier="totesys-prod")[
+        "DBInstances"
+    ][0]["Endpoint"]
+    assert (got["host"], got["port"], got["dbname"]) == (
+        endpoint["Address"],
+        str(endpoint["Port"]),
+        "totesys",
+    )
+    assert (got["user"], got["password"]) == ("postgres", "pw-3")
+
+
+def test_an_unknown_instance_is_a_configuration_error_naming_it(aws):
+    arn = put_secret(aws, "rds!db-11112222", {"username": "postgres", "password": "pw-4"})
+    settings = Settings(source_secret_arn=arn, source_db_instance="no-such-db")
+    with pytest.raises(ConfigurationError, match="no-such-db"):
+        resolve_dsn(SOURCE, settings)
+
+
+def test_a_secret_without_host_says_which_settings_supply_it(aws):
+    arn = put_secret(aws, "rds!db-33334444", {"username": "postgres", "password": "pw-5"})
+    with pytest.raises(ConfigurationError, match="TOTESYS_DB_HOST") as raised:
+        resolve_dsn(SOURCE, Settings(source_secret_arn=arn))
+    assert "sourceHost" in str(raised.value) and "pw-5" not in str(raised.value)
+
+
+def test_a_setting_wins_over_the_secrets_own_field(aws):
+    from pipeline.credentials import WAREHOUSE
+
+    arn = put_secret(
+        aws,
+        "totesys-etl/warehouse",
+        {"host": "old.internal", "port": 5432, "username": "loader", "password": "pw-6"},
+    )
+    settings = Settings.from_env({"WAREHOUSE_SECRET_ARN": arn, "WAREHOUSE_DB_PORT": "6543"})
+    got = fields(resolve_dsn(WAREHOUSE, settings))
+    assert (got["host"], got["port"], got["user"]) == ("old.internal", "6543", "loader")
+
+
+def test_a_port_setting_outside_the_tcp_range_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match="TOTESYS_DB_PORT"):
+        Settings.from_env({"TOTESYS_DB_PORT": "70000"})
