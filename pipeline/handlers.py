@@ -19,7 +19,7 @@ Events:
               run_id is the execution name, or `<name>.t<n>` for the n-th pass over a
               backlog: the state machine loops while the result says `more: true`
     load      {"run_id"}
-    report    {"run_id"}   (only with context reportEnabled: after each successful load)
+    report    {"run_id"}   (only with context reportEnabled: after the execution's last load)
     alert     an EventBridge "Step Functions Execution Status Change" event (unsuccessful
               ends only): one SNS message with what the execution's history says
 """
