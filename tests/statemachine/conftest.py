@@ -22,6 +22,17 @@ def assembly() -> Assembly:
 
 @pytest.fixture(scope="session")
 def moto_url(moto_server: str) -> str:
+    """The session's moto server, with its Lambda request router built by one request.
+
+    moto builds that router lazily, on the first Lambda request; when those are the Map's
+    concurrent invokes, the build runs in several threads at once and CPython 3.11's
+    `ast.parse` (used by werkzeug to compile the routes) can fail with "SystemError: AST
+    constructor recursion depth mismatch": a 500 that the execution sees as
+    `States.Runtime`. One sequential request first makes that impossible.
+    """
+    import boto3
+
+    boto3.client("lambda").list_functions()
     return moto_server
 
 
