@@ -17,12 +17,13 @@ import json
 from typing import Any
 
 from pipeline.errors import ConfigurationError
+from pipeline.orchestration import BACKLOG_ERROR, rerun_tables
 
 DETAIL_TYPE = "Step Functions Execution Status Change"
 UNSUCCESSFUL = ("FAILED", "TIMED_OUT", "ABORTED")
 MAX_HISTORY_PAGES = 25  # 25,000 events: the most a Standard execution can have
 MAX_CAUSE_CHARS = 4_000  # SNS takes 256 KB; an e-mail reader wants much less
-REDRIVE_FAILS_AGAIN = {"TransformBacklogLimit"}  # a Fail state: a Redrive fails again
+REDRIVE_FAILS_AGAIN = {BACKLOG_ERROR}  # a Fail state: a Redrive fails again
 
 
 def _unsuccessful_detail(event: dict[str, Any]) -> dict[str, Any]:
@@ -106,7 +107,7 @@ def compose(event: dict[str, Any], sfn: Any, pipeline: str) -> tuple[str, dict[s
     failed_tables = [t for t in failures.get("tables") or [] if isinstance(t, str)]
     status, error = str(detail["status"]), detail.get("error")
     stopped_at = found["open_states"]
-    rerun_input = {"tables": failed_tables}
+    rerun_input = rerun_tables(failed_tables)
     if error in REDRIVE_FAILS_AGAIN:
         recover = (
             "Start a new execution of state_machine_arn with rerun_input (or wait for the "

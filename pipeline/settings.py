@@ -180,6 +180,12 @@ class Settings:
         flag="--max-rows",
         shown="unset",
     )
+    extract_max_calls: int = _knob(
+        10,
+        "EXTRACT_MAX_CALLS",
+        "extract calls per table in one run; a table with more left continues in the next run",
+        parse=_positive_int,
+    )
     extract_workers: int = _knob(
         4,
         "EXTRACT_WORKERS",

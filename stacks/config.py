@@ -14,7 +14,7 @@ from typing import Any
 
 from constructs import Node
 
-from pipeline.settings import env_name
+from pipeline.settings import Settings, env_name
 
 DEFAULTS: dict[str, Any] = {
     "prefix": "totesys-etl",
@@ -36,8 +36,9 @@ DEFAULTS: dict[str, Any] = {
     "architecture": "arm64",
     "extractConcurrency": 4,
     "extractMaxRows": 2_000_000,
-    "extractMaxInvocations": 10,
-    "transformMaxRuns": 20,
+    # The runner's bounds are the settings'; the state machine's the same by default.
+    "extractMaxInvocations": Settings().extract_max_calls,
+    "transformMaxRuns": Settings().transform_max_rounds,
     "logRetentionDays": 90,
     "freshnessHours": 6,
     "reportEnabled": False,

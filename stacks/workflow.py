@@ -1,34 +1,45 @@
 """The Step Functions state machine: extract every table, transform, load, catch up, report.
 
-The orchestration policy, in plain rules (the local runner follows the same ones):
+The orchestration policy is pipeline/orchestration.py's, rule for rule (the local runner
+executes it in-process; tests/statemachine/test_policy.py runs the same scenarios through
+both). Here are its rules, with the states that carry them out:
 
-1. Extract: every table gets its own Map iteration (at most `extractConcurrency` at a
-   time) under the execution name as run id. A table that says `more` continues under the
-   `next_run_id` it names, at most `extractMaxInvocations` invocations per execution; rows
-   left after that are read by the next execution (the watermark records the cut).
-2. A table whose extract still fails after its retries is recorded with the run id,
-   window and row count it had reached; the other tables go on.
-3. Transform while the transform says `more`, under `<name>`, `<name>.t2`, `<name>.t3`,
-   ... (each idempotent), at most `transformMaxRuns` passes; then load once. A failed
-   transform or load fails the execution right there (no Catch): a Redrive re-runs that
-   pass, or that load, with the same run id.
-4. If tables failed in rule 2 (after the others were transformed and loaded), extract them
-   again (`ExtractFailedTables`, a Map over the recorded tables, no Catch), from the run
-   id each had reached. If one fails again the execution fails in that Map: a Redrive
-   re-runs only the failed iterations (the Map is inline). When they succeed: one more
-   transform pass (the next `.t<n>`) and one more load, so they reach the warehouse too.
-5. With context reportEnabled, after the last load (no failed table left): `Report`, no
-   Catch (a failed report fails the execution there; the loads stand, a Redrive re-runs
-   just the report). Then, if the last transform pass still said `more` (the bound of
-   rule 3 was reached), the execution fails with `TransformBacklogLimit` after loading
-   what was transformed; the next execution (or one started with `{"tables": []}`) takes
-   the rest. A Redrive of this failure only fails again.
+1. **Every requested table is extracted to completion, within a bound.** `ExtractTables`
+   gives each table a Map iteration (at most `extractConcurrency` at a time) under the
+   execution name as run id; `MoreRows` continues a table that says `more` under the
+   `next_run_id` it names (`NextChunk`), at most `extractMaxInvocations` invocations
+   (`extract_max_calls` locally); `Extracted` records `more_left` when the bound stopped it.
+2. **A table whose extract fails is recorded, and the other tables carry on.** After its
+   retries (transient errors and Lambda service errors, backoff with full jitter), the
+   iteration's Catch goes to `TableFailed`, which records the error and the run id, window,
+   row count and invocation number the table had reached.
+3. **Transform while it reports `more`, then load once.** `Transform` under the execution
+   name, then `NextTransform` derives `<name>.t2`, `.t3`, ... (the same
+   `TRANSFORM_ROUND_FORMAT`) while `MoreToTransform` sees `more`, at most
+   `transformMaxRuns` calls; then `Load`. Neither has a Catch: a failed transform or load
+   fails the execution right there, and a Redrive re-runs that call with the same run id.
+4. **Failed tables are extracted once more, then transformed and loaded.**
+   `AnyTableFailed` -> `ExtractFailedTables`, a Map over the recorded resume points (no
+   Catch, no ItemSelector): if a table fails again the execution fails in that Map, and a
+   Redrive re-runs only its failed iterations (the Map is inline), from where each
+   stopped. When all succeed: `TablesCaughtUp` -> `NextTransform` (at least one more call)
+   -> ... -> `Load` again.
+5. **A backlog left at the bound fails the pass after its load.** `BacklogCleared` ->
+   the `TransformBacklogLimit` Fail state (`BACKLOG_ERROR`, cause `BACKLOG_CAUSE`); a
+   Redrive of it only fails again: start a new execution.
+
+And three rules that exist only in AWS:
+
 6. Alerts are not states: an EventBridge rule on the execution's FAILED, TIMED_OUT and
-   ABORTED status changes invokes the alert function (stacks/alerts.py), which reads the
+   ABORTED status changes invokes the alert function (pipeline/alerts.py), which reads the
    execution's history (failed state, error, failed tables, re-run input) and publishes
    one message. Alarms never notify for what fails an execution (stacks/monitoring.py).
-7. The execution timeout is the worst case rules 1-5 allow with every retry spent
+7. The execution timeout is the worst case rules 1-5 and 8 allow with every retry spent
    (`worst_case_seconds`), so it never cuts a run the configuration permits.
+8. With context reportEnabled, `Report` builds the HTML report once, after the last load
+   (`AnyTableFailed` found none left to catch up), before `BacklogCleared`. No Catch: a
+   failed report fails the execution there (the loads stand) and a Redrive re-runs just
+   the report.
 
 Every payload between states is a small pointer (table, counts, manifest key): data
 never flows through the state machine. Retry/Catch match on Python exception class
@@ -51,6 +62,7 @@ from constructs import Construct
 import pipeline
 from pipeline import errors
 from pipeline.catalog import TABLE_NAMES
+from pipeline.orchestration import BACKLOG_CAUSE, BACKLOG_ERROR, TRANSFORM_ROUND_FORMAT
 from stacks.config import PipelineConfig
 from stacks.functions import STEPS, PipelineFunctions, retention
 
@@ -406,7 +418,7 @@ class PipelineWorkflow(Construct):
             ),
             parameters={
                 "n": next_n,
-                "run_id": JsonPath.format("{}.t{}", JsonPath.execution_name, next_n),
+                "run_id": JsonPath.format(TRANSFORM_ROUND_FORMAT, JsonPath.execution_name, next_n),
             },
             result_path="$.transform_call",
         )
@@ -450,7 +462,7 @@ class PipelineWorkflow(Construct):
         return transform.next(more_to_transform)
 
     def _report(self, then: sfn.IChainable) -> sfn.IChainable:
-        """With context reportEnabled: the HTML report, once, after the execution's last
+        """Rule 8 (with context reportEnabled): the HTML report, once, after the last
         load (every table caught up), then `then`. No Catch: a failed report fails the
         execution there (the loads stand) and a Redrive re-runs just the report."""
         if self.functions.report is None:
@@ -495,12 +507,11 @@ class PipelineWorkflow(Construct):
         """
         return sfn.Fail(
             self,
-            "TransformBacklogLimit",
+            BACKLOG_ERROR,
             comment="Start a new execution (or wait for the schedule): a Redrive fails again",
-            error="TransformBacklogLimit",
+            error=BACKLOG_ERROR,
             cause_path=JsonPath.format(
-                "Transform still reported more batches after {} invocations (last run id {}); "
-                "what they transformed was loaded, the rest waits for the next execution",
+                BACKLOG_CAUSE,
                 JsonPath.string_at("$.transform_call.n"),
                 JsonPath.string_at("$.transform_call.run_id"),
             ),

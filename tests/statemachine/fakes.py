@@ -26,6 +26,12 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.data)
 
+    def __getattr__(self, name: str) -> Any:
+        """Fields as attributes, like the real result classes (absent ones are None)."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self.data.get(name)
+
 
 @dataclass
 class FakeSteps:
