@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aws_cdk import ArnFormat, CfnOutput, Duration, IgnoreMode, RemovalPolicy, Size, Stack
 from aws_cdk import aws_ec2 as ec2
@@ -169,12 +170,12 @@ class PipelineFunctions(Construct):
         # R19: each role reaches only its own zone(s) and its own secret.
         grant_read(self.extract.role, lake.ingestion)
         grant_write(self.extract.role, lake.ingestion)
-        self.source_secret.grant_read(self.extract.role)
+        self.source_secret.grant_read(self.extract)
         grant_read(self.transform.role, lake.ingestion)
         grant_read(self.transform.role, lake.processed)
         grant_write(self.transform.role, lake.processed)
         grant_read(self.load.role, lake.processed)
-        self.warehouse_secret.grant_read(self.load.role)
+        self.warehouse_secret.grant_read(self.load)
         self.report: lambda_.DockerImageFunction | None = None
         if config.report_enabled:
             self.report = self._function(
@@ -186,7 +187,7 @@ class PipelineFunctions(Construct):
                 },
             )
             grant_report(self.report.role, lake.processed)
-            self.warehouse_secret.grant_read(self.report.role)
+            self.warehouse_secret.grant_read(self.report)
             grant_endpoint_lookup(self.report.role, config.warehouse)
         self.alert = self._function(
             ALERT,
@@ -225,7 +226,7 @@ class PipelineFunctions(Construct):
         )
         alerts.topic.grant_publish(role)  # with the topic key's GenerateDataKey*/Decrypt
 
-    def _vpc_settings(self) -> dict:
+    def _vpc_settings(self) -> dict[str, Any]:
         """Subnets and security groups; without `securityGroupIds`, one shared group is
         created (all outbound, no inbound) and exported, for the databases' ingress rules."""
         cfg = self.config
@@ -276,7 +277,7 @@ class PipelineFunctions(Construct):
         environment: dict[str, str],
         *,
         network: bool = True,
-        asynchronous: dict | None = None,
+        asynchronous: dict[str, Any] | None = None,
     ) -> lambda_.DockerImageFunction:
         cfg = self.config
         title = step.name.capitalize()

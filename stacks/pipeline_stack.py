@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_cdk import CfnOutput, Stack, Tags
 from constructs import Construct
 
@@ -16,7 +18,9 @@ from stacks.workflow import PipelineWorkflow
 
 
 class TotesysEtlStack(Stack):
-    def __init__(self, scope: Construct, construct_id: str, *, config: PipelineConfig, **kwargs):
+    def __init__(
+        self, scope: Construct, construct_id: str, *, config: PipelineConfig, **kwargs: Any
+    ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         Tags.of(self).add("project", config.prefix)
         self.config = config

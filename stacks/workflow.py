@@ -51,6 +51,7 @@ from __future__ import annotations
 import importlib
 import math
 import pkgutil
+from typing import Any
 
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_lambda as lambda_
@@ -162,8 +163,8 @@ def invoke(
     scope: Construct,
     state_id: str,
     function: lambda_.IFunction,
-    payload: dict,
-    result_selector: dict,
+    payload: dict[str, Any],
+    result_selector: dict[str, Any],
     result_path: str,
 ) -> tasks.LambdaInvoke:
     task = tasks.LambdaInvoke(
