@@ -16,8 +16,9 @@ both). Here are its rules, with the states that carry them out:
 3. **Transform while it reports `more`, then load once.** `Transform` under the execution
    name, then `NextTransform` derives `<name>.t2`, `.t3`, ... (the same
    `TRANSFORM_ROUND_FORMAT`) while `MoreToTransform` sees `more`, at most
-   `transformMaxRuns` calls; then `Load`. Neither has a Catch: a failed transform or load
-   fails the execution right there, and a Redrive re-runs that call with the same run id.
+   `transformMaxRuns` calls; then `Load`. A held lease (`TransformBusyError`) is retried
+   like every transient error. Neither has a Catch: a failed transform or load fails the
+   execution right there, and a Redrive re-runs that call with the same run id.
 4. **Failed tables are extracted once more, then transformed and loaded.**
    `AnyTableFailed` -> `ExtractFailedTables`, a Map over the recorded resume points (no
    Catch, no ItemSelector): if a table fails again the execution fails in that Map, and a
