@@ -183,7 +183,7 @@ class PipelineFunctions(Construct):
                 {
                     "PROCESSED_URL": processed_url,
                     "WAREHOUSE_SECRET_ARN": config.warehouse_secret,
-                    **config.warehouse.environment("WAREHOUSE"),
+                    **config.warehouse.environment("warehouse"),
                 },
             )
             grant_report(self.report.role, lake.processed)
