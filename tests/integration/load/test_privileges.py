@@ -266,10 +266,15 @@ def test_granting_to_a_role_that_does_not_exist_is_refused(
 
 
 def test_the_printed_script_run_by_psql_sets_up_what_init_warehouse_does(
-    warehouse: Warehouse, lake: Lake, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    warehouse: Warehouse,
+    lake: Lake,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    pg_server_info: pgserver.Server,
 ) -> None:
-    """The DBA's way: `--print-sql` (no connection), then psql as the owner. The load
-    then finds the schema up to date (same checksums) and the loader's grants complete."""
+    """The DBA's way: `--print-sql` (no connection), then psql as the owner (the psql of
+    the server under test). The load then finds the schema up to date (same checksums)
+    and the loader's grants complete."""
     args = [
         "init-warehouse", "--print-sql", "--grant-to", warehouse.loader,
         "--database", warehouse.name,
@@ -278,7 +283,7 @@ def test_the_printed_script_run_by_psql_sets_up_what_init_warehouse_does(
     script = tmp_path / "warehouse.sql"
     script.write_text(capsys.readouterr().out)
     subprocess.run(
-        ["psql", warehouse.owner_dsn, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-f", str(script)],
+        [pg_server_info.psql, warehouse.owner_dsn, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-f", str(script)],
         check=True,
         capture_output=True,
     )
