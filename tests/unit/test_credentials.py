@@ -1,5 +1,6 @@
 import json
 
+import psycopg
 import pytest
 
 from pipeline.credentials import SOURCE, describe, redact, resolve_dsn
@@ -296,3 +297,38 @@ def test_a_setting_wins_over_the_secrets_own_field(aws):
 def test_a_port_setting_outside_the_tcp_range_is_a_configuration_error():
     with pytest.raises(ConfigurationError, match="TOTESYS_DB_PORT"):
         Settings.from_env({"TOTESYS_DB_PORT": "70000"})
+
+
+@pytest.mark.postgres
+def test_a_rotated_rds_managed_secret_is_fetched_again_with_the_same_endpoint(aws, pg_server):
+    """An RDS-managed secret (username and password only, the endpoint from the settings)
+    is rotated while its old value is cached: the failed login fetches it again at once
+    (`Database.refetched`) and the DSN built from it keeps the endpoint the settings give."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from pipeline.credentials import WAREHOUSE, connect, resolve
+
+    admin = conninfo_to_dict(pg_server)
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute("CREATE ROLE rotated_user LOGIN PASSWORD 'old-pw'")
+    try:
+        arn = put_secret(aws, "rds!db-rotating", {"username": "rotated_user", "password": "old-pw"})
+        settings = Settings(
+            warehouse_secret_arn=arn,
+            warehouse_db_host=str(admin.get("host") or "localhost"),
+            warehouse_db_port=int(admin.get("port") or 5432),
+            warehouse_db_name=str(admin.get("dbname") or "postgres"),
+        )
+        connect(resolve(WAREHOUSE, settings)).close()
+        with psycopg.connect(pg_server, autocommit=True) as conn:  # the rotation
+            conn.execute("ALTER ROLE rotated_user PASSWORD 'new-pw'")
+        aws.client("secretsmanager").put_secret_value(
+            SecretId=arn, SecretString=json.dumps({"username": "rotated_user", "password": "new-pw"})
+        )
+        stale = resolve(WAREHOUSE, settings)
+        assert stale.cached and conninfo_to_dict(stale.dsn)["password"] == "old-pw"
+        with connect(stale) as conn:  # fetched again, same endpoint, new password
+            assert conn.info.user == "rotated_user" and conn.info.port == settings.warehouse_db_port
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute("DROP ROLE rotated_user")
