@@ -323,7 +323,8 @@ def test_a_rotated_rds_managed_secret_is_fetched_again_with_the_same_endpoint(aw
         with psycopg.connect(pg_server, autocommit=True) as conn:  # the rotation
             conn.execute("ALTER ROLE rotated_user PASSWORD 'new-pw'")
         aws.client("secretsmanager").put_secret_value(
-            SecretId=arn, SecretString=json.dumps({"username": "rotated_user", "password": "new-pw"})
+            SecretId=arn,
+            SecretString=json.dumps({"username": "rotated_user", "password": "new-pw"}),
         )
         stale = resolve(WAREHOUSE, settings)
         assert stale.cached and conninfo_to_dict(stale.dsn)["password"] == "old-pw"

@@ -283,7 +283,17 @@ def test_the_printed_script_run_by_psql_sets_up_what_init_warehouse_does(
     script = tmp_path / "warehouse.sql"
     script.write_text(capsys.readouterr().out)
     subprocess.run(
-        [pg_server_info.psql, warehouse.owner_dsn, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-f", str(script)],
+        [
+            pg_server_info.psql,
+            warehouse.owner_dsn,
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-1",
+            "-f",
+            str(script),
+        ],
         check=True,
         capture_output=True,
     )
