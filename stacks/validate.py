@@ -13,7 +13,8 @@ from pathlib import Path
 
 VARIANTS: dict[str, dict[str, str]] = {
     "default": {},
-    # A private RDS in a VPC with RDS-managed secrets (docs/DEPLOY.md's walk-through).
+    # A private RDS in a VPC with RDS-managed secrets (docs/DEPLOY.md's walk-through), with
+    # the optional report function too.
     "vpc-rds-managed": {
         "vpcId": "vpc-0123456789abcdef0",
         "subnetIds": "subnet-0aaa1111bbbb2222c,subnet-0ddd3333eeee4444f",
@@ -25,6 +26,7 @@ VARIANTS: dict[str, dict[str, str]] = {
         "warehouseHost": "warehouse.abcdefghijkl.eu-west-2.rds.amazonaws.com",
         "warehouseDatabase": "warehouse",
         "alertEmail": "data-team@example.com",
+        "reportEnabled": "true",
     },
 }
 
