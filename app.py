@@ -9,7 +9,10 @@ directory follows `CDK_OUTDIR` (set by the CDK CLI and by the tests).
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
+from typing import Any
 
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
@@ -17,10 +20,22 @@ from cdk_nag import AwsSolutionsChecks
 from stacks.config import PipelineConfig
 from stacks.pipeline_stack import TotesysEtlStack
 
+CDK_JSON = Path(__file__).resolve().with_name("cdk.json")
 
-def build_app(outdir: str | None = None, context: dict | None = None) -> cdk.App:
+
+def feature_flags() -> dict[str, Any]:
+    """The CDK feature flags in cdk.json (those a new `cdk init` app sets): applied to
+    every build, so an in-process synth (tests, stacks.validate) behaves as `cdk synth`."""
+    context = json.loads(CDK_JSON.read_text())["context"]
+    return {k: v for k, v in context.items() if k.startswith("@aws-cdk")}
+
+
+def build_app(outdir: str | None = None, context: dict[str, Any] | None = None) -> cdk.App:
     """Build (not synthesize) the app; tests call this in-process with their own outdir."""
-    app = cdk.App(outdir=outdir or os.environ.get("CDK_OUTDIR"), context=context)
+    app = cdk.App(
+        outdir=outdir or os.environ.get("CDK_OUTDIR"),
+        context={**feature_flags(), **(context or {})},
+    )
     config = PipelineConfig.from_context(app.node)
     TotesysEtlStack(
         app,

@@ -46,6 +46,9 @@ def run_step(args: argparse.Namespace) -> dict[str, Any]:
                     strict=True,
                 )
             )
+        failed = {t: r["error"] for t, r in results.items() if r["status"] == "failed"}
+        if failed:  # a measurement of a failed extract would mean nothing
+            raise RuntimeError(f"extract failed: {failed}")
         return {"rows": sum(r["rows"] for r in results.values()), "tables": results}
     if args.step == "transform":
         return transform_rounds(args.run_id, settings).to_dict()

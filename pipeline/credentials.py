@@ -1,5 +1,13 @@
 """Database credentials: a DSN locally, a Secrets Manager secret in AWS.
 
+A secret comes in either shape people use: the full RDS shape (host, port, username,
+password, dbname) or an RDS-managed master secret (`rds!db-...`: username and password
+only). What the secret lacks comes from the settings (`source_db_host`, `_port`, `_name`,
+or the RDS instance or cluster named by `source_db_instance` / `_cluster`, whose endpoint,
+port and database name are read once per process; the same for `warehouse_db_*`); a value
+given in the settings takes precedence over the secret's own field. `_dsn_from_secret` is
+the one place a secret's JSON becomes a DSN.
+
 Secrets are fetched through Powertools' `SecretsProvider`, whose cache keeps a value for
 `Settings.secret_max_age` (so a warm Lambda does not call Secrets Manager per table). When
 a password from the cache fails to authenticate, the secret is fetched again at once and,
@@ -15,6 +23,9 @@ messages describe a database as `user@host:port/dbname` plus the setting it came
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -27,6 +38,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pipeline.errors import (
     AuthenticationError,
     ConfigurationError,
+    InsufficientPrivilegeError,
     PipelineError,
     SecretUnavailableError,
     SourceUnavailableError,
@@ -34,7 +46,7 @@ from pipeline.errors import (
     WarehouseUnavailableError,
 )
 from pipeline.redaction import redact, register_dsn, register_secret
-from pipeline.settings import Settings
+from pipeline.settings import Settings, env_name
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.parameters import SecretsProvider
@@ -44,6 +56,7 @@ __all__ = [
     "WAREHOUSE",
     "Database",
     "DatabaseRole",
+    "Endpoint",
     "as_database",
     "check_dsn",
     "check_dsns",
@@ -84,6 +97,18 @@ _ENCODING_HINT = (
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """Where a database is, per the settings (`<role>_db_<field>`): direct values and/or an
+    RDS identifier whose endpoint is read at run time."""
+
+    host: str | None = None
+    port: int | None = None
+    name: str | None = None
+    instance: str | None = None
+    cluster: str | None = None
+
+
+@dataclass(frozen=True)
 class DatabaseRole:
     """Which `Settings` fields hold one database's credentials, and its transient error."""
 
@@ -94,11 +119,18 @@ class DatabaseRole:
 
     def setting_names(self) -> tuple[str, str]:
         """The environment variables behind the two fields (for messages)."""
-        fields = Settings.__dataclass_fields__
-        return (
-            fields[self.dsn_field].metadata["env"][0],
-            fields[self.secret_field].metadata["env"][0],
+        return env_name(self.dsn_field), env_name(self.secret_field)
+
+    def endpoint(self, settings: Settings) -> Endpoint:
+        """What the settings say about where this database is (`<name>_db_*` fields)."""
+        prefix = f"{self.name}_db_"
+        return Endpoint(
+            **{f.name: getattr(settings, prefix + f.name) for f in dataclasses.fields(Endpoint)}
         )
+
+    def endpoint_env(self, key: str) -> str:
+        """The environment variable of one `<name>_db_<key>` field (for messages)."""
+        return env_name(f"{self.name}_db_{key}")
 
 
 SOURCE = DatabaseRole("source", "source_dsn", "source_secret_arn", SourceUnavailableError)
@@ -117,6 +149,7 @@ class Database:
     secret_arn: str | None = None
     max_age_s: int = 0
     cached: bool = False  # the secret came from the cache, not from Secrets Manager now
+    endpoint: Endpoint = Endpoint()  # what the settings add to the secret (module docstring)
 
     @property
     def where(self) -> str:
@@ -127,14 +160,14 @@ class Database:
         from the cache and has changed since (a rotation); else None (fail as is)."""
         if self.secret_arn is None or not self.cached:
             return None
-        dsn, _ = _secret_dsn(self.secret_arn, self.max_age_s, force=True)
+        dsn, _ = _secret_dsn(self.role, self.secret_arn, self.endpoint, self.max_age_s, force=True)
         if dsn == self.dsn:
             return None
         log.warning(
             "cached secret failed to authenticate and has changed: retrying with the new value",
             extra={"database": self.role.name, "secret_arn": self.secret_arn},
         )
-        return Database(self.role, dsn, self.origin, self.secret_arn, self.max_age_s, False)
+        return dataclasses.replace(self, dsn=dsn, cached=False)
 
 
 # -- DSNs ----------------------------------------------------------------------------------
@@ -207,8 +240,9 @@ def resolve(role: DatabaseRole, settings: Settings) -> Database:
         return Database(role, str(dsn), origin)
     if arn := getattr(settings, role.secret_field):
         max_age = int(settings.secret_max_age.total_seconds())
-        dsn, cached = _secret_dsn(str(arn), max_age)
-        return Database(role, dsn, f"secret {arn}", str(arn), max_age, cached)
+        endpoint = role.endpoint(settings)
+        dsn, cached = _secret_dsn(role, str(arn), endpoint, max_age)
+        return Database(role, dsn, f"secret {arn}", str(arn), max_age, cached, endpoint)
     dsn_env, secret_env = role.setting_names()
     raise ConfigurationError(
         f"no {role.name} database configured: pass a DSN, or set {dsn_env} "
@@ -241,13 +275,17 @@ def _secrets() -> SecretsProvider:
 
 
 def clear_secret_cache() -> None:
-    """Forget every cached secret (tests; a process that knows its secrets changed)."""
+    """Forget every cached secret and RDS endpoint (tests; a process that knows they
+    changed). A rotated password needs no call: see `Database.refetched`."""
     global _provider
     _provider = None
+    _rds_endpoint.cache_clear()
 
 
-def _secret_dsn(arn: str, max_age_s: int, *, force: bool = False) -> tuple[str, bool]:
-    """The DSN built from secret `arn` and whether it came from the cache."""
+def _secret_dsn(
+    role: DatabaseRole, arn: str, endpoint: Endpoint, max_age_s: int, *, force: bool = False
+) -> tuple[str, bool]:
+    """The DSN built from secret `arn` (plus `endpoint`) and whether it came from the cache."""
     from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 
     provider = _secrets()
@@ -257,7 +295,7 @@ def _secret_dsn(arn: str, max_age_s: int, *, force: bool = False) -> tuple[str, 
         value = provider.get(arn, max_age=max_age_s, force_fetch=force)
     except GetParameterError as exc:
         raise _secret_error(arn, exc.__cause__ or exc) from None
-    return _dsn_from_secret(arn, str(value)), cached
+    return _dsn_from_secret(role, arn, str(value), endpoint), cached
 
 
 def _secret_error(arn: str, exc: BaseException) -> PipelineError:
@@ -278,28 +316,89 @@ def _secret_error(arn: str, exc: BaseException) -> PipelineError:
     return ConfigurationError(f"secret {arn}: {type(exc).__name__}: {redact(str(exc))}")
 
 
-def _dsn_from_secret(arn: str, value: str) -> str:
-    """The RDS JSON shape (host, port, username, password, dbname) as a DSN."""
-    import json
-
+def _dsn_from_secret(role: DatabaseRole, arn: str, value: str, endpoint: Endpoint) -> str:
+    """A secret's JSON as a DSN: username and password from the secret; host, port and
+    dbname from the secret, then the RDS instance or cluster, then explicit settings (the
+    last one given wins; module docstring)."""
     try:
         data = json.loads(value)
-        register_secret(str(data.get("password") or ""))
-        dsn = make_conninfo(
-            host=data["host"],
-            port=str(data.get("port", 5432)),
-            user=data["username"],
-            password=data["password"],
-            dbname=data.get("dbname") or data.get("database") or "postgres",
-        )
+        user, password = data["username"], data["password"]
+        register_secret(str(password or ""))
+        secret_fields = {
+            "host": data.get("host"),
+            "port": data.get("port"),
+            "dbname": data.get("dbname") or data.get("database"),
+        }
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         missing = f" {exc.args[0]!r}" if isinstance(exc, KeyError) else ""
         raise ConfigurationError(
-            f"secret {arn} must be JSON with host, port, username, password and dbname "
-            f"(missing or malformed:{missing or ' ' + type(exc).__name__})"
+            f"secret {arn} must be JSON with at least username and password, and host, port "
+            f"and dbname unless the settings give them (missing or malformed:"
+            f"{missing or ' ' + type(exc).__name__})"
         ) from None
+    fields = {k: v for k, v in secret_fields.items() if v not in (None, "")}
+    fields.update(_rds_endpoint(role, endpoint.instance, endpoint.cluster))
+    explicit = {"host": endpoint.host, "port": endpoint.port, "dbname": endpoint.name}
+    fields.update({k: v for k, v in explicit.items() if v})
+    if "host" not in fields:
+        raise ConfigurationError(
+            f"{role.name} database: secret {arn} has no host (an RDS-managed secret holds "
+            f"only username and password): set {role.endpoint_env('host')}, or "
+            f"{role.endpoint_env('instance')} / {role.endpoint_env('cluster')} (CDK context "
+            f"{role.name}Host, {role.name}DbInstance or {role.name}DbCluster, docs/DEPLOY.md)"
+        )
+    try:
+        dsn = make_conninfo(
+            host=str(fields["host"]),
+            port=str(fields.get("port", 5432)),
+            user=str(user),
+            password=str(password),
+            dbname=str(fields.get("dbname", "postgres")),
+        )
+    except psycopg.ProgrammingError:
+        raise ConfigurationError(f"secret {arn}: its fields do not form a valid DSN") from None
     register_dsn(dsn)
     return dsn
+
+
+@functools.cache
+def _rds_endpoint(role: DatabaseRole, instance: str | None, cluster: str | None) -> dict[str, str]:
+    """Host, port and database name of the RDS instance or cluster the settings name (read
+    once per process: an endpoint outlives failovers and password rotations)."""
+    if not (instance or cluster):
+        return {}
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    rds = boto3.client("rds")
+    what = f"instance {instance}" if instance else f"cluster {cluster}"
+    try:
+        if instance:
+            db = rds.describe_db_instances(DBInstanceIdentifier=instance)["DBInstances"][0]
+            address = db.get("Endpoint") or {}
+            found = {"host": address.get("Address"), "port": address.get("Port")}
+            name = db.get("DBName")
+        else:
+            db = rds.describe_db_clusters(DBClusterIdentifier=cluster)["DBClusters"][0]
+            found = {"host": db.get("Endpoint"), "port": db.get("Port")}
+            name = db.get("DatabaseName")
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if "NotFound" in code or "AccessDenied" in code:  # retrying cannot fix these
+            raise ConfigurationError(
+                f"{role.name} database: RDS {what}: {code}; check the identifier in the "
+                "CDK context and that the function may describe it"
+            ) from None
+        raise role.unavailable(
+            f"{role.name} database: reading RDS {what} failed ({code}: {redact(str(exc))})"
+        ) from None
+    except BotoCoreError as exc:
+        raise role.unavailable(
+            f"{role.name} database: reading RDS {what} failed ({type(exc).__name__}: {exc})"
+        ) from None
+    if name:
+        found["dbname"] = name
+    return {k: str(v) for k, v in found.items() if v}
 
 
 # -- connecting ----------------------------------------------------------------------------
@@ -315,6 +414,12 @@ def connection_error(db: Database, text: str, *, context: str = "") -> PipelineE
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     detail = lines[0] if lines else "no details"
     where = f"{context}: {db.where}" if context else db.where
+    # A refused CONNECT arrives before any result, so without a SQLSTATE: by its text.
+    if "does not have connect privilege" in low:
+        return InsufficientPrivilegeError(
+            f"{where}: the user lacks CONNECT on the database; grant it (docs/DEPLOY.md, "
+            "Warehouse user)"
+        )
     if any(m in low for m in _AUTH_MARKERS) or ("role " in low and "does not exist" in low):
         return AuthenticationError(
             f"{where}: authentication failed ({detail}); check the user name and password "

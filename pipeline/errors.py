@@ -124,6 +124,11 @@ class MigrationError(PermanentError):
     """The warehouse schema history does not match this code's migrations."""
 
 
+class InsufficientPrivilegeError(PermanentError):
+    """A database user lacks a privilege the step needs (the load, a migration, or just
+    CONNECT): the message names each one and how to grant it (docs/DEPLOY.md)."""
+
+
 class ReferentialIntegrityError(DataQualityError):
     """A fact row points at a dimension key that does not exist in the warehouse."""
 

@@ -19,7 +19,9 @@ Events:
               run_id is the execution name, or `<name>.t<n>` for the n-th pass over a
               backlog: the state machine loops while the result says `more: true`
     load      {"run_id"}
-    report    {"run_id"}   (only with context reportEnabled: after each successful load)
+    report    {"run_id"}   (only with context reportEnabled: after the execution's last load)
+    alert     an EventBridge "Step Functions Execution Status Change" event (unsuccessful
+              ends only): one SNS message with what the execution's history says
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "totesys-etl")
 NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "TotesysEtl")
 
 logger = Logger(service=SERVICE)
+
+# What an extract needs after its stream stops (close the part, commit the manifest and the
+# watermark): below this much remaining time it hands over to the next invocation (`more`).
+EXTRACT_RESERVE_MS = 120_000
 
 if os.environ.get("AWS_LAMBDA_RUNTIME_API"):  # only inside Lambda: leave test logging alone
     from pipeline.logs import configure
@@ -92,6 +98,11 @@ def _redacted(handler: Callable[..., dict[str, Any]]) -> Callable[..., dict[str,
             raise
 
     return wrapper
+
+
+def _seconds_left(context: Any) -> Callable[[], float]:
+    """The invocation's remaining time in seconds, asked when the step wants to know."""
+    return lambda: context.get_remaining_time_in_millis() / 1000
 
 
 def _emit(name: str, unit: MetricUnit, value: float, **dimensions: str) -> None:
@@ -153,6 +164,7 @@ def extract_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             _settings("ingest_url"),
             since=_optional(event, "since"),
             until=_optional(event, "until"),
+            stop=lambda: context.get_remaining_time_in_millis() < EXTRACT_RESERVE_MS,
         ).to_dict()
         summary.update(rows=result.get("rows"), more=bool(result.get("more")))
     _emit("RowsExtracted", MetricUnit.Count, result.get("rows", 0), table=table)
@@ -173,7 +185,9 @@ def transform_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     run_id = _run_id(event)
     logger.append_keys(run_id=run_id)
     with _timed("transform", run_id=run_id) as summary:
-        result = transform(run_id, _settings("ingest_url", "processed_url")).to_dict()
+        result = transform(
+            run_id, _settings("ingest_url", "processed_url"), time_left=_seconds_left(context)
+        ).to_dict()
         summary.update(status=result.get("status"), quarantined=result.get("quarantined"))
     for table, rows in (result.get("quarantined") or {}).items():
         _emit("RowsQuarantined", MetricUnit.Count, rows, table=table)
@@ -226,3 +240,14 @@ def report_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         "charts": len(report.charts),
         "bytes": result["bytes"],
     }
+
+
+@logger.inject_lambda_context(clear_state=True)
+def alert_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Publish the one alert for an execution that ended FAILED, TIMED_OUT or ABORTED."""
+    from pipeline.alerts import notify
+
+    settings = _settings("alert_topic_arn")
+    sent = notify(event, topic_arn=str(settings.alert_topic_arn), pipeline=settings.pipeline_name)
+    logger.info("alert published", extra=sent)
+    return sent

@@ -1,23 +1,32 @@
 """How one pipeline pass drives the steps: the policy, written once.
 
 The local runner (`pipeline.local.runner`) executes these functions in-process; the state
-machine built by `stacks/workflow.py` is the same policy in Step Functions terms, and a
-test runs the same scenarios through both and compares what they load and report.
+machine built by `stacks/workflow.py` states the same rules, numbered the same, in Step
+Functions terms, and tests/statemachine/test_policy.py runs the same scenarios through
+both and compares the step calls they make and how the pass ends.
 
-1. Every requested table is extracted to completion. An extract call that stops early
-   (`settings.extract_max_rows`, or a Lambda running out of time) returns `more` and the
-   run id that continues it; the next call uses that id. A table whose extract fails is
-   recorded as failed, and the other tables carry on.
-2. The transform runs under the run id, then under `<run_id>.t2`, `.t3`, ... while it
-   reports `more` (a backlog over `settings.transform_max_rows`), at most
-   `settings.transform_max_rounds` calls. Each call is idempotent by its own run id. A
-   call that finds the lease held (`TransformBusyError`) is retried until the holder's
-   lease expires (a holder that died) or for two lease periods (one that is alive).
-3. The load runs once after the transform, whatever happened to the tables and to the
-   backlog: everything that was transformed is loaded.
-4. Then the pass fails if any table failed (the re-run input names them), or if the
-   transform still had a backlog after its last round. A failing transform or load fails
-   the pass at that step; nothing after it runs.
+1. **Every requested table is extracted to completion, within a bound.** An extract call
+   that stops early (`settings.extract_max_rows`, or a Lambda running out of time) returns
+   `more` and the run id that continues it; the next call uses that id. After
+   `settings.extract_max_calls` calls the table stops for this pass: what was read is
+   committed and watermarked, the next pass reads the rest.
+2. **A table whose extract fails is recorded, and the other tables carry on.** The record
+   keeps the error and the run id the table had reached.
+3. **Transform while it reports `more`, then load once.** The transform runs under the
+   run id, then `<run_id>.t2`, `.t3`, ... (a backlog over `settings.transform_max_rows`),
+   at most `settings.transform_max_rounds` calls, each idempotent by its own run id; then
+   the load loads everything that was transformed. A call that finds the lease held
+   (`TransformBusyError`) is retried until the holder's lease expires (a holder that died)
+   or for two lease periods (one that is alive). A failing transform or load fails the
+   pass at that step; nothing after it runs.
+4. **Failed tables are extracted once more, then transformed and loaded.** Each from the
+   run id it had reached (its calls still count towards rule 1's bound). If one fails
+   again, the pass fails there, naming the failed tables and the re-run input
+   (`rerun_tables`). If all succeed: transform again (the next `.t<n>`, at least one
+   call, then as in rule 3) and load again.
+5. **A backlog left at the bound fails the pass after its load.** If the last transform
+   call still reported `more` (`TransformBacklogLimit`), what was transformed is loaded
+   and the next pass takes the rest.
 """
 
 from __future__ import annotations
@@ -28,7 +37,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import TransformBusyError
+from pipeline.errors import PipelineError, TransformBusyError
+from pipeline.redaction import redact
 from pipeline.settings import Settings
 
 if TYPE_CHECKING:
@@ -37,6 +47,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRANSFORM_ROUND_FORMAT = "{}.t{}"  # `<run_id>.t<n>`, also a Step Functions States.Format
+BACKLOG_ERROR = "TransformBacklogLimit"  # rule 5's error name (the state machine's Fail too)
+# Rule 5's cause: the number of transform calls and the last one's run id (a plain `{}`
+# template with no quotes or backslashes, so it is also a valid States.Format template).
+BACKLOG_CAUSE = (
+    "the transform still reported more batches after {} calls (last run id {}); what they "
+    "transformed was loaded and the rest waits for the next run (or raise "
+    "transform_max_rows or transform_max_rounds, docs/SETTINGS.md)"
+)
 
 
 def transform_round_id(run_id: str, n: int) -> str:
@@ -46,12 +64,14 @@ def transform_round_id(run_id: str, n: int) -> str:
 
 @dataclass
 class TableOutcome:
-    """One table's extraction over all the calls it took."""
+    """One table's extraction over all the calls it took, and where it stopped."""
 
-    status: str  # the last call's status ("ok", "replayed"), or "failed"
+    run_id: str  # the run id of the next call to make (rule 2: where a retry resumes)
+    status: str = "ok"  # the last call's status ("ok", "replayed"), or "failed"
     rows: int = 0
     files: int = 0
-    calls: int = 0
+    calls: int = 0  # calls that returned (rule 1's bound counts these)
+    more_left: bool = False  # rule 1's bound stopped the table with rows still to read
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -61,6 +81,7 @@ class TableOutcome:
             "rows": self.rows,
             "files": self.files,
             "calls": self.calls,
+            "more_left": self.more_left,
             "warnings": list(self.warnings),
         }
         if self.error is not None:
@@ -69,20 +90,38 @@ class TableOutcome:
 
 
 def extract_to_completion(table: str, run_id: str, settings: Settings) -> TableOutcome:
-    """Rule 1: call the extract step until it no longer reports `more`."""
+    """Rules 1 and 2 for one table, from its first call."""
+    return resume_extract(table, TableOutcome(run_id), settings)
+
+
+def resume_extract(table: str, outcome: TableOutcome, settings: Settings) -> TableOutcome:
+    """Rule 1 from `outcome.run_id` on: call the extract step until it no longer reports
+    `more`, or the bound is reached. Rule 2: a failure is recorded in the outcome, which
+    stays at the call that failed, so rule 4 resumes right there."""
     from pipeline.extract import extract_table
 
-    outcome = TableOutcome(status="ok")
-    call_run_id: str | None = run_id
-    while call_run_id is not None:
-        result = extract_table(table, call_run_id, settings)
-        outcome.status = result.status
-        outcome.rows += result.rows
-        outcome.files += len(result.files)
-        outcome.calls += 1
-        outcome.warnings.extend(w for w in result.warnings if w not in outcome.warnings)
-        call_run_id = result.next_run_id if result.more else None
-    return outcome
+    try:
+        while True:
+            result = extract_table(table, outcome.run_id, settings)
+            outcome.status, outcome.error = result.status, None
+            outcome.rows += result.rows
+            outcome.files += len(result.files)
+            outcome.calls += 1
+            outcome.warnings.extend(w for w in result.warnings if w not in outcome.warnings)
+            if not result.more or result.next_run_id is None:
+                return outcome
+            outcome.run_id = result.next_run_id
+            if outcome.calls >= settings.extract_max_calls:
+                outcome.more_left = True
+                return outcome
+    except Exception as exc:
+        where = {"table": table, "run_id": outcome.run_id}
+        if isinstance(exc, PipelineError):
+            log.error("extract failed", extra={**where, "error": str(exc)})
+        else:  # an unexpected bug: recorded like any failure, the traceback in the log
+            log.exception("extract crashed", extra=where)
+        outcome.status, outcome.error = "failed", redact(f"{type(exc).__name__}: {exc}")
+        return outcome
 
 
 @dataclass
@@ -130,10 +169,18 @@ def transform_when_free(run_id: str, settings: Settings) -> TransformResult:
             time.sleep(min(max(wait, 0.5), left))
 
 
-def transform_rounds(run_id: str, settings: Settings) -> TransformOutcome:
-    """Rule 2: transform under `<run_id>`, `.t2`, ... while `more`, at most the bound."""
-    outcome = TransformOutcome()
-    for n in range(1, settings.transform_max_rounds + 1):
+def transform_rounds(
+    run_id: str, settings: Settings, outcome: TransformOutcome | None = None
+) -> TransformOutcome:
+    """Rule 3: transform under `<run_id>`, `.t2`, ... while `more`, at most the bound.
+
+    Given the `outcome` of earlier calls (rule 4), it goes on with the next round: at
+    least one call, then more while `more` and under the bound.
+    """
+    outcome = outcome or TransformOutcome()
+    n = len(outcome.run_ids)
+    while True:
+        n += 1
         round_id = transform_round_id(run_id, n)
         result = transform_when_free(round_id, settings)
         outcome.run_ids.append(round_id)
@@ -145,20 +192,15 @@ def transform_rounds(run_id: str, settings: Settings) -> TransformOutcome:
         ):
             for table, rows in counts.items():
                 total[table] = total.get(table, 0) + rows
-        if not result.more:
+        outcome.backlog_left = result.more
+        if not result.more or n >= settings.transform_max_rounds:
             return outcome
-    outcome.backlog_left = True
-    return outcome
 
 
-def backlog_message(run_id: str, outcome: TransformOutcome, settings: Settings) -> str:
-    """Rule 4's failure for a backlog left at the bound (what was transformed is loaded)."""
-    return (
-        f"TransformBacklogLimit: run {run_id}: the transform still reported more batches "
-        f"after {settings.transform_max_rounds} calls (last run id {outcome.run_ids[-1]}); "
-        "what they transformed was loaded and the rest waits for the next run (or raise "
-        "TRANSFORM_MAX_ROWS / TRANSFORM_MAX_ROUNDS)"
-    )
+def backlog_message(run_id: str, outcome: TransformOutcome) -> str:
+    """Rule 5's failure for a backlog left at the bound (what was transformed is loaded)."""
+    cause = BACKLOG_CAUSE.format(len(outcome.run_ids), outcome.run_ids[-1])
+    return f"{BACKLOG_ERROR}: run {run_id}: {cause}"
 
 
 def rerun_tables(failed: list[str]) -> dict[str, list[str]]:

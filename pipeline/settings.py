@@ -31,6 +31,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise ValueError("must be a TCP port (1-65535)")
+    return value
+
+
 def _seconds(text: str) -> timedelta:
     value = float(text)
     if value < 0:
@@ -107,6 +114,41 @@ class Settings:
         parse=_seconds,
         shown="300",
     )
+    # -- what a secret may lack (an RDS-managed `rds!...` secret holds only username and
+    # password): given directly, or read from the RDS instance or cluster named here. A
+    # value set here wins over the secret's own field (docs/DEPLOY.md).
+    source_db_host: str | None = _knob(
+        None, "TOTESYS_DB_HOST", "totesys host, when the secret has none (or to override it)"
+    )
+    source_db_port: int | None = _knob(
+        None, "TOTESYS_DB_PORT", "totesys port (the secret's, else 5432)", parse=_port
+    )
+    source_db_name: str | None = _knob(
+        None, "TOTESYS_DB_NAME", "totesys database name (the secret's, else `postgres`)"
+    )
+    source_db_instance: str | None = _knob(
+        None, "TOTESYS_DB_INSTANCE", "RDS instance whose endpoint, port and database totesys uses"
+    )
+    source_db_cluster: str | None = _knob(
+        None, "TOTESYS_DB_CLUSTER", "RDS (Aurora) cluster, instead of an instance"
+    )
+    warehouse_db_host: str | None = _knob(
+        None, "WAREHOUSE_DB_HOST", "warehouse host, when the secret has none (or to override it)"
+    )
+    warehouse_db_port: int | None = _knob(
+        None, "WAREHOUSE_DB_PORT", "warehouse port (the secret's, else 5432)", parse=_port
+    )
+    warehouse_db_name: str | None = _knob(
+        None, "WAREHOUSE_DB_NAME", "warehouse database name (the secret's, else `postgres`)"
+    )
+    warehouse_db_instance: str | None = _knob(
+        None,
+        "WAREHOUSE_DB_INSTANCE",
+        "RDS instance whose endpoint, port and database the warehouse uses",
+    )
+    warehouse_db_cluster: str | None = _knob(
+        None, "WAREHOUSE_DB_CLUSTER", "RDS (Aurora) cluster, instead of an instance"
+    )
     s3_endpoint: str | None = _knob(
         None,
         ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
@@ -139,6 +181,12 @@ class Settings:
         parse=_positive_int,
         flag="--max-rows",
     )
+    extract_max_calls: int = _knob(
+        10,
+        "EXTRACT_MAX_CALLS",
+        "extract calls per table in one run; a table with more left continues in the next run",
+        parse=_positive_int,
+    )
     extract_workers: int = _knob(
         4,
         "EXTRACT_WORKERS",
@@ -170,6 +218,14 @@ class Settings:
         "so a killed transform frees the zone within this many seconds",
         parse=_positive_int,
     )
+    # -- alerts (the alert function only) ----------------------------------------------
+    alert_topic_arn: str | None = _knob(
+        None, "ALERT_TOPIC_ARN", "SNS topic the alert for an unsuccessful execution goes to"
+    )
+    pipeline_name: str = _knob(
+        "totesys-etl", "PIPELINE_NAME", "the deployment's name, first in every alert subject"
+    )
+
     # -- local tools (the demo, the tests, the benchmarks; never read by a step) --------
     throwaway_pg: str = _knob(
         "auto",
@@ -267,6 +323,13 @@ class Settings:
         fields = Settings.__dataclass_fields__
         origins = {**self.origins, **{k: str(fields[k].metadata["flag"]) for k in given}}
         return dataclasses.replace(self, **given, origins=origins)
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable a field is read from (the first, if several): for messages,
+    and for the CDK stack, which sets these variables on the functions."""
+    names: tuple[str, ...] = Settings.__dataclass_fields__[field_name].metadata["env"]
+    return names[0]
 
 
 def markdown_table() -> str:

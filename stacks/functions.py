@@ -22,19 +22,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from aws_cdk import Duration, IgnoreMode, RemovalPolicy, Size, Stack
+from aws_cdk import ArnFormat, CfnOutput, Duration, IgnoreMode, RemovalPolicy, Size, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_destinations as destinations
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from pipeline import layout
-from stacks.config import PipelineConfig
+from stacks.alerting import Alerts
+from stacks.config import DatabaseSpec, PipelineConfig, SecretSpec
 from stacks.data_lake import DataLake
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -84,25 +87,50 @@ REPORT_STEP = StepSpec("report", "pipeline.handlers.report_handler", 1024, Durat
 # manifests that commit them) and the one prefix it writes (docs/CONTRACTS.md).
 REPORT_READS = (layout.QUARANTINE, layout.MANIFESTS)
 REPORT_WRITES = layout.REPORTS
+# Not a step: composes and publishes the alert for an unsuccessful execution.
+ALERT = StepSpec("alert", "pipeline.handlers.alert_handler", 256, Duration.minutes(2))
 
 
-def secret_ref(scope: Construct, construct_id: str, value: str) -> secretsmanager.ISecret:
-    """An existing secret from a complete ARN (exact grant) or a name (grant `name-??????`)."""
-    if PipelineConfig.is_complete_secret_arn(value):
-        return secretsmanager.Secret.from_secret_complete_arn(scope, construct_id, value)
-    return secretsmanager.Secret.from_secret_name_v2(scope, construct_id, value)
+def secret_ref(scope: Construct, construct_id: str, spec: SecretSpec) -> secretsmanager.ISecret:
+    """An existing secret: a complete ARN is granted exactly, a partial ARN or a name as
+    `<it>-??????` (the suffix Secrets Manager adds), never as a bare name that matches
+    nothing (which would deploy and then fail every run with AccessDenied)."""
+    secret = secretsmanager.Secret
+    if spec.form == "complete-arn":
+        return secret.from_secret_complete_arn(scope, construct_id, spec.value)
+    if spec.form == "partial-arn":
+        return secret.from_secret_partial_arn(scope, construct_id, spec.value)
+    return secret.from_secret_name_v2(scope, construct_id, spec.value)
+
+
+# Lambda creates and removes its network interfaces with the execution role; the AWS
+# managed AWSLambdaVPCAccessExecutionRole also grants logs on every group, so the role
+# gets only these (Describe* have no resource-level permissions).
+ENI_DESCRIBE = ("ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets")
+ENI_MANAGE = (
+    "ec2:CreateNetworkInterface",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+)
 
 
 class PipelineFunctions(Construct):
     """The image asset, the extract/transform/load functions and their roles."""
 
     def __init__(
-        self, scope: Construct, construct_id: str, *, config: PipelineConfig, lake: DataLake
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: PipelineConfig,
+        lake: DataLake,
+        alerts: Alerts,
     ) -> None:
         super().__init__(scope, construct_id)
         self.config = config
-        self.source_secret = secret_ref(self, "SourceSecret", config.source_secret)
-        self.warehouse_secret = secret_ref(self, "WarehouseSecret", config.warehouse_secret)
+        self.source_secret = secret_ref(self, "SourceSecret", config.source.secret)
+        self.warehouse_secret = secret_ref(self, "WarehouseSecret", config.warehouse.secret)
         arm = config.architecture == "arm64"
         self.image = ecr_assets.DockerImageAsset(
             self,
@@ -126,6 +154,7 @@ class PipelineFunctions(Construct):
                 "TOTESYS_SECRET_ARN": config.source_secret,
                 "EXTRACT_MAX_ROWS": str(config.extract_max_rows),
                 "RETENTION_DAYS": str(config.retention_days),  # (legacy records it meets)
+                **config.source.environment("source"),
             },
         )
         self.transform = self._function(
@@ -138,32 +167,74 @@ class PipelineFunctions(Construct):
         )
         self.load = self._function(
             spec["load"],
-            {"PROCESSED_URL": processed_url, "WAREHOUSE_SECRET_ARN": config.warehouse_secret},
+            {
+                "PROCESSED_URL": processed_url,
+                "WAREHOUSE_SECRET_ARN": config.warehouse_secret,
+                **config.warehouse.environment("warehouse"),
+            },
         )
         # R19: each role reaches only its own zone(s) and its own secret.
         grant_read(self.extract.role, lake.ingestion)
         grant_write(self.extract.role, lake.ingestion)
-        self.source_secret.grant_read(self.extract.role)
+        self.source_secret.grant_read(self.extract)
         grant_read(self.transform.role, lake.ingestion)
         grant_read(self.transform.role, lake.processed)
         grant_write(self.transform.role, lake.processed)
         grant_read(self.load.role, lake.processed)
-        self.warehouse_secret.grant_read(self.load.role)
+        self.warehouse_secret.grant_read(self.load)
         self.report: lambda_.DockerImageFunction | None = None
         if config.report_enabled:
             self.report = self._function(
                 REPORT_STEP,
-                {"PROCESSED_URL": processed_url, "WAREHOUSE_SECRET_ARN": config.warehouse_secret},
+                {
+                    "PROCESSED_URL": processed_url,
+                    "WAREHOUSE_SECRET_ARN": config.warehouse_secret,
+                    **config.warehouse.environment("warehouse"),
+                },
             )
             grant_report(self.report.role, lake.processed)
-            self.warehouse_secret.grant_read(self.report.role)
+            self.warehouse_secret.grant_read(self.report)
+            grant_endpoint_lookup(self.report.role, config.warehouse)
+        self.alert = self._function(
+            ALERT,
+            {"ALERT_TOPIC_ARN": alerts.topic.topic_arn, "PIPELINE_NAME": config.prefix},
+            network=False,  # reaches only Step Functions and SNS: no VPC needed
+            # Lambda retries an event twice; then the on-failure destination publishes
+            # the raw event (naming the execution) to the topic: no failure goes unreported.
+            asynchronous={
+                "retry_attempts": 2,
+                "max_event_age": Duration.hours(6),
+                "on_failure": destinations.SnsDestination(alerts.topic),
+            },
+        )
+        self._alert_permissions(alerts)
+        grant_endpoint_lookup(self.extract.role, config.source)
+        grant_endpoint_lookup(self.load.role, config.warehouse)
 
     @property
     def all(self) -> tuple[lambda_.DockerImageFunction, ...]:
-        """The three pipeline steps (the optional report function is `report`)."""
+        """The three pipeline steps (the optional report function is `report`; the alert
+        function is not a step)."""
         return (self.extract, self.transform, self.load)
 
-    def _vpc_settings(self) -> dict:
+    def _alert_permissions(self, alerts: Alerts) -> None:
+        """Read this state machine's execution histories; publish to the alert topic."""
+        role = self.alert.role
+        assert role is not None
+        executions = Stack.of(self).format_arn(
+            service="states",
+            resource="execution",
+            resource_name=f"{self.config.prefix}:*",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(actions=["states:GetExecutionHistory"], resources=[executions])
+        )
+        alerts.topic.grant_publish(role)  # with the topic key's GenerateDataKey*/Decrypt
+
+    def _vpc_settings(self) -> dict[str, Any]:
+        """Subnets and security groups; without `securityGroupIds`, one shared group is
+        created (all outbound, no inbound) and exported, for the databases' ingress rules."""
         cfg = self.config
         if not cfg.vpc_id:
             return {}
@@ -173,20 +244,47 @@ class PipelineFunctions(Construct):
             vpc_id=cfg.vpc_id,
             availability_zones=Stack.of(self).availability_zones,
         )
-        subnets = [
+        self.subnets = [
             ec2.Subnet.from_subnet_id(self, f"Subnet{i}", sid)
             for i, sid in enumerate(cfg.subnet_ids)
         ]
-        groups = [
+        groups: list[ec2.ISecurityGroup] = [
             ec2.SecurityGroup.from_security_group_id(self, f"SecurityGroup{i}", gid)
             for i, gid in enumerate(cfg.security_group_ids)
         ]
-        settings: dict = {"vpc": vpc, "vpc_subnets": ec2.SubnetSelection(subnets=subnets)}
-        if groups:
-            settings["security_groups"] = groups
-        return settings
+        if not groups:
+            created = ec2.SecurityGroup(
+                self,
+                "FunctionsSecurityGroup",
+                vpc=vpc,
+                description=(
+                    f"{cfg.prefix} Lambda functions - allow TCP 5432 from this group in the "
+                    "database security groups"
+                ),
+                allow_all_outbound=True,
+            )
+            CfnOutput(
+                Stack.of(self),
+                "FunctionsSecurityGroupId",
+                value=created.security_group_id,
+                description="Allow TCP 5432 from this group in both databases' security groups",
+            )
+            groups = [created]
+        self.security_groups = groups
+        return {
+            "vpc": vpc,
+            "vpc_subnets": ec2.SubnetSelection(subnets=self.subnets),
+            "security_groups": groups,
+        }
 
-    def _function(self, step: StepSpec, environment: dict[str, str]) -> lambda_.DockerImageFunction:
+    def _function(
+        self,
+        step: StepSpec,
+        environment: dict[str, str],
+        *,
+        network: bool = True,
+        asynchronous: dict[str, Any] | None = None,
+    ) -> lambda_.DockerImageFunction:
         cfg = self.config
         title = step.name.capitalize()
         log_group = logs.LogGroup(
@@ -204,12 +302,8 @@ class PipelineFunctions(Construct):
         )
         # Written by hand instead of AWSLambdaBasicExecutionRole: this log group only.
         log_group.grant_write(role)
-        if self._network:
-            role.add_managed_policy(
-                iam.ManagedPolicy.from_aws_managed_policy_name(
-                    "service-role/AWSLambdaVPCAccessExecutionRole"
-                )
-            )
+        if network and self._network:
+            self._grant_network_interfaces(role)
         return lambda_.DockerImageFunction(
             self,
             title,
@@ -227,16 +321,59 @@ class PipelineFunctions(Construct):
             tracing=lambda_.Tracing.ACTIVE,
             log_group=log_group,
             role=role,
-            # Step Functions owns retries; an async retry here would double them.
-            retry_attempts=0,
+            # Step Functions owns the steps' retries; an async retry would double them.
+            **(asynchronous or {"retry_attempts": 0}),
             environment={
                 "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
                 "POWERTOOLS_LOG_LEVEL": "INFO",
                 **environment,
             },
-            **self._network,
+            **(self._network if network else {}),
         )
+
+    def _grant_network_interfaces(self, role: iam.Role) -> None:
+        """An inline ENI policy: create interfaces only in the given subnets and groups."""
+        stack = Stack.of(self)
+
+        def ec2_arn(resource: str, name: str) -> str:
+            return stack.format_arn(
+                service="ec2", resource=resource, resource_name=name,
+                arn_format=ArnFormat.SLASH_RESOURCE_NAME,
+            )  # fmt: skip
+
+        interfaces = ec2_arn("network-interface", "*")
+        role.add_to_policy(iam.PolicyStatement(actions=list(ENI_DESCRIBE), resources=["*"]))
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["ec2:CreateNetworkInterface"],
+                resources=[
+                    interfaces,
+                    *(ec2_arn("subnet", s.subnet_id) for s in self.subnets),
+                    *(ec2_arn("security-group", g.security_group_id) for g in self.security_groups),
+                ],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(actions=list(ENI_MANAGE[1:]), resources=[interfaces])
+        )
+
+
+def grant_endpoint_lookup(role: iam.IRole | None, database: DatabaseSpec) -> None:
+    """Describe the one RDS instance or cluster whose endpoint the function reads."""
+    assert role is not None
+    if not (database.db_instance or database.db_cluster):
+        return
+    stack = Stack.of(role)
+    kind, action, name = (
+        ("db", "rds:DescribeDBInstances", database.db_instance)
+        if database.db_instance
+        else ("cluster", "rds:DescribeDBClusters", database.db_cluster)
+    )
+    arn = stack.format_arn(
+        service="rds", resource=kind, resource_name=name, arn_format=ArnFormat.COLON_RESOURCE_NAME
+    )
+    role.add_to_principal_policy(iam.PolicyStatement(actions=[action], resources=[arn]))
 
 
 def grant_read(role: iam.IRole | None, bucket: s3.IBucket) -> None:

@@ -1,19 +1,20 @@
-"""Alerts and visibility: an encrypted SNS topic, alarms and a CloudWatch dashboard.
+"""Visibility: alarms and a CloudWatch dashboard (the alert topic is in stacks/alerting.py).
 
-The topic is created first (the state machine publishes its failure reports to it);
-the alarms and the dashboard come after the state machine and functions exist.
+One failure, one alert: what fails an execution is reported by the alert rule
+(stacks/alerting.py), so no alarm here notifies for execution failures, timeouts or the
+step Lambdas' errors and throttles (those are retried, and when retries run out the
+execution fails). Those alarms stay for the dashboard, without actions. Only
+`DataFreshness` notifies: no success for hours is a condition of its own (a schedule
+left disabled, or runs failing all day), and it notifies again when it clears.
 """
 
 from __future__ import annotations
 
-from aws_cdk import Duration, Stack
+from aws_cdk import Duration
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
-from aws_cdk import aws_iam as iam
-from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
-from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
@@ -23,38 +24,6 @@ from stacks.functions import METRICS_NAMESPACE
 ROWS_EXTRACTED = "RowsExtracted"
 ROWS_LOADED = "RowsLoaded"
 ROWS_QUARANTINED = "RowsQuarantined"
-
-
-class Alerts(Construct):
-    """The alert topic, encrypted with a customer-managed key CloudWatch alarms may use."""
-
-    def __init__(self, scope: Construct, construct_id: str, *, config: PipelineConfig) -> None:
-        super().__init__(scope, construct_id)
-        self.key = kms.Key(
-            self,
-            "Key",
-            description=f"{config.prefix} alert topic encryption",
-            enable_key_rotation=True,
-        )
-        # CloudWatch alarms publish as the service; the AWS-managed SNS key would refuse them.
-        self.key.add_to_resource_policy(
-            iam.PolicyStatement(
-                actions=["kms:Decrypt", "kms:GenerateDataKey"],
-                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
-                resources=["*"],
-                conditions={"StringEquals": {"aws:SourceAccount": Stack.of(self).account}},
-            )
-        )
-        self.topic = sns.Topic(
-            self,
-            "Topic",
-            topic_name=f"{config.prefix}-alerts",
-            display_name="totesys-etl alerts",
-            master_key=self.key,
-            enforce_ssl=True,
-        )
-        if config.alert_email:
-            self.topic.add_subscription(subscriptions.EmailSubscription(config.alert_email))
 
 
 class Monitoring(Construct):
@@ -78,18 +47,19 @@ class Monitoring(Construct):
         self._alarm(
             "ExecutionsFailed",
             state_machine.metric_failed(period=five, statistic="Sum"),
-            "A pipeline execution failed: the SNS report names the step, tables and re-run input.",
+            "A pipeline execution failed (the alert rule has reported it once).",
         )
         self._alarm(
             "ExecutionsTimedOut",
             state_machine.metric_timed_out(period=five, statistic="Sum"),
-            "A pipeline execution hit the state machine timeout.",
+            "A pipeline execution hit the state machine timeout (reported by the alert rule).",
         )
         for fn, step in zip(functions, ("Extract", "Transform", "Load"), strict=True):
             self._alarm(
                 f"{step}Errors",
                 fn.metric_errors(period=Duration.minutes(30), statistic="Sum"),
-                f"The {step.lower()} Lambda failed 3+ times in 30 minutes (retries included).",
+                f"The {step.lower()} Lambda failed 3+ times in 30 minutes (retries included; "
+                "a failure that outlasted them is reported by the alert rule).",
                 threshold=3,
             )
             self._alarm(
@@ -106,6 +76,7 @@ class Monitoring(Construct):
             threshold=1,
             comparison=cw.ComparisonOperator.LESS_THAN_THRESHOLD,
             missing=cw.TreatMissingData.BREACHING,
+            notify=True,
         )
         self.freshness.add_ok_action(self.action)
         self.dashboard = self._dashboard(state_machine, functions)
@@ -121,6 +92,7 @@ class Monitoring(Construct):
             cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD
         ),
         missing: cw.TreatMissingData = cw.TreatMissingData.NOT_BREACHING,
+        notify: bool = False,
     ) -> cw.Alarm:
         alarm = metric.create_alarm(
             self,
@@ -132,7 +104,8 @@ class Monitoring(Construct):
             comparison_operator=comparison,
             treat_missing_data=missing,
         )
-        alarm.add_alarm_action(self.action)
+        if notify:
+            alarm.add_alarm_action(self.action)
         self.alarms.append(alarm)
         return alarm
 

@@ -39,9 +39,22 @@ REPORT_OBJECTS = (
     "writes reports/latest.html and reports/daily/<date>.html: a wildcard within one prefix "
     "of the processed bucket."
 )
-VPC_ACCESS = (
-    "AWSLambdaVPCAccessExecutionRole (only when deployed into a VPC): the ENI permissions "
-    "Lambda needs to attach to the given subnets; they take Resource '*' by design."
+XRAY_AND_ENI = (
+    XRAY + " In a VPC, ec2:DescribeNetworkInterfaces and ec2:DescribeSubnets (which Lambda "
+    "needs to attach the function to its subnets) have no resource-level permissions either."
+)
+NETWORK_INTERFACES = (
+    "Lambda creates, attaches and deletes the function's network interfaces with this role; "
+    "their ids are not known in advance. Creation is limited to the given subnets and "
+    "security groups (only when deployed into a VPC)."
+)
+EXECUTIONS = (
+    "The alert function reads the history of the execution an event names: any execution "
+    "of this one state machine (execution:<name>:*); names are chosen at start time."
+)
+TOPIC_KEY = (
+    "Topic.grantPublish on the KMS-encrypted alert topic: kms:GenerateDataKey* "
+    "(GenerateDataKey, GenerateDataKeyWithoutPlaintext) on that topic's own key only."
 )
 
 
@@ -66,6 +79,7 @@ def suppress_findings(stack: TotesysEtlStack) -> None:
         fns.transform: (lake.ingestion, lake.processed),
         fns.load: (lake.processed,),
     }
+    in_vpc = bool(stack.config.vpc_id)
     for fn, buckets in zones.items():
         role = fn.role
         assert role is not None
@@ -81,14 +95,24 @@ def suppress_findings(stack: TotesysEtlStack) -> None:
     for fn in functions:
         role = fn.role
         assert role is not None
-        acknowledge(role, "IAM5[Resource::*]", XRAY)
-        if stack.config.vpc_id:
+        acknowledge(role, "IAM5[Resource::*]", XRAY_AND_ENI if in_vpc else XRAY)
+        if in_vpc:
             acknowledge(
                 role,
-                "IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
-                "AWSLambdaVPCAccessExecutionRole]",
-                VPC_ACCESS,
+                "IAM5[Resource::arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:"
+                "network-interface/*]",
+                NETWORK_INTERFACES,
             )
+    alert_role = fns.alert.role
+    assert alert_role is not None
+    acknowledge(alert_role, "IAM5[Resource::*]", XRAY)
+    acknowledge(alert_role, "IAM5[Action::kms:GenerateDataKey*]", TOPIC_KEY)
+    acknowledge(
+        alert_role,
+        "IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:"
+        f"execution:{stack.config.prefix}:*]",
+        EXECUTIONS,
+    )
     machine_role = stack.workflow.state_machine.role
     acknowledge(machine_role, "IAM5[Resource::*]", STATES_DELIVERY)
     for fn in functions:

@@ -1,34 +1,41 @@
-"""The one stack: data lake, step functions, state machine, schedule and monitoring."""
+"""The one stack: data lake, step functions, state machine, alerts, schedule, monitoring."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from aws_cdk import CfnOutput, Stack, Tags
 from constructs import Construct
 
+from stacks.alerting import AlertRule, Alerts
 from stacks.config import PipelineConfig
 from stacks.data_lake import DataLake
 from stacks.functions import PipelineFunctions
-from stacks.monitoring import Alerts, Monitoring
+from stacks.monitoring import Monitoring
 from stacks.nag import suppress_findings
 from stacks.schedule import PipelineSchedule
 from stacks.workflow import PipelineWorkflow
 
 
 class TotesysEtlStack(Stack):
-    def __init__(self, scope: Construct, construct_id: str, *, config: PipelineConfig, **kwargs):
+    def __init__(
+        self, scope: Construct, construct_id: str, *, config: PipelineConfig, **kwargs: Any
+    ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         Tags.of(self).add("project", config.prefix)
         self.config = config
         self.lake = DataLake(self, "Lake", retention_days=config.retention_days)
         self.alerts = Alerts(self, "Alerts", config=config)
-        self.functions = PipelineFunctions(self, "Functions", config=config, lake=self.lake)
-        self.workflow = PipelineWorkflow(
+        self.functions = PipelineFunctions(
+            self, "Functions", config=config, lake=self.lake, alerts=self.alerts
+        )
+        self.workflow = PipelineWorkflow(self, "Workflow", config=config, functions=self.functions)
+        self.alert_rule = AlertRule(
             self,
-            "Workflow",
+            "AlertRule",
             config=config,
-            functions=self.functions,
-            topic=self.alerts.topic,
-            topic_key=self.alerts.key,
+            state_machine=self.workflow.state_machine,
+            alert_function=self.functions.alert,
         )
         self.schedule = PipelineSchedule(
             self, "Schedule", config=config, state_machine=self.workflow.state_machine

@@ -2,13 +2,12 @@
 
 The target is the universal `sfn:startExecution` target rather than the templated
 Step Functions target, because only the universal one can set the execution *name*.
-The name is `<aws.scheduler.execution-id>`, which Scheduler keeps across the retry
-attempts of one invocation (they are counted by `<aws.scheduler.attempt-number>`): a
-retried start whose first attempt did in fact succeed hits StartExecution's idempotency
-(same name, same input) instead of starting a second run. The scheduled time cannot be
-the name itself (it contains `:`, which execution names forbid), so it travels in the
-input for the record. A duplicate run would still be harmless: every step is idempotent
-and concurrent runs are safe (docs/RELIABILITY.md, R8 and R10).
+The name is `<aws.scheduler.execution-id>`, which AWS documents as unique per attempted
+invocation: a retried start whose first attempt did in fact start an execution can start
+a second one under a new name. That is harmless by design (docs/OPERATIONS.md): every
+step is idempotent by data and concurrent runs are safe (a transform lease, a load lock).
+The scheduled time cannot be the name (it contains `:`, which execution names forbid),
+so it travels in the input for the record.
 """
 
 from __future__ import annotations

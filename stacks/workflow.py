@@ -1,39 +1,62 @@
-"""The Step Functions state machine: extract every table (Map) -> transform -> load -> report.
+"""The Step Functions state machine: extract every table, transform, load, catch up, report.
 
-Shape (docs/OPERATIONS.md walks through it):
+The orchestration policy is pipeline/orchestration.py's, rule for rule (the local runner
+executes it in-process; tests/statemachine/test_policy.py runs the same scenarios through
+both). Here are its rules, with the states that carry them out:
 
-    Configure (input over defaults) -> ExtractTables (Map, bounded concurrency)
-        item: Extract -(more?)-> NextChunk -> Extract ... -> Extracted
-              Extract Catch States.ALL -> TableFailed (recorded, the other tables go on)
-    -> Summarise -> Transform -> MoreToTransform?
-        more and under the bound -> NextTransform (run id <name>.t<n>) -> Transform ...
-        otherwise -> Load -> [Report, with context reportEnabled] -> AnyTableFailed?
-            yes -> NotifyTablesFailed (SNS: tables, errors, execution, re-run input) -> Fail
-            no  -> BacklogCleared?
-                yes -> Succeed
-                no (bound reached) -> NotifyBacklogLimit (SNS) -> Fail
-    Transform/Load Catch States.ALL -> NotifyStepFailed (SNS) -> Fail
-    Report Catch States.ALL -> NotifyReportFailed (SNS: the load stands) -> Fail
+1. **Every requested table is extracted to completion, within a bound.** `ExtractTables`
+   gives each table a Map iteration (at most `extractConcurrency` at a time) under the
+   execution name as run id; `MoreRows` continues a table that says `more` under the
+   `next_run_id` it names (`NextChunk`), at most `extractMaxInvocations` invocations
+   (`extract_max_calls` locally); `Extracted` records `more_left` when the bound stopped it.
+2. **A table whose extract fails is recorded, and the other tables carry on.** After its
+   retries (transient errors and Lambda service errors, backoff with full jitter), the
+   iteration's Catch goes to `TableFailed`, which records the error and the run id, window,
+   row count and invocation number the table had reached.
+3. **Transform while it reports `more`, then load once.** `Transform` under the execution
+   name, then `NextTransform` derives `<name>.t2`, `.t3`, ... (the same
+   `TRANSFORM_ROUND_FORMAT`) while `MoreToTransform` sees `more`, at most
+   `transformMaxRuns` calls; then `Load`. A held lease (`TransformBusyError`) is retried
+   like every transient error. Neither has a Catch: a failed transform or load fails the
+   execution right there, and a Redrive re-runs that call with the same run id.
+4. **Failed tables are extracted once more, then transformed and loaded.**
+   `AnyTableFailed` -> `ExtractFailedTables`, a Map over the recorded resume points (no
+   Catch, no ItemSelector): if a table fails again the execution fails in that Map, and a
+   Redrive re-runs only its failed iterations (the Map is inline), from where each
+   stopped. When all succeed: `TablesCaughtUp` -> `NextTransform` (at least one more call)
+   -> ... -> `Load` again.
+5. **A backlog left at the bound fails the pass after its load.** `BacklogCleared` ->
+   the `TransformBacklogLimit` Fail state (`BACKLOG_ERROR`, cause `BACKLOG_CAUSE`); a
+   Redrive of it only fails again: start a new execution.
 
-The run id is the execution name; every payload between states is a small pointer
-(table, counts, manifest key): data never flows through the state machine (R15).
-A transform takes at most TRANSFORM_MAX_ROWS rows and says `more` when it left batches;
-the machine then transforms again under `<execution name>.t2`, `.t3`, ... (each id
-idempotent, so a retry or a redrive replays) up to `transformMaxRuns` invocations, and
-loads once at the end (the load takes every processed batch not yet in its ledger).
-Retry/Catch match on Python exception class names, which the handlers keep unchanged.
+And three rules that exist only in AWS:
+
+6. Alerts are not states: an EventBridge rule on the execution's FAILED, TIMED_OUT and
+   ABORTED status changes invokes the alert function (pipeline/alerts.py), which reads the
+   execution's history (failed state, error, failed tables, re-run input) and publishes
+   one message. Alarms never notify for what fails an execution (stacks/monitoring.py).
+7. The execution timeout is the worst case rules 1-5 and 8 allow with every retry spent
+   (`worst_case_seconds`), so it never cuts a run the configuration permits.
+8. With context reportEnabled, `Report` builds the HTML report once, after the last load
+   (`AnyTableFailed` found none left to catch up), before `BacklogCleared`. No Catch: a
+   failed report fails the execution there (the loads stand) and a Redrive re-runs just
+   the report.
+
+Every payload between states is a small pointer (table, counts, manifest key): data
+never flows through the state machine. Retry/Catch match on Python exception class
+names, which the handlers keep unchanged.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
+from typing import Any
 
-from aws_cdk import Duration
-from aws_cdk import aws_kms as kms
+from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
-from aws_cdk import aws_sns as sns
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
@@ -41,8 +64,9 @@ from constructs import Construct
 import pipeline
 from pipeline import errors
 from pipeline.catalog import TABLE_NAMES
+from pipeline.orchestration import BACKLOG_CAUSE, BACKLOG_ERROR, TRANSFORM_ROUND_FORMAT
 from stacks.config import PipelineConfig
-from stacks.functions import PipelineFunctions, retention
+from stacks.functions import STEPS, PipelineFunctions, retention
 
 JsonPath = sfn.JsonPath
 
@@ -81,6 +105,47 @@ TRANSIENT_RETRY = {"interval": 10, "max_attempts": 4, "backoff_rate": 2.0, "max_
 SERVICE_RETRY = {"interval": 2, "max_attempts": 5, "backoff_rate": 2.0, "max_delay": 60}
 
 
+def retry_waits(policy: dict[str, float]) -> float:
+    """The longest total wait one retrier can add (full jitter only ever shortens it)."""
+    return sum(
+        min(policy["interval"] * policy["backoff_rate"] ** k, policy["max_delay"])
+        for k in range(int(policy["max_attempts"]))
+    )
+
+
+def task_worst_seconds(function_timeout_s: float) -> float:
+    """One Lambda task with every attempt of both retriers spent, each to the timeout."""
+    attempts = 1 + TRANSIENT_RETRY["max_attempts"] + SERVICE_RETRY["max_attempts"]
+    waits = retry_waits(TRANSIENT_RETRY) + retry_waits(SERVICE_RETRY)
+    return attempts * function_timeout_s + waits
+
+
+def worst_case_seconds(config: PipelineConfig) -> float:
+    """The longest execution the policy (module docstring) allows with these settings.
+
+    Extract: ceil(tables / concurrency) waves of at most `extractMaxInvocations` tasks,
+    twice (every table may fail and be caught up from where it stopped); transform:
+    `transformMaxRuns` passes plus the one after a catch-up; load: twice; the report
+    (with reportEnabled): once.
+    """
+    task = task_worst_seconds(max(step.timeout.to_seconds() for step in STEPS))
+    waves = math.ceil(len(TABLE_NAMES) / config.extract_concurrency)
+    extract = 2 * waves * config.extract_max_invocations * task
+    report = task if config.report_enabled else 0.0
+    return extract + (config.transform_max_runs + 1) * task + 2 * task + report
+
+
+def execution_timeout(config: PipelineConfig) -> Duration:
+    """The worst case rounded up to whole hours (Step Functions allows up to a year)."""
+    hours = math.ceil(worst_case_seconds(config) / 3600)
+    if hours > 365 * 24:
+        raise ValueError(
+            f"these settings allow executions of {hours} hours, over Step Functions' "
+            "one-year limit: lower extractMaxInvocations or transformMaxRuns"
+        )
+    return Duration.hours(hours)
+
+
 def add_retries(task: sfn.TaskStateBase) -> None:
     """Transient pipeline errors and Lambda service errors: exponential backoff, full jitter."""
     policies = ((TRANSIENT_ERRORS, TRANSIENT_RETRY), (LAMBDA_SERVICE_ERRORS, SERVICE_RETRY))
@@ -99,8 +164,8 @@ def invoke(
     scope: Construct,
     state_id: str,
     function: lambda_.IFunction,
-    payload: dict,
-    result_selector: dict,
+    payload: dict[str, Any],
+    result_selector: dict[str, Any],
     result_path: str,
 ) -> tasks.LambdaInvoke:
     task = tasks.LambdaInvoke(
@@ -126,34 +191,34 @@ class PipelineWorkflow(Construct):
         *,
         config: PipelineConfig,
         functions: PipelineFunctions,
-        topic: sns.ITopic,
-        topic_key: kms.IKey,
     ) -> None:
         super().__init__(scope, construct_id)
         self.config = config
         self.functions = functions
-        self.topic = topic
-
         definition = (
             self._configure()
             .next(self._extract_map())
             .next(self._summarise())
             .next(self._transform_and_load())
         )
+        # No fixed name, deleted with the stack: a retained log group with a fixed name
+        # makes the next create (after a rolled-back first deploy, or `cdk destroy`) fail
+        # with "already exists". CloudFormation generates a unique name.
         self.log_group = logs.LogGroup(
             self,
             "Logs",
-            log_group_name=f"/aws/vendedlogs/states/{config.prefix}",
             retention=retention(config.log_retention_days),
+            removal_policy=RemovalPolicy.DESTROY,
         )
+        self.timeout = execution_timeout(config)
         self.state_machine = sfn.StateMachine(
             self,
             "StateMachine",
             state_machine_name=config.prefix,
             state_machine_type=sfn.StateMachineType.STANDARD,
             definition_body=sfn.DefinitionBody.from_chainable(definition),
-            comment="totesys-etl: extract each table, transform, load; alert on failure",
-            timeout=Duration.hours(2),
+            comment="totesys-etl: extract each table, transform, load, catch up failed tables",
+            timeout=self.timeout,
             tracing_enabled=True,
             logs=sfn.LogOptions(
                 destination=self.log_group,
@@ -161,8 +226,6 @@ class PipelineWorkflow(Construct):
                 include_execution_data=False,
             ),
         )
-        # The SNS task adds sns:Publish on the topic; encrypted topics also need the key.
-        topic_key.grant(self.state_machine.role, "kms:GenerateDataKey", "kms:Decrypt")
 
     # -- states ------------------------------------------------------------------------
     def _configure(self) -> sfn.Chain:
@@ -184,12 +247,17 @@ class PipelineWorkflow(Construct):
         )
         return defaults.next(merge)
 
-    def _extract_map(self) -> sfn.Map:
-        fn = self.functions.extract
+    def _extract_loop(self, suffix: str) -> tuple[tasks.LambdaInvoke, sfn.Chain]:
+        """Extract -> (more and under the bound?) -> NextChunk -> Extract ... -> Extracted.
+
+        The item is `{table, run_id, since, until, rows, invocation}`: everything an
+        iteration needs to continue, so a failed one can be picked up where it stopped.
+        """
+        max_invocations = self.config.extract_max_invocations
         extract = invoke(
             self,
-            "Extract",
-            fn,
+            f"Extract{suffix}",
+            self.functions.extract,
             payload={
                 "table.$": "$.table",
                 "run_id.$": "$.run_id",
@@ -205,25 +273,9 @@ class PipelineWorkflow(Construct):
             },
             result_path="$.result",
         )
-        failed = sfn.Pass(
-            self,
-            "TableFailed",
-            comment="Record the failure; the other tables carry on",
-            parameters={
-                "table.$": "$.table",
-                "status": "failed",
-                "failed_table.$": "$.table",
-                "failure": {
-                    "table.$": "$.table",
-                    "error.$": "$.failure.Error",
-                    "cause.$": "$.failure.Cause",
-                },
-            },
-        )
-        extract.add_catch(failed, errors=[sfn.Errors.ALL], result_path="$.failure")
         next_chunk = sfn.Pass(
             self,
-            "NextChunk",
+            f"NextChunk{suffix}",
             comment=(
                 "The table needs another invocation: continue under the next run id (its "
                 "resume record carries the window, so since/until are not repeated)"
@@ -234,23 +286,63 @@ class PipelineWorkflow(Construct):
                 "since": "",
                 "until": "",
                 "rows.$": "States.MathAdd($.rows, $.result.rows)",
+                "invocation.$": "States.MathAdd($.invocation, 1)",
             },
         )
         done = sfn.Pass(
             self,
-            "Extracted",
+            f"Extracted{suffix}",
+            comment="more_left: the invocation bound was reached; the next execution goes on",
             parameters={
                 "table.$": "$.table",
                 "status.$": "$.result.status",
                 "rows.$": "States.MathAdd($.rows, $.result.rows)",
+                "more_left.$": "$.result.more",
                 "extracted_table.$": "$.table",
             },
         )
         more = (
-            sfn.Choice(self, "MoreRows")
-            .when(sfn.Condition.boolean_equals("$.result.more", True), next_chunk.next(extract))
+            sfn.Choice(self, f"MoreRows{suffix}")
+            .when(
+                sfn.Condition.and_(
+                    sfn.Condition.boolean_equals("$.result.more", True),
+                    sfn.Condition.number_less_than("$.invocation", max_invocations),
+                ),
+                next_chunk.next(extract),
+            )
             .otherwise(done)
         )
+        return extract, extract.next(more)
+
+    def _extract_map(self) -> sfn.Map:
+        extract, loop = self._extract_loop("")
+        failed = sfn.Pass(
+            self,
+            "TableFailed",
+            comment=(
+                "Record the failure and where the table stopped; the other tables carry on "
+                "and ExtractFailedTables picks this one up after the load"
+            ),
+            parameters={
+                "table.$": "$.table",
+                "status": "failed",
+                "failed_table.$": "$.table",
+                "failure": {
+                    "table.$": "$.table",
+                    "error.$": "$.failure.Error",
+                    "cause.$": "$.failure.Cause",
+                },
+                "resume": {
+                    "table.$": "$.table",
+                    "run_id.$": "$.run_id",
+                    "since.$": "$.since",
+                    "until.$": "$.until",
+                    "rows.$": "$.rows",
+                    "invocation.$": "$.invocation",
+                },
+            },
+        )
+        extract.add_catch(failed, errors=[sfn.Errors.ALL], result_path="$.failure")
         tables = sfn.Map(
             self,
             "ExtractTables",
@@ -263,10 +355,11 @@ class PipelineWorkflow(Construct):
                 "since.$": "$.config.since",
                 "until.$": "$.config.until",
                 "rows": 0,
+                "invocation": 1,
             },
             result_path="$.extracted",
         )
-        tables.item_processor(extract.next(more))
+        tables.item_processor(loop)
         return tables
 
     def _summarise(self) -> sfn.Pass:
@@ -281,8 +374,11 @@ class PipelineWorkflow(Construct):
             parameters={
                 "run_id.$": "$$.Execution.Name",
                 "succeeded.$": "$.extracted[*].extracted_table",
-                "failed_tables.$": "$.extracted[*].failed_table",
-                "failed.$": "$.extracted[*].failure",
+                "failures": {
+                    "tables.$": "$.extracted[*].failed_table",
+                    "errors.$": "$.extracted[*].failure",
+                    "resume.$": "$.extracted[*].resume",
+                },
                 # The transform loop's counter: invocation n runs under run_id.
                 "transform_call": {"n": 1, "run_id.$": "$$.Execution.Name"},
             },
@@ -314,50 +410,39 @@ class PipelineWorkflow(Construct):
             result_selector={"status.$": "$.Payload.status", "rows.$": "$.Payload.rows"},
             result_path="$.load",
         )
-        step_failed = self._notify_step_failed()
-        for task in (transform, load):
-            task.add_catch(step_failed, errors=[sfn.Errors.ALL], result_path="$.failure")
-        after_load: sfn.INextable = load
-        if fns.report is not None:
-            report = invoke(
-                self,
-                "Report",
-                fns.report,
-                payload={"run_id.$": "$.run_id"},
-                result_selector={"keys.$": "$.Payload.keys", "charts.$": "$.Payload.charts"},
-                result_path="$.report",
-            )
-            report.add_catch(
-                self._notify_report_failed(), errors=[sfn.Errors.ALL], result_path="$.failure"
-            )
-            load.next(report)
-            after_load = report
-
         next_n = JsonPath.math_add(JsonPath.number_at("$.transform_call.n"), 1)
         next_transform = sfn.Pass(
             self,
             "NextTransform",
             comment=(
-                "Batches were left over TRANSFORM_MAX_ROWS: transform again under the "
-                "derived run id <execution name>.t<n> (n = 2, 3, ...)"
+                "Transform again under the derived run id <execution name>.t<n> "
+                "(n = 2, 3, ...): batches were left, or failed tables were caught up"
             ),
             parameters={
                 "n": next_n,
-                "run_id": JsonPath.format("{}.t{}", JsonPath.execution_name, next_n),
+                "run_id": JsonPath.format(TRANSFORM_ROUND_FORMAT, JsonPath.execution_name, next_n),
             },
             result_path="$.transform_call",
         )
+        backlog_cleared = (
+            sfn.Choice(self, "BacklogCleared")
+            .when(sfn.Condition.boolean_equals("$.transform.more", True), self._backlog_limit())
+            .otherwise(sfn.Succeed(self, "Done"))
+        )
+        caught_up = sfn.Pass(
+            self,
+            "TablesCaughtUp",
+            comment="Every failed table is extracted now: transform and load them too",
+            result=sfn.Result.from_object({"tables": [], "errors": [], "resume": []}),
+            result_path="$.failures",
+        )
         any_failed = (
             sfn.Choice(self, "AnyTableFailed")
-            .when(sfn.Condition.is_present("$.failed_tables[0]"), self._notify_tables_failed())
-            .otherwise(
-                sfn.Choice(self, "BacklogCleared")
-                .when(
-                    sfn.Condition.boolean_equals("$.transform.more", True),
-                    self._notify_backlog_limit(),
-                )
-                .otherwise(sfn.Succeed(self, "Done"))
+            .when(
+                sfn.Condition.is_present("$.failures.tables[0]"),
+                self._extract_failed_tables().next(caught_up),
             )
+            .otherwise(self._report(backlog_cleared))
         )
         more_to_transform = (
             sfn.Choice(
@@ -370,165 +455,66 @@ class PipelineWorkflow(Construct):
                     sfn.Condition.boolean_equals("$.transform.more", True),
                     sfn.Condition.number_less_than("$.transform_call.n", max_runs),
                 ),
-                next_transform.next(transform),
+                next_transform,
             )
-            .otherwise(load)
+            .otherwise(load.next(any_failed))
         )
-        after_load.next(any_failed)
+        next_transform.next(transform)
+        caught_up.next(next_transform)
         return transform.next(more_to_transform)
 
-    def _alert_then_fail(
-        self,
-        describe_id: str,
-        notify_id: str,
-        subject: str,
-        fields: dict[str, object],
-        fail: sfn.Fail,
-    ) -> sfn.Chain:
-        """Describe the problem (with where to find the execution), publish it, then fail."""
-        alert = sfn.Pass(
+    def _report(self, then: sfn.IChainable) -> sfn.IChainable:
+        """Rule 8 (with context reportEnabled): the HTML report, once, after the last
+        load (every table caught up), then `then`. No Catch: a failed report fails the
+        execution there (the loads stand) and a Redrive re-runs just the report."""
+        if self.functions.report is None:
+            return then
+        report = invoke(
             self,
-            describe_id,
-            parameters={
-                "alert": {
-                    "pipeline": self.config.prefix,
-                    "run_id.$": "$$.Execution.Name",
-                    "execution_arn.$": "$$.Execution.Id",
-                    "state_machine_arn.$": "$$.StateMachine.Id",
-                    **fields,
-                }
-            },
-            result_path="$.notice",
+            "Report",
+            self.functions.report,
+            payload={"run_id.$": "$.run_id"},
+            result_selector={"keys.$": "$.Payload.keys", "charts.$": "$.Payload.charts"},
+            result_path="$.report",
         )
-        publish = tasks.SnsPublish(
-            self,
-            notify_id,
-            topic=self.topic,
-            subject=subject,
-            message=sfn.TaskInput.from_json_path_at("States.JsonToString($.notice.alert)"),
-            result_path=JsonPath.DISCARD,
-        )
-        return alert.next(publish).next(fail)
+        return report.next(then)
 
-    def _notify_tables_failed(self) -> sfn.Chain:
-        alert_fields = {
-            "problem": "extract failed for some tables; the other tables were loaded",
-            "failed_tables.$": "$.failed_tables",
-            "failures.$": "$.failed",
-            "rerun_input": {"tables.$": "$.failed_tables"},
-            "how_to_rerun": (
-                "Fix the cause named in failures, then start a new execution of "
-                "state_machine_arn with rerun_input as its input."
-            ),
-        }
-        fail = sfn.Fail(
-            self,
-            "TablesFailed",
-            error="TablesFailed",
-            cause_path=JsonPath.format(
-                "Tables failed: {}. Re-run them with input {}",
-                JsonPath.json_to_string(JsonPath.list_at("$.failed_tables")),
-                JsonPath.json_to_string(JsonPath.object_at("$.notice.alert.rerun_input")),
-            ),
-        )
-        return self._alert_then_fail(
-            "DescribeTableFailures",
-            "NotifyTablesFailed",
-            f"{self.config.prefix}: tables failed to extract",
-            alert_fields,
-            fail,
-        )
+    def _extract_failed_tables(self) -> sfn.Map:
+        """Rule 4: the failed tables again, each from where it stopped; no Catch.
 
-    def _notify_step_failed(self) -> sfn.Chain:
-        alert_fields = {
-            "problem": ("transform or load failed after retries; nothing from this run was loaded"),
-            "transform_run_id.$": "$.transform_call.run_id",
-            "error.$": "$.failure.Error",
-            "cause.$": "$.failure.Cause",
-            "failed_tables.$": "$.failed_tables",
-            "rerun_input": {"tables": []},
-            "how_to_rerun": (
-                "Fix the cause, then redrive this execution, or start a new execution "
-                "with rerun_input (transform and load pick up every batch not yet "
-                "loaded)."
-            ),
-        }
-        fail = sfn.Fail(
-            self, "StepFailed", error_path="$.failure.Error", cause_path="$.failure.Cause"
-        )
-        return self._alert_then_fail(
-            "DescribeStepFailure",
-            "NotifyStepFailed",
-            f"{self.config.prefix}: transform or load failed",
-            alert_fields,
-            fail,
-        )
-
-    def _notify_report_failed(self) -> sfn.Chain:
-        """The report failed after retries: the load it followed is committed and stands."""
-        alert_fields = {
-            "problem": (
-                "the HTML report failed after retries; the load before it succeeded and its "
-                "data is in the warehouse"
-            ),
-            "error.$": "$.failure.Error",
-            "cause.$": "$.failure.Cause",
-            "failed_tables.$": "$.failed_tables",
-            "how_to_rerun": (
-                "Fix the cause (see the report function's logs); the next execution that "
-                "loads writes the report again (start one, or wait for the schedule)."
-            ),
-        }
-        fail = sfn.Fail(
-            self, "ReportFailed", error_path="$.failure.Error", cause_path="$.failure.Cause"
-        )
-        return self._alert_then_fail(
-            "DescribeReportFailure",
-            "NotifyReportFailed",
-            f"{self.config.prefix}: report failed (the load succeeded)",
-            alert_fields,
-            fail,
-        )
-
-    def _notify_backlog_limit(self) -> sfn.Chain:
-        """The loop bound: a transform still reported `more` after transformMaxRuns runs.
-
-        What those runs transformed has been loaded; the rest waits for the next execution.
-        A real backlog that big is unlikely (4M rows a run), so this usually means a bug
-        that keeps reporting `more`: fail loudly rather than spin.
+        The items are the recorded resume points themselves (no ItemSelector), so a
+        redriven iteration, or one that never started, has all it needs.
         """
-        max_runs = self.config.transform_max_runs
-        alert_fields = {
-            "problem": (
-                f"transform still reported more batches after {max_runs} invocations "
-                "(the transformMaxRuns bound); what they transformed was loaded"
-            ),
-            "transform_runs.$": "$.transform_call.n",
-            "last_transform_run_id.$": "$.transform_call.run_id",
-            "last_transform.$": "$.transform",
-            "rerun_input": {"tables": []},
-            "how_to_rerun": (
-                "If the backlog is real (see last_transform.rows_in), start a new "
-                "execution with rerun_input or wait for the schedule: each run takes "
-                "the next batches. If transform keeps reporting more without rows, "
-                "it is a bug: check the transform function's logs."
-            ),
-        }
-        fail = sfn.Fail(
+        _, loop = self._extract_loop("Again")
+        again = sfn.Map(
             self,
-            "TransformBacklogLimit",
-            error="TransformBacklogLimit",
+            "ExtractFailedTables",
+            comment=(
+                "Tables whose extract failed, again, after the others were loaded. A failure "
+                "here fails the execution: Redrive re-runs only the failed iterations"
+            ),
+            items_path="$.failures.resume",
+            max_concurrency=self.config.extract_concurrency,
+            result_path="$.caught_up",
+        )
+        again.item_processor(loop)
+        return again
+
+    def _backlog_limit(self) -> sfn.Fail:
+        """Rule 5: a transform still reported `more` after transformMaxRuns passes.
+
+        What those passes transformed has been loaded; the rest waits for the next
+        execution. A real backlog that big is unlikely (4M rows a pass), so this usually
+        means a bug that keeps reporting `more`: fail loudly rather than spin.
+        """
+        return sfn.Fail(
+            self,
+            BACKLOG_ERROR,
+            comment="Start a new execution (or wait for the schedule): a Redrive fails again",
+            error=BACKLOG_ERROR,
             cause_path=JsonPath.format(
-                "Transform still reported more batches after {} invocations (last run id {}); "
-                "what they transformed was loaded, the rest waits for the next execution",
+                BACKLOG_CAUSE,
                 JsonPath.string_at("$.transform_call.n"),
                 JsonPath.string_at("$.transform_call.run_id"),
             ),
-        )
-        return self._alert_then_fail(
-            "DescribeBacklogLimit",
-            "NotifyBacklogLimit",
-            f"{self.config.prefix}: transform backlog left after {max_runs} runs",
-            alert_fields,
-            fail,
         )

@@ -22,8 +22,11 @@ Which rows (the window, `plan`):
 - `since`/`until`: a backfill of that window (mode `backfill`), watermark untouched;
 - `max_rows`: stop after that many rows at a (last_updated, key) boundary, `more: true`;
   the next call, with `next_run_id`, resumes exactly after that row (no overlap, so a
-  huge backlog always progresses). A resume record keyed by `next_run_id` carries the
-  window, so continuations need no arguments but the table and that run id.
+  huge backlog always progresses). `stop`, asked after each streamed batch, ends the call
+  the same way when it says so (the Lambda handler: its remaining time runs low), so a
+  slow source hands over to the next invocation instead of hitting the function timeout.
+  A resume record keyed by `next_run_id` carries the window, so continuations need no
+  arguments but the table and that run id.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -184,6 +187,7 @@ class _Written:
     first: datetime | None = None
     last: datetime | None = None
     last_key: int | None = None
+    stopped: bool = False  # `stop` said so before the stream ended
 
 
 def _write_parts(
@@ -193,6 +197,7 @@ def _write_parts(
     table: Table,
     batches: Iterable[pa.RecordBatch],
     part_rows: int,
+    stop: Callable[[], bool] | None = None,
 ) -> _Written:
     """Stream batches into Parquet parts of at most `part_rows` rows (one row group a batch).
 
@@ -241,6 +246,9 @@ def _write_parts(
                 out.last = cursor[-1].as_py()
                 out.last_key = batch.column(table.primary_key)[-1].as_py()
                 out.rows += batch.num_rows
+                if stop is not None and stop():  # at a row boundary: the rest is `more`
+                    out.stopped = True
+                    break
     return out
 
 
@@ -361,6 +369,7 @@ def extract_table(
     *,
     since: datetime | str | None = None,
     until: datetime | str | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> ExtractResult:
     """Extract `table` for `run_id` into the ingestion zone (see module doc).
 
@@ -407,9 +416,11 @@ def extract_table(
         )
         keys = _RunDay(lake, spec.name, run_id).keys()  # (after the drift check, lazily)
         cap = _Cap(max_rows)
-        rows = cap.apply(source.batches(todo.window, max_rows, drift.added))
-        written = _write_parts(lake, keys, schema, spec, rows, settings.extract_part_rows)
-        more = cap.more
+        with contextlib.closing(source.batches(todo.window, max_rows, drift.added)) as stream:
+            rows = cap.apply(stream)
+            written = _write_parts(lake, keys, schema, spec, rows, settings.extract_part_rows, stop)
+            # `stop` ended the stream early: the rest is `more` if the stream has another row
+            more = cap.more or (written.stopped and next(rows, None) is not None)
 
     manifest = _manifest(spec, run_id, todo, written, schema, drift, warnings, more, state)
     manifest["log_from"] = ingest_log.head(lake)

@@ -51,7 +51,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -377,7 +377,7 @@ class SourceSnapshot:
 
     def batches(
         self, window: Window, limit: int | None = None, added: tuple[SourceColumn, ...] = ()
-    ) -> Iterator[pa.RecordBatch]:
+    ) -> Generator[pa.RecordBatch, None, None]:
         """The window's rows in (cursor, key) order as raw ADBC record batches (streamed).
 
         With `limit`, one row more than `limit` is read (when the window has it), so the

@@ -34,10 +34,12 @@ class Migration:
     description: str
     statements: Callable[[], list[sql.Composed]]
 
-    def rendered(self, conn: psycopg.Connection) -> list[str]:
+    def rendered(self, conn: psycopg.Connection | None = None) -> list[str]:
+        """The statements as SQL text (identifiers are quoted alike with or without a
+        connection: tests/integration/load/test_privileges.py checks it)."""
         return [s.as_string(conn) for s in self.statements()]
 
-    def checksum(self, conn: psycopg.Connection) -> str:
+    def checksum(self, conn: psycopg.Connection | None = None) -> str:
         return hashlib.sha256(";\n".join(self.rendered(conn)).encode()).hexdigest()
 
 
@@ -45,6 +47,31 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001", "star schema: 8 dimensions, 3 facts", ddl.star_schema_statements),
     Migration("0002", "load ledger", ddl.ledger_statements),
 )
+
+
+def migrations_table_statement() -> sql.Composed:
+    """The bookkeeping table, created by the first migration run (or the printed script)."""
+    return sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {} (version text PRIMARY KEY, "
+        "description text NOT NULL, checksum text NOT NULL, "
+        "applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+    ).format(sql.Identifier(MIGRATIONS_TABLE))
+
+
+def record_statement(migration: Migration) -> sql.Composed:
+    """The bookkeeping row of one applied migration."""
+    return sql.SQL("INSERT INTO {} (version, description, checksum) VALUES ({}, {}, {})").format(
+        sql.Identifier(MIGRATIONS_TABLE),
+        sql.Literal(migration.version),
+        sql.Literal(migration.description),
+        sql.Literal(migration.checksum()),
+    )
+
+
+def pending_versions(conn: psycopg.Connection) -> list[str]:
+    """Versions not applied yet (all of them in an empty schema)."""
+    recorded = _applied(conn)
+    return [m.version for m in MIGRATIONS if m.version not in recorded]
 
 
 def _applied(conn: psycopg.Connection) -> dict[str, str]:
@@ -77,13 +104,7 @@ def apply_migrations(conn: psycopg.Connection) -> list[str]:
     for migration in MIGRATIONS:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            conn.execute(
-                sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {} (version text PRIMARY KEY, "
-                    "description text NOT NULL, checksum text NOT NULL, "
-                    "applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"
-                ).format(table)
-            )
+            conn.execute(migrations_table_statement())
             row = conn.execute(
                 sql.SQL("SELECT checksum FROM {} WHERE version = %s").format(table),
                 (migration.version,),
@@ -93,19 +114,36 @@ def apply_migrations(conn: psycopg.Connection) -> list[str]:
                 continue
             for statement in migration.statements():
                 conn.execute(statement)
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO {} (version, description, checksum) VALUES (%s, %s, %s)"
-                ).format(table),
-                (migration.version, migration.description, migration.checksum(conn)),
-            )
+            conn.execute(record_statement(migration))
             applied.append(migration.version)
     return applied
 
 
+def migration_script() -> str:
+    """Every migration as one SQL script, for a DBA who sets the schema up by hand
+    (`totesys-etl init-warehouse --print-sql`): the same statements and bookkeeping rows
+    `apply_migrations` writes, so the load finds the schema up to date."""
+    lines = [
+        "-- The totesys-etl warehouse schema: run once, as the owner of the warehouse tables,",
+        '-- in one transaction: psql "$OWNER_DSN" -v ON_ERROR_STOP=1 -1 -f warehouse.sql',
+        migrations_table_statement().as_string(None) + ";",
+    ]
+    for migration in MIGRATIONS:
+        lines.append(f"-- migration {migration.version}: {migration.description}")
+        lines.extend(statement + ";" for statement in migration.rendered())
+        lines.append(record_statement(migration).as_string(None) + ";")
+    return "\n".join(lines) + "\n"
+
+
 def migrate(dsn: str | Database) -> list[str]:
-    """Bring the warehouse schema at `dsn` up to date; return the versions applied now."""
+    """Bring the warehouse schema at `dsn` up to date; return the versions applied now.
+
+    The user must be allowed to create the tables (checked first, with a message naming
+    the privilege it lacks); `pipeline.load.privileges.grant_loader` then grants a
+    separate loader role what the load needs."""
     from pipeline.credentials import connect
+    from pipeline.load.privileges import check_can_migrate
 
     with connect(dsn, what="warehouse", autocommit=True) as conn:
+        check_can_migrate(conn)
         return apply_migrations(conn)

@@ -23,9 +23,9 @@ from psycopg.types.json import Jsonb
 
 from pipeline import layout
 from pipeline.credentials import WAREHOUSE, connect, redact, resolve
-from pipeline.errors import LoadConflictError, WarehouseUnavailableError
+from pipeline.errors import InsufficientPrivilegeError, LoadConflictError, WarehouseUnavailableError
 from pipeline.lake import Lake
-from pipeline.load import apply, batches, ddl, facts
+from pipeline.load import apply, batches, ddl, facts, privileges
 from pipeline.load.migrations import apply_migrations
 from pipeline.settings import Settings
 from pipeline.warehouse_schema import DIMENSIONS, FACTS
@@ -61,9 +61,17 @@ def load(run_id: str, settings: Settings) -> LoadResult:
     lake = settings.processed_lake()
     with connect(db, autocommit=True) as conn:
         try:
+            privileges.check_loader(conn)  # before anything is written: names what is missing
             apply_migrations(conn)
             with _load_lock(conn):
                 return _load_pending(conn, lake, run_id)
+        except psycopg.errors.InsufficientPrivilege as exc:  # one the check cannot see
+            user = conn.info.user
+            raise InsufficientPrivilegeError(
+                f"warehouse user {user}: {redact(exc.diag.message_primary or str(exc))} "
+                f"during load {run_id} (the batch being loaded was rolled back); "
+                + privileges.HOW_TO_GRANT.format(role=user)
+            ) from None
         except psycopg.OperationalError as exc:  # connection lost mid-load: safe to retry
             detail = redact(str(exc).strip()).splitlines()
             raise WarehouseUnavailableError(

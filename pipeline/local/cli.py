@@ -170,11 +170,26 @@ def _cmd_clear_lease(args: argparse.Namespace) -> int:
 
 
 def _cmd_init_warehouse(args: argparse.Namespace) -> int:
-    from pipeline.credentials import WAREHOUSE, resolve
-    from pipeline.load.migrations import migrate
+    from pipeline.credentials import WAREHOUSE, connect, resolve
+    from pipeline.load import privileges
+    from pipeline.load.migrations import migrate, migration_script
 
-    applied = migrate(resolve(WAREHOUSE, _settings(args)))
-    _print_json({"applied": applied})
+    if args.print_sql:  # for a DBA: nothing is connected to
+        if args.grant_to and not args.database:
+            raise ConfigurationError(
+                "--print-sql --grant-to needs --database NAME (its GRANT names the database)"
+            )
+        print(migration_script(), end="")
+        if args.grant_to:
+            print(f"-- what the load needs, for {args.grant_to}")
+            print(privileges.grant_script(args.grant_to, args.database, args.schema), end="")
+        return 0
+    owner = resolve(WAREHOUSE, _settings(args))
+    out: dict[str, Any] = {"applied": migrate(owner)}
+    if args.grant_to:
+        with connect(owner, autocommit=True) as conn:
+            out["granted"] = {args.grant_to: privileges.grant_loader(conn, args.grant_to)}
+    _print_json(out)
     return 0
 
 
@@ -430,12 +445,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove it even if not expired (a live transform then fails its commit and retries)",
     )
 
-    p = command("init-warehouse", _cmd_init_warehouse, "create or upgrade the warehouse schema")
+    p = command(
+        "init-warehouse",
+        _cmd_init_warehouse,
+        "create or upgrade the warehouse schema (as its owner); grant a loader role what the "
+        "load needs",
+    )
     p.add_argument(
+        "--owner-dsn",
         "--dsn",
         dest="warehouse_dsn",
         default=None,
-        help="warehouse DSN (default: $WAREHOUSE_DSN, else $WAREHOUSE_SECRET_ARN)",
+        help="DSN of the user that owns (or creates) the warehouse tables "
+        "(default: $WAREHOUSE_DSN, else $WAREHOUSE_SECRET_ARN)",
+    )
+    p.add_argument(
+        "--grant-to",
+        metavar="ROLE",
+        default=None,
+        help="then grant this existing role exactly what the load needs (docs/DEPLOY.md)",
+    )
+    p.add_argument(
+        "--print-sql",
+        action="store_true",
+        help="print the SQL instead of running it (for a DBA; connects to nothing)",
+    )
+    p.add_argument(
+        "--database",
+        default=None,
+        help="with --print-sql --grant-to: the warehouse database's name (for its GRANT)",
+    )
+    p.add_argument(
+        "--schema",
+        default="public",
+        help="with --print-sql --grant-to: the schema the tables go to (default: public)",
     )
 
     p = command(

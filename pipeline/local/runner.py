@@ -3,8 +3,9 @@
 It calls exactly the step functions the Lambdas call, following the same rules as the
 state machine: tables extracted concurrently (bounded) to completion, a failed table
 recorded while the others carry on, the transform looped over a backlog up to its bound,
-the load of whatever was transformed, then the failure. The report names the command that
-re-runs just the failed tables; each report is kept in the ingestion lake for `status`.
+the load of whatever was transformed, the failed tables once more (then transformed and
+loaded), then the failure. The report names the command that re-runs just the failed
+tables; each report is kept in the ingestion lake for `status`.
 
 The run id and the table list are checked before anything is read or written. A step
 that fails (typed error or a bug) is recorded in the report, which is written and
@@ -112,37 +113,45 @@ def run_pipeline(
     report = RunReport(run_id=run_id, started_at=datetime.now(UTC).isoformat())
     notify = progress or (lambda table, event, detail: None)
 
+    outcomes = {table: policy.TableOutcome(run_id) for table in tables}
+
     def extract(table: str) -> tuple[str, dict[str, Any]]:
+        """Rules 1 and 2 (and rule 4's second try): resumes where the outcome stopped."""
         notify(table, "started", {})
         t0 = time.perf_counter()
-        try:
-            outcome = policy.extract_to_completion(table, run_id, settings)
-        except PipelineError as exc:
-            log.error("extract failed", extra={"table": table, "run_id": run_id, "error": str(exc)})
-            outcome = policy.TableOutcome("failed", error=_error_text(exc))
-        except Exception as exc:  # an unexpected bug: record it, keep the traceback in the log
-            log.exception("extract crashed", extra={"table": table, "run_id": run_id})
-            outcome = policy.TableOutcome("failed", error=_error_text(exc))
+        outcome = policy.resume_extract(table, outcomes[table], settings)
         detail = {**outcome.to_dict(), "duration_s": round(time.perf_counter() - t0, 3)}
         notify(table, "failed" if outcome.status == "failed" else "finished", detail)
         return table, detail
 
-    with ThreadPoolExecutor(max_workers=max(1, settings.extract_workers)) as pool:
-        for table, outcome in pool.map(extract, tables):
-            report.tables[table] = outcome
+    def extract_all(names: Sequence[str]) -> None:
+        with ThreadPoolExecutor(max_workers=max(1, settings.extract_workers)) as pool:
+            for table, outcome in pool.map(extract, names):
+                report.tables[table] = outcome
 
-    try:
+    def transform_and_load(earlier: policy.TransformOutcome | None) -> policy.TransformOutcome:
+        """Rule 3 (or rule 4's further rounds), then the load of what was transformed."""
         from pipeline.load import load
 
         notify("transform", "started", {})
-        transformed = policy.transform_rounds(run_id, settings)
+        transformed = policy.transform_rounds(run_id, settings, earlier)
         report.transform = transformed.to_dict()
         notify("transform", "finished", report.transform)
         notify("load", "started", {})
-        report.load = load(run_id, settings).to_dict()
-        notify("load", "finished", report.load)
-        if transformed.backlog_left:
-            report.error = policy.backlog_message(run_id, transformed, settings)
+        loaded = load(run_id, settings).to_dict()
+        report.load = _add_loads(report.load, loaded)
+        notify("load", "finished", loaded)
+        return transformed
+
+    extract_all(tables)
+    try:
+        transformed = transform_and_load(None)
+        if report.failed_tables:  # rule 4
+            extract_all(report.failed_tables)
+            if not report.failed_tables:
+                transformed = transform_and_load(transformed)
+        if transformed.backlog_left and not report.failed_tables:  # rule 5
+            report.error = policy.backlog_message(run_id, transformed)
     except PipelineError as exc:
         report.error = _error_text(exc)
     except Exception as exc:  # an unexpected bug: recorded like a typed failure
@@ -184,3 +193,17 @@ def check_tables(tables: Sequence[str]) -> list[str]:
 
 def _error_text(exc: BaseException) -> str:
     return redact(f"{type(exc).__name__}: {exc}")
+
+
+def _add_loads(first: dict[str, Any] | None, second: dict[str, Any]) -> dict[str, Any]:
+    """One pass's two load results as one: batches in order, rows summed per table. A
+    second load with nothing new reports what the run id loaded so far ("replayed"):
+    that is the sum already."""
+    if first is None or second["status"] == "replayed":
+        return second
+    if second["status"] == "nothing_to_do":
+        return first
+    rows = dict(first["rows"])
+    for table, n in second["rows"].items():
+        rows[table] = rows.get(table, 0) + n
+    return {**second, "batches": [*first["batches"], *second["batches"]], "rows": rows}

@@ -16,6 +16,8 @@ def test_cdk_json_runs_app_py_and_documents_the_code_defaults():
     cdk = json.loads((ROOT / "cdk.json").read_text())
     assert "app.py" in cdk["app"]
     for key, value in cdk["context"].items():
+        if key.startswith("@aws-cdk"):
+            continue  # a feature flag (next test)
         assert key in DEFAULTS, f"cdk.json context {key} is not a setting"
         assert DEFAULTS[key] == value, f"cdk.json says {key}={value}, code says {DEFAULTS[key]}"
 
@@ -61,3 +63,20 @@ def test_deploy_assumes_a_role_by_oidc_with_no_stored_keys():
     # `on:` parses as True in YAML 1.1.
     triggers = deploy[True]
     assert triggers["push"]["branches"] == ["main"] and triggers["push"]["tags"] == ["v*"]
+
+
+def test_cdk_json_sets_every_flag_a_new_cdk_init_app_sets():
+    """aws-cdk-lib's recommended-feature-flags.json (what `cdk init` writes), read from
+    the installed package, every one set in cdk.json with its recommended value."""
+    import tarfile
+
+    import aws_cdk
+
+    [bundle] = (Path(aws_cdk.__file__).parent / "_jsii").glob("aws-cdk-lib@*.jsii.tgz")
+    with tarfile.open(bundle) as tar:
+        member = tar.extractfile("package/recommended-feature-flags.json")
+        assert member is not None
+        recommended = json.loads(member.read())
+    context = json.loads((ROOT / "cdk.json").read_text())["context"]
+    assert len(recommended) > 80
+    assert {k: context.get(k) for k in recommended} == recommended

@@ -1,5 +1,5 @@
 """The report option (`reportEnabled`): off by default; on, one more least-privilege function
-that runs after each successful load and alerts (then fails) when it cannot publish."""
+that runs once after an execution's last load; a failed report fails the execution there."""
 
 from __future__ import annotations
 
@@ -34,19 +34,21 @@ def test_off_by_default(assembly):
     assert [REPORT_HANDLER] not in commands
     states = state_machine_definition(assembly)["States"]
     assert "Report" not in states and states["Load"]["Next"] == "AnyTableFailed"
+    assert states["AnyTableFailed"]["Default"] == "BacklogCleared"
 
 
-def test_report_runs_after_the_load_and_alerts_on_failure(with_report):
+def test_report_runs_once_after_the_last_load_without_a_catch(with_report):
+    """After the load that leaves no failed table (AnyTableFailed's default), before the
+    backlog check; no Catch, so a failed report is the unsuccessful state a Redrive re-runs."""
     states = state_machine_definition(with_report)["States"]
-    assert states["Load"]["Next"] == "Report"
+    assert states["Load"]["Next"] == "AnyTableFailed"
+    assert states["AnyTableFailed"]["Default"] == "Report"
     report = states["Report"]
-    assert report["Next"] == "AnyTableFailed"
+    assert report["Next"] == "BacklogCleared"
     assert report["Parameters"]["Payload"] == {"run_id.$": "$.run_id"}
-    [catch] = report["Catch"]
-    assert catch["ErrorEquals"] == ["States.ALL"] and catch["Next"] == "DescribeReportFailure"
-    assert states["NotifyReportFailed"]["Next"] == "ReportFailed"
-    assert states["ReportFailed"]["Type"] == "Fail"
+    assert "Catch" not in report
     assert any("SourceUnavailableError" in r["ErrorEquals"] for r in report["Retry"])
+    assert [n for n, st in states.items() if st.get("Next") == "Report"] == []  # only one way in
 
 
 def test_report_function_settings_and_least_privilege(with_report):
@@ -87,3 +89,19 @@ def test_report_function_settings_and_least_privilege(with_report):
 def test_report_variant_passes_cdk_nag(with_report):
     reports = with_report.validation_report.get("pluginReports", [])
     assert all(r["conclusion"] == "success" and not r["violations"] for r in reports), reports
+
+
+def test_the_execution_timeout_also_covers_the_report(assembly, with_report):
+    """The report adds one task, every retry spent, to the worst case (rule 7)."""
+    plain = state_machine_definition(assembly)["TimeoutSeconds"]
+    states = state_machine_definition(with_report)
+    function_timeout = max(
+        fn["Properties"]["Timeout"] for fn in assembly.resources("AWS::Lambda::Function").values()
+    )
+    report = function_timeout
+    for retry in states["States"]["Report"]["Retry"]:
+        for k in range(retry["MaxAttempts"]):
+            wait = retry["IntervalSeconds"] * retry["BackoffRate"] ** k
+            report += function_timeout + min(wait, retry["MaxDelaySeconds"])
+    assert states["TimeoutSeconds"] >= plain + report - 3600  # both rounded up to the hour
+    assert states["TimeoutSeconds"] > plain

@@ -17,6 +17,7 @@ HANDLERS = {
     "extract": "pipeline.handlers.extract_handler",
     "transform": "pipeline.handlers.transform_handler",
     "load": "pipeline.handlers.load_handler",
+    "alert": "pipeline.handlers.alert_handler",
 }
 
 
@@ -128,7 +129,7 @@ def test_every_bucket_denies_requests_without_tls(assembly):
 
 
 # -- functions and the image -----------------------------------------------------------
-def test_three_image_functions_share_one_image_and_name_real_handlers(assembly):
+def test_the_image_functions_share_one_image_and_name_real_handlers(assembly):
     fns = functions_by_step(assembly)
     assert set(fns) == set(HANDLERS)
     uris = {json.dumps(fn["Properties"]["Code"]["ImageUri"]) for _, fn in fns.values()}
@@ -258,16 +259,11 @@ def test_state_machine_role_invokes_only_its_functions_and_publishes_only_to_its
     pairs = grants(role_statements(assembly, role))
     fn_ids = {fid for fid, _ in functions_by_step(assembly).values()}
     invoke = {r for a, r in pairs if a == "lambda:InvokeFunction"}
-    assert invoke == {f"{f}.Arn" for f in fn_ids} | {f"{f}.Arn:*" for f in fn_ids}
-    topic = assembly.one("AWS::SNS::Topic")[0]
-    assert {r for a, r in pairs if a == "sns:Publish"} == {topic}
-    key = assembly.one("AWS::KMS::Key")[0]
-    assert {(a, r) for a, r in pairs if a.startswith("kms:")} == {
-        ("kms:GenerateDataKey", f"{key}.Arn"),
-        ("kms:Decrypt", f"{key}.Arn"),
+    assert invoke == {f"{f}.Arn" for f in fn_ids if "Alert" not in f} | {
+        f"{f}.Arn:*" for f in fn_ids if "Alert" not in f
     }
     services = {a.split(":")[0] for a, _ in pairs}
-    assert services == {"lambda", "sns", "kms", "logs", "xray"}
+    assert services == {"lambda", "logs", "xray"}  # alerts are the rule's, not states'
     # Wildcard resources only for the delivery/tracing APIs that have no resource ARNs.
     assert {a.split(":")[0] for a, r in pairs if r == "*"} == {"logs", "xray"}
 
@@ -329,7 +325,9 @@ def test_alarms_cover_failures_timeouts_errors_throttles_and_freshness(assembly)
         *(f"{s}{k}" for s in ("Extract", "Transform", "Load") for k in ("Errors", "Throttles")),
     }
     topic = {"Ref": assembly.one("AWS::SNS::Topic")[0]}
-    assert all(a["AlarmActions"] == [topic] for a in alarms.values())
+    # One failure, one alert: only DataFreshness notifies (the rule reports failures).
+    assert {n for n, a in alarms.items() if a.get("AlarmActions")} == {"DataFreshness"}
+    assert alarms["DataFreshness"]["AlarmActions"] == [topic]
     assert alarms["ExecutionsFailed"]["MetricName"] == "ExecutionsFailed"
     assert alarms["ExecutionsTimedOut"]["MetricName"] == "ExecutionsTimedOut"
     fresh = alarms["DataFreshness"]
@@ -365,3 +363,48 @@ def test_dashboard_shows_executions_durations_and_rows_per_table(assembly):
         "TotesysEtl",
     ):
         assert needle in body, needle
+
+
+# -- redeployable, alerting, least privilege for the alert path ---------------------------
+def test_no_retained_resource_has_a_fixed_name(assembly):
+    """A retained named resource survives a rolled-back create or `cdk destroy` and makes
+    the next deploy fail with "already exists"."""
+    name_keys = ("Name", "LogGroupName", "BucketName", "TopicName", "StateMachineName")
+    for logical_id, resource in assembly.template["Resources"].items():
+        if resource.get("DeletionPolicy") in ("Retain", "RetainExceptOnCreate"):
+            named = [k for k in resource.get("Properties", {}) if k in name_keys]
+            assert not named, (logical_id, named)
+    for group in assembly.resources("AWS::Logs::LogGroup").values():
+        assert group["DeletionPolicy"] == "Delete"
+
+
+def test_a_rule_on_every_unsuccessful_end_invokes_the_alert_function(assembly):
+    _, rule = assembly.one("AWS::Events::Rule")
+    pattern = rule["Properties"]["EventPattern"]
+    machine = assembly.one("AWS::StepFunctions::StateMachine")[0]
+    assert pattern == {
+        "source": ["aws.states"],
+        "detail-type": ["Step Functions Execution Status Change"],
+        "detail": {
+            "status": ["FAILED", "TIMED_OUT", "ABORTED"],
+            "stateMachineArn": [{"Ref": machine}],
+        },
+    }
+    [target] = rule["Properties"]["Targets"]
+    alert_id, alert = functions_by_step(assembly)["alert"]
+    assert target["Arn"] == {"Fn::GetAtt": [alert_id, "Arn"]}
+    assert target["RetryPolicy"]["MaximumRetryAttempts"] >= 1
+    topic = assembly.one("AWS::SNS::Topic")[0]
+    assert alert["Properties"]["Environment"]["Variables"]["ALERT_TOPIC_ARN"] == {"Ref": topic}
+    [invoke_config] = [
+        c
+        for c in assembly.resources("AWS::Lambda::EventInvokeConfig").values()
+        if c["Properties"]["FunctionName"] == {"Ref": alert_id}
+    ]
+    props = invoke_config["Properties"]
+    assert props["MaximumRetryAttempts"] == 2
+    assert props["DestinationConfig"]["OnFailure"]["Destination"] == {"Ref": topic}
+    role = alert["Properties"]["Role"]["Fn::GetAtt"][0]
+    pairs = grants(role_statements(assembly, role))
+    assert ("sns:Publish", topic) in pairs
+    assert {a for a, _ in pairs if a.startswith("states:")} == {"states:GetExecutionHistory"}

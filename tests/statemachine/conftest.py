@@ -22,6 +22,17 @@ def assembly() -> Assembly:
 
 @pytest.fixture(scope="session")
 def moto_url(moto_server: str) -> str:
+    """The session's moto server, with its Lambda request router built by one request.
+
+    moto builds that router lazily, on the first Lambda request; when those are the Map's
+    concurrent invokes, the build runs in several threads at once and CPython 3.11's
+    `ast.parse` (used by werkzeug to compile the routes) can fail with "SystemError: AST
+    constructor recursion depth mismatch": a 500 that the execution sees as
+    `States.Runtime`. One sequential request first makes that impossible.
+    """
+    import boto3
+
+    boto3.client("lambda").list_functions()
     return moto_server
 
 
@@ -36,11 +47,39 @@ class PipelineAws:
     env: dict[str, str]
     router: harness.LambdaRouter
     recorder: harness.RetryRecorder
+    definition: dict[str, Any]
+    rule: tuple[dict[str, Any], str]  # the alert rule's pattern and target function
 
     def run(self, execution_input: dict[str, Any], name: str | None = None) -> harness.Execution:
         # Always named: moto reuses the name "None" for unnamed executions.
         name = name or f"run-{uuid.uuid4().hex[:12]}"
-        return harness.run_execution(self.sfn, self.machine_arn, name, execution_input)
+        execution = harness.run_execution(self.sfn, self.machine_arn, name, execution_input)
+        self._status_changed(execution.arn)
+        return execution
+
+    def redrive(self, execution: harness.Execution) -> harness.Execution:
+        """Redrive `execution` as AWS documents it (harness.redrive_definition)."""
+        definition, state_input, _ = harness.redrive_definition(self.definition, execution.history)
+        machine = self.sfn.create_state_machine(
+            name=f"totesys-etl-redrive-{uuid.uuid4().hex[:8]}",
+            definition=json.dumps(definition),
+            roleArn=f"arn:aws:iam::{harness.ACCOUNT}:role/totesys-etl-states",
+        )["stateMachineArn"]
+        name = execution.arn.rsplit(":", 1)[-1]  # the same name: run ids derive from it
+        redriven = harness.run_execution(self.sfn, machine, name, state_input)
+        self._status_changed(redriven.arn, as_machine=self.machine_arn)
+        return redriven
+
+    def _status_changed(self, execution_arn: str, as_machine: str | None = None) -> None:
+        """What EventBridge does with the status change: invoke the rule's target if the
+        event matches its pattern (a redrive keeps the state machine, so `as_machine`)."""
+        event = harness.status_change_event(self.sfn, execution_arn)
+        if as_machine:
+            event["detail"]["stateMachineArn"] = as_machine
+        pattern, function = self.rule
+        if harness.matches(pattern, event):
+            response = self.router.invoke(function, json.dumps(event), headers := {})
+            assert "x-amz-function-error" not in headers, response
 
     def notifications(self) -> list[dict[str, Any]]:
         """Messages published to the alert topic (subject + parsed JSON body)."""
@@ -114,12 +153,23 @@ def pipeline_aws(
     with harness.patched_moto(router, recorder):
         # Created after patching: moto picks its executing Step Functions backend by config.
         sfn = boto3.client("stepfunctions")
+        definition = harness.state_machine_definition(assembly)
         machine_arn = sfn.create_state_machine(
             name="totesys-etl",
-            definition=json.dumps(harness.state_machine_definition(assembly)),
+            definition=json.dumps(definition),
             roleArn=f"arn:aws:iam::{harness.ACCOUNT}:role/totesys-etl-states",
         )["stateMachineArn"]
-        yield PipelineAws(moto_url, sfn, machine_arn, topic_arn, env, router, recorder)
+        yield PipelineAws(
+            moto_url,
+            sfn,
+            machine_arn,
+            topic_arn,
+            env,
+            router,
+            recorder,
+            definition,
+            harness.alert_rule(assembly),
+        )
 
 
 def warm_up_moto_routers(env: dict[str, str]) -> None:

@@ -26,6 +26,12 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.data)
 
+    def __getattr__(self, name: str) -> Any:
+        """Fields as attributes, like the real result classes (absent ones are None)."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self.data.get(name)
+
 
 @dataclass
 class FakeSteps:
@@ -74,9 +80,9 @@ class FakeSteps:
             }
         )
 
-    def transform(self, run_id: str, settings: Settings) -> Result:
+    def transform(self, run_id: str, settings: Settings, **kwargs: Any) -> Result:
         with self.lock:
-            self.calls.append(("transform", {"run_id": run_id, "settings": settings}))
+            self.calls.append(("transform", {"run_id": run_id, "settings": settings, **kwargs}))
             # Per distinct run id, so a retried invocation reports what the first one did.
             seen = list(dict.fromkeys(a["run_id"] for a in self.transforms()))
             more = seen.index(run_id) < self.transform_more

@@ -47,7 +47,8 @@ def fake_ref(logical_id: str, resource: dict[str, Any]) -> str:
     if kind == "AWS::S3::Bucket":
         return logical_id.lower()
     if kind == "AWS::StepFunctions::StateMachine":
-        return f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{logical_id}"
+        name = resource["Properties"].get("StateMachineName", logical_id)
+        return f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{name}"
     return logical_id
 
 
@@ -130,9 +131,10 @@ class FakeContext:
     aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     log_group_name: str = "/aws/lambda/test"
     log_stream_name: str = "test"
+    remaining_ms: int = 900_000  # a fresh invocation of a 15-minute function
 
     def get_remaining_time_in_millis(self) -> int:
-        return 900_000
+        return self.remaining_ms
 
 
 @dataclass
@@ -279,3 +281,178 @@ def run_execution(
         cause=desc.get("cause"),
         history=history,
     )
+
+
+# -- the alert rule (EventBridge, which moto does not wire to Step Functions) ------------
+def alert_rule(assembly: Assembly) -> tuple[dict[str, Any], str]:
+    """The rule's event pattern (resolved) and the function name its one target invokes."""
+    _, rule = assembly.one("AWS::Events::Rule")
+    resources = assembly.template["Resources"]
+    [target] = rule["Properties"]["Targets"]
+    function = target["Arn"]["Fn::GetAtt"][0]
+    return resolve(rule["Properties"]["EventPattern"], resources), function
+
+
+def status_change_event(sfn: Any, execution_arn: str) -> dict[str, Any]:
+    """The "Step Functions Execution Status Change" event AWS sends when an execution ends
+    (the documented shape: the execution's description as `detail`)."""
+    desc = sfn.describe_execution(executionArn=execution_arn)
+    detail = {
+        "executionArn": execution_arn,
+        "stateMachineArn": desc["stateMachineArn"],
+        "name": desc["name"],
+        "status": desc["status"],
+        "startDate": int(desc["startDate"].timestamp() * 1000),
+        "stopDate": int(desc["stopDate"].timestamp() * 1000) if desc.get("stopDate") else None,
+        "input": desc.get("input"),
+        "output": desc.get("output"),
+        "error": desc.get("error"),
+        "cause": desc.get("cause"),
+    }
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Step Functions Execution Status Change",
+        "source": "aws.states",
+        "account": ACCOUNT,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "region": REGION,
+        "resources": [execution_arn],
+        "detail": detail,
+    }
+
+
+def matches(pattern: Any, value: Any) -> bool:
+    """EventBridge matching for the pattern forms the stack uses (nested keys, value lists)."""
+    if isinstance(pattern, dict):
+        return isinstance(value, dict) and all(matches(p, value.get(k)) for k, p in pattern.items())
+    assert isinstance(pattern, list), pattern
+    return value in pattern
+
+
+# -- redrive (moto has none): re-execution the way AWS documents it ----------------------
+# RedriveExecution "continues the failed execution from the unsuccessful step and uses the
+# same input"; succeeded steps are not re-run; an Inline Map "reschedules and redrives only
+# those iterations that failed or aborted" (each from its unsuccessful step: the console
+# walk-through resumes the failed Task inside a Parallel branch); retry counts restart at 0
+# and a Fail state "reenters the Fail state and fails again". So: start the same
+# definition at the unsuccessful top-level state with its recorded input, under the same
+# execution name (run ids derive from it); for an Inline Map, each iteration that
+# succeeded returns its recorded output and each other one resumes at its own
+# unsuccessful state with that state's recorded input.
+def _entered(event: dict[str, Any]) -> dict[str, Any] | None:
+    return event.get("stateEnteredEventDetails")
+
+
+def _threads(history: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """Events of each Map iteration, keyed by its MapIterationStarted event id.
+
+    Within an iteration every event's previousEventId is the one before it in the same
+    iteration, back to MapIterationStarted (how moto's interpreter and AWS chain them).
+    Callers filter by state name: an event after the Map may chain onto an iteration.
+    """
+    owner: dict[int, int] = {}
+    threads: dict[int, list[dict[str, Any]]] = {}
+    for event in sorted(history, key=lambda e: e["id"]):
+        if event["type"] == "MapIterationStarted":
+            owner[event["id"]] = event["id"]
+            threads[event["id"]] = []
+        elif event.get("previousEventId") in owner:
+            owner[event["id"]] = owner[event["previousEventId"]]
+            threads[owner[event["id"]]].append(event)
+    return threads
+
+
+def _unsuccessful_state(events: list[dict[str, Any]], names: set[str]) -> tuple[str, Any] | None:
+    """The last state among `names` entered and never exited, with its recorded input."""
+    exited: set[str] = set()
+    for event in sorted(events, key=lambda e: e["id"], reverse=True):
+        if (details := event.get("stateExitedEventDetails")) and details["name"] in names:
+            exited.add(details["name"])
+        if (details := _entered(event)) and details["name"] in names:
+            if details["name"] not in exited:
+                return details["name"], json.loads(details["input"])
+            exited.discard(details["name"])
+    return None
+
+
+def _path(document: Any, path: str) -> Any:
+    assert path.startswith("$"), path
+    for part in [p for p in path[1:].split(".") if p]:
+        document = document[part]
+    return document
+
+
+def _redriven_map(
+    name: str, state: dict[str, Any], state_input: Any, history: list[dict[str, Any]]
+) -> tuple[dict[str, Any], Any]:
+    """The Map rewritten so that it re-runs only its failed, aborted or unstarted items."""
+    assert "ItemSelector" not in state and "Parameters" not in state, (
+        f"{name}: redrive of a Map with an ItemSelector is not modelled here"
+    )
+    processor = state["ItemProcessor"]
+    inner = set(processor["States"])
+    items = _path(state_input, state.get("ItemsPath", "$"))
+    [entered] = [e for e in history if (_entered(e) or {}).get("name") == name][
+        -1:
+    ]  # the last attempt of this Map
+    threads = _threads([e for e in history if e["id"] > entered["id"]])
+    plan: list[dict[str, Any]] = [{"resume": processor["StartAt"], "input": item} for item in items]
+    for start_id, events in threads.items():
+        start = next(e for e in history if e["id"] == start_id)
+        index = start["mapIterationStartedEventDetails"]["index"]
+        if any(e["type"] == "MapIterationSucceeded" for e in events):
+            last = max(
+                (
+                    e
+                    for e in events
+                    if (e.get("stateExitedEventDetails") or {}).get("name") in inner
+                ),
+                key=lambda e: e["id"],
+            )
+            plan[index] = {"done": json.loads(last["stateExitedEventDetails"]["output"])}
+        else:
+            unsuccessful = _unsuccessful_state(events, inner)
+            if unsuccessful is not None:
+                plan[index] = {"resume": unsuccessful[0], "input": unsuccessful[1]}
+    dispatch: dict[str, Any] = {
+        "Type": "Choice",
+        "Choices": [
+            {"Variable": "$.done", "IsPresent": True, "Next": "RedriveDone"},
+            *(
+                {"Variable": "$.resume", "StringEquals": s, "Next": f"RedriveResume{s}"}
+                for s in sorted(inner)
+            ),
+        ],
+    }
+    states = {
+        "RedriveDispatch": dispatch,
+        "RedriveDone": {"Type": "Pass", "InputPath": "$.done", "End": True},
+        **{
+            f"RedriveResume{s}": {"Type": "Pass", "InputPath": "$.input", "Next": s}
+            for s in sorted(inner)
+        },
+        **processor["States"],
+    }
+    rewritten = {
+        **state,
+        "ItemsPath": "$.redrive_items",
+        "ItemProcessor": {**processor, "StartAt": "RedriveDispatch", "States": states},
+    }
+    return rewritten, {**state_input, "redrive_items": plan}
+
+
+def redrive_definition(
+    definition: dict[str, Any], history: list[dict[str, Any]]
+) -> tuple[dict[str, Any], Any, str]:
+    """(definition to run, its input, the unsuccessful state) for redriving `history`."""
+    found = _unsuccessful_state(history, set(definition["States"]))
+    assert found is not None, "no unsuccessful top-level state: nothing to redrive"
+    name, state_input = found
+    state = definition["States"][name]
+    states = dict(definition["States"])
+    if state["Type"] == "Map":
+        states[name], state_input = _redriven_map(name, state, state_input, history)
+    else:
+        assert state["Type"] in {"Task", "Pass", "Choice", "Fail"}, state["Type"]
+    return {**definition, "StartAt": name, "States": states}, state_input, name

@@ -35,8 +35,10 @@ def test_extract_maps_the_event_onto_the_step_and_returns_a_pointer(steps, monke
     )
     [(_, call)] = steps.calls
     settings = call.pop("settings")
+    stop = call.pop("stop")
     assert call == {"table": "staff", "run_id": "r1", "since": None, "until": None}
     assert (settings.ingest_url, settings.extract_max_rows) == ("s3://ingest", 5000)
+    assert stop() is False  # a fresh invocation has 15 minutes
     assert out["files_count"] == 3 and "files" not in out
     assert out["more"] is False and out["next_run_id"] is None
     assert out["manifest"] == "_manifests/staff/r1.json"
@@ -81,3 +83,16 @@ def test_transform_reports_a_backlog_as_more_for_the_state_machine_loop(steps):
     second = handlers.transform_handler({"run_id": "r1.t2"}, context("transform"))
     assert (first["more"], again["more"], second["more"]) == (True, True, False)
     assert len(json.dumps(first)) < 2 * 1024
+
+
+def test_the_steps_ask_the_lambda_context_for_the_time_left(steps):
+    """The extract stops streaming below EXTRACT_RESERVE_MS; the transform sizes its run by
+    the seconds left (both asked when the step wants to know, not at the start)."""
+    ctx = context("extract")
+    handlers.extract_handler({"table": "staff", "run_id": "r1"}, ctx)
+    handlers.transform_handler({"run_id": "r1"}, ctx)
+    (_, extract_call), (_, transform_call) = steps.calls
+    ctx.remaining_ms = handlers.EXTRACT_RESERVE_MS + 1
+    assert extract_call["stop"]() is False and transform_call["time_left"]() == 120.001
+    ctx.remaining_ms = handlers.EXTRACT_RESERVE_MS - 1
+    assert extract_call["stop"]() is True

@@ -1,7 +1,7 @@
 """The report option in "AWS": the synthesized machine with `reportEnabled`, run in moto with
 the real handlers. A successful load publishes `reports/latest.html` and the day's copy to
-the processed bucket; a report that cannot read the warehouse alerts, says the load stood,
-and fails the execution."""
+the processed bucket; a report that cannot read the warehouse fails the execution at
+`Report` (one alert; the load stood), and a Redrive re-runs only the report."""
 
 from __future__ import annotations
 
@@ -55,10 +55,12 @@ def test_a_successful_load_publishes_latest_and_daily_reports(pipeline_aws, data
     ]
 
 
-def test_a_failing_report_alerts_and_fails_but_the_load_stands(
+def test_a_failing_report_fails_at_report_and_a_redrive_runs_only_the_report(
     pipeline_aws, databases, monkeypatch
 ):
     import pipeline.report.run as report_run
+
+    real_gather = report_run.gather
 
     def unreadable(*args, **kwargs):
         raise ConfigurationError("the warehouse has no fact_sales_order: test double")
@@ -68,7 +70,20 @@ def test_a_failing_report_alerts_and_fails_but_the_load_stands(
 
     assert execution.status == "FAILED" and execution.error == "ConfigurationError"
     [alert] = pipeline_aws.notifications()
-    assert "report failed" in alert["subject"]
-    assert "the load before it succeeded" in alert["message"]["problem"]
+    assert alert["message"]["stopped_at"] == ["Report"]
     assert alert["message"]["error"] == "ConfigurationError"
-    assert warehouse_contents(databases["warehouse"])["fact_sales_order"]  # the load stood
+    loaded = warehouse_contents(databases["warehouse"])
+    assert loaded["fact_sales_order"]  # the load stood
+
+    monkeypatch.setattr(report_run, "gather", real_gather)  # the cause fixed
+    steps = ("extract_handler", "transform_handler", "load_handler")
+    before = {step: len(pipeline_aws.router.calls(step)) for step in steps}
+    redriven = pipeline_aws.redrive(execution)
+
+    assert redriven.status == "SUCCEEDED", redriven.cause
+    after = {step: len(pipeline_aws.router.calls(step)) for step in steps}
+    assert after == before  # only the report ran again
+    assert pipeline_aws.router.calls("report_handler")[-1].event == {"run_id": "run-report-fails"}
+    bucket = pipeline_aws.lake_url("PROCESSED_URL").removeprefix("s3://")
+    assert boto3.client("s3").head_object(Bucket=bucket, Key=LATEST_KEY)
+    assert warehouse_contents(databases["warehouse"]) == loaded

@@ -1,8 +1,9 @@
 """The synthesized state machine, run in moto with the real handlers over fake steps.
 
-These tests pin the workflow's behaviour (fan-out, continuation, retries, catch, alerts,
-payload budget) independently of the step implementations; test_scenarios.py runs the
-same machine over the real steps and PostgreSQL.
+These tests pin the workflow's behaviour (fan-out, continuation, retries, catch-up,
+alerts through the EventBridge rule's function, payload budget) independently of the step
+implementations; test_scenarios.py and test_redrive.py run the same machine over the real
+steps and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pipeline.errors import (
     SourceUnavailableError,
     TransformBusyError,
 )
+from pipeline.orchestration import BACKLOG_CAUSE
 from tests.statemachine.fakes import FakeSteps
 
 KIB = 1024
@@ -46,7 +48,7 @@ def test_every_table_is_extracted_then_transformed_and_loaded_under_the_executio
         ("load", "scheduled-abc123"),
     ]
     assert execution.output["succeeded"] == list(TABLE_NAMES)
-    assert execution.output["failed_tables"] == []
+    assert execution.output["failures"]["tables"] == []
     assert pipeline_aws.notifications() == []
 
 
@@ -87,8 +89,31 @@ def test_a_table_needing_more_invocations_continues_under_the_next_run_id(pipeli
     ]
     extracted = json.loads(map_exit[0]["stateExitedEventDetails"]["output"])["extracted"]
     assert extracted == [
-        {"table": "sales_order", "status": "ok", "rows": 3000, "extracted_table": "sales_order"}
+        {
+            "table": "sales_order",
+            "status": "ok",
+            "rows": 3000,
+            "more_left": False,
+            "extracted_table": "sales_order",
+        }
     ]
+
+
+def test_a_table_stops_at_the_invocation_bound_and_the_run_still_succeeds(pipeline_aws, steps):
+    """extractMaxInvocations (10): the rest is the next execution's (its watermark says so)."""
+    steps.chunks = {"sales_order": 12}
+    execution = pipeline_aws.run({"tables": ["sales_order"]}, name="huge")
+
+    assert execution.status == "SUCCEEDED", execution.cause
+    assert [c["run_id"] for c in steps.extracts("sales_order")] == ["huge"] + [
+        f"huge+{n}" for n in range(1, 10)
+    ]
+    [extracted] = [
+        json.loads(e["stateExitedEventDetails"]["output"])["extracted"]
+        for e in execution.history
+        if e.get("stateExitedEventDetails", {}).get("name") == "ExtractTables"
+    ]
+    assert extracted[0]["more_left"] is True and extracted[0]["rows"] == 10_000
 
 
 def test_input_tables_choose_what_is_extracted(pipeline_aws, steps):
@@ -116,29 +141,63 @@ def test_backfill_window_reaches_extract_and_empty_means_incremental(pipeline_aw
     assert (incremental["since"], incremental["until"]) == (None, None)
 
 
-def test_a_permanent_table_failure_loads_the_rest_alerts_with_the_rerun_input_and_fails(
+def test_a_permanent_table_failure_loads_the_rest_then_fails_at_the_catch_up_with_one_alert(
     pipeline_aws, steps
 ):
     steps.fail = {"staff": SchemaDriftError("staff", "email_address", "column was dropped")}
     execution = pipeline_aws.run({}, name="run-with-drift")
 
     assert execution.status == "FAILED"
-    assert execution.error == "TablesFailed"
-    assert '{"tables":["staff"]}' in execution.cause
-    assert len(steps.extracts("staff")) == 1  # permanent: never retried
-    transform = [a for s, a in steps.calls if s == "transform"]
-    assert len(transform) == 1 and transform[0]["run_id"] == "run-with-drift"
-    assert len([s for s, _ in steps.calls if s == "load"]) == 1
+    assert execution.error == "SchemaDriftError"  # the catch-up's own failure, uncaught
+    assert "email_address" in execution.cause
+    # Permanent: never retried; tried once in the first pass and once in the catch-up.
+    assert [c["run_id"] for c in steps.extracts("staff")] == ["run-with-drift"] * 2
+    assert [(s, a["run_id"]) for s, a in steps.calls if s != "extract"] == [
+        ("transform", "run-with-drift"),
+        ("load", "run-with-drift"),
+    ]
 
     [alert] = pipeline_aws.notifications()
+    assert alert["subject"] == "totesys-etl: execution failed at ExtractFailedTables"
     message = alert["message"]
+    assert message["status"] == "FAILED" and message["error"] == "SchemaDriftError"
+    assert message["stopped_at"] == ["ExtractFailedTables", "ExtractAgain"]
     assert message["failed_tables"] == ["staff"]
     assert message["rerun_input"] == {"tables": ["staff"]}
     assert message["run_id"] == "run-with-drift"
     assert message["execution_arn"].endswith(":run-with-drift")
+    assert "Redrive" in message["how_to_recover"]
     [failure] = message["failures"]
     assert failure["table"] == "staff" and failure["error"] == "SchemaDriftError"
     assert "email_address" in failure["cause"]
+
+
+def test_a_table_that_recovers_by_the_catch_up_is_transformed_and_loaded_and_the_run_succeeds(
+    pipeline_aws, steps
+):
+    """A source that was down for the first pass's whole retry budget is back after the
+    load: the catch-up extracts the table, one more transform pass and load take it."""
+    attempts: dict[str, int] = {}
+
+    def down_for_the_first_pass(table: str, run_id: str) -> None:
+        attempts[table] = attempts.get(table, 0) + 1
+        if table == "payment" and attempts[table] <= 5:
+            raise SourceUnavailableError("source db:5432 is unreachable: connection refused")
+
+    steps.before_extract = down_for_the_first_pass
+    execution = pipeline_aws.run({"tables": ["payment", "design"]}, name="comeback")
+
+    assert execution.status == "SUCCEEDED", execution.cause
+    assert attempts == {"payment": 6, "design": 1}
+    assert [(s, a["run_id"]) for s, a in steps.calls if s != "extract"] == [
+        ("transform", "comeback"),
+        ("load", "comeback"),
+        ("transform", "comeback.t2"),
+        ("load", "comeback"),
+    ]
+    assert execution.output["failures"] == {"tables": [], "errors": [], "resume": []}
+    assert [t["extracted_table"] for t in execution.output["caught_up"]] == ["payment"]
+    assert pipeline_aws.notifications() == []
 
 
 def test_transient_errors_are_retried_with_exponential_backoff_and_full_jitter(pipeline_aws, steps):
@@ -171,14 +230,18 @@ def test_transient_errors_that_persist_fail_only_that_table_after_the_retry_budg
     execution = pipeline_aws.run({"tables": ["payment", "design"]})
 
     assert execution.status == "FAILED"
-    assert len(steps.extracts("payment")) == 5  # first attempt + 4 retries
-    assert pipeline_aws.recorder.delays == [10, 20, 40, 80]
+    # First attempt + 4 retries, in the first pass and again in the catch-up.
+    assert len(steps.extracts("payment")) == 10
+    assert pipeline_aws.recorder.delays == [10, 20, 40, 80] * 2
     [alert] = pipeline_aws.notifications()
     assert alert["message"]["rerun_input"] == {"tables": ["payment"]}
+    assert alert["message"]["error"] == "SourceUnavailableError"
 
 
-def test_a_transform_failure_is_reported_and_nothing_is_loaded(pipeline_aws, steps, monkeypatch):
-    def broken(run_id: str, settings):
+def test_a_transform_failure_fails_at_the_transform_and_nothing_is_loaded(
+    pipeline_aws, steps, monkeypatch
+):
+    def broken(run_id: str, settings, **kwargs):
         raise CorruptBatchError("lake file s3://ingest/x.parquet does not exist")
 
     monkeypatch.setattr(sys.modules["pipeline.transform"], "transform", broken)
@@ -188,8 +251,9 @@ def test_a_transform_failure_is_reported_and_nothing_is_loaded(pipeline_aws, ste
     assert execution.error == "CorruptBatchError"
     assert [s for s, _ in steps.calls] == ["extract"]
     [alert] = pipeline_aws.notifications()
-    assert alert["subject"] == "totesys-etl: transform or load failed"
+    assert alert["subject"] == "totesys-etl: execution failed at Transform"
     assert alert["message"]["error"] == "CorruptBatchError"
+    assert alert["message"]["stopped_at"] == ["Transform"]
     assert alert["message"]["transform_run_id"] == "run-transform-broken"
     assert alert["message"]["rerun_input"] == {"tables": []}
 
@@ -225,12 +289,12 @@ def test_a_looping_transform_is_retried_under_the_same_derived_run_id(
     real = steps.transform
     busy = ["backlog-retry.t2"]
 
-    def flaky(run_id: str, settings):
+    def flaky(run_id: str, settings, **kwargs):
         if run_id in busy:
             busy.remove(run_id)
             steps.calls.append(("transform", {"run_id": run_id, "settings": settings}))
             raise TransformBusyError("other-run", "2026-11-26T10:15:00Z")
-        return real(run_id, settings)
+        return real(run_id, settings, **kwargs)
 
     monkeypatch.setattr(sys.modules["pipeline.transform"], "transform", flaky)
     execution = pipeline_aws.run({"tables": []}, name="backlog-retry")
@@ -260,16 +324,16 @@ def test_a_transform_that_never_stops_reporting_more_fails_after_the_bound_with_
     ]
     # What the 20 runs transformed is loaded once before the run fails.
     assert [s for s, _ in steps.calls if s != "extract"] == ["transform"] * 20 + ["load"]
-    assert "after 20 invocations" in execution.cause and "runaway.t20" in execution.cause
+    assert execution.cause == BACKLOG_CAUSE.format(20, "runaway.t20")
     [alert] = pipeline_aws.notifications()
-    assert alert["subject"] == "totesys-etl: transform backlog left after 20 runs"
+    assert alert["subject"] == "totesys-etl: execution failed at TransformBacklogLimit"
     message = alert["message"]
     assert message["run_id"] == "runaway"
     assert message["execution_arn"].endswith(":runaway")
-    assert message["transform_runs"] == 20
-    assert message["last_transform_run_id"] == "runaway.t20"
-    assert message["last_transform"]["more"] is True
+    assert message["error"] == "TransformBacklogLimit"
+    assert message["transform_run_id"] == "runaway.t20"
     assert message["rerun_input"] == {"tables": []}
+    assert "Redrive would only fail again" in message["how_to_recover"]
     assert max(execution.payload_sizes()) < 10 * KIB
 
 

@@ -1,3 +1,6 @@
+import json
+
+import psycopg
 import pytest
 
 from pipeline.credentials import SOURCE, describe, redact, resolve_dsn
@@ -171,3 +174,162 @@ def test_the_message_names_the_setting_actually_used() -> None:
     assert resolve(SOURCE, flag).origin == "--source-dsn"
     assert resolve(SOURCE, env).origin == "TOTESYS_DSN"
     assert "--source-dsn" in resolve(SOURCE, flag).where
+
+
+# -- secret shapes (Secrets Manager and RDS in moto) -------------------------------------
+@pytest.fixture
+def aws(moto_server: str):
+    import boto3
+    from moto.moto_api._internal.models import moto_api_backend
+
+    from pipeline import credentials
+
+    moto_api_backend.reset()
+    credentials.clear_secret_cache()
+    yield boto3
+    credentials.clear_secret_cache()
+
+
+def put_secret(aws, name: str, value: dict) -> str:
+    client = aws.client("secretsmanager")
+    arn = client.create_secret(Name=name, SecretString=json.dumps(value))["ARN"]
+    return arn
+
+
+def fields(dsn: str) -> dict:
+    from psycopg.conninfo import conninfo_to_dict
+
+    return conninfo_to_dict(dsn)
+
+
+def test_the_full_rds_shape_is_a_dsn(aws):
+    arn = put_secret(
+        aws,
+        "totesys-etl/totesys",
+        {
+            "host": "db.internal",
+            "port": 5433,
+            "username": "etl",
+            "password": "pw-1",
+            "database": "totesys",
+        },
+    )
+    assert fields(resolve_dsn(SOURCE, Settings(source_secret_arn=arn))) == {
+        "host": "db.internal",
+        "port": "5433",
+        "user": "etl",
+        "password": "pw-1",
+        "dbname": "totesys",
+    }
+
+
+def test_an_rds_managed_secret_takes_host_port_and_database_from_the_settings(aws):
+    """`rds!db-...` secrets hold only username and password; the Lambda gets the rest as
+    TOTESYS_DB_HOST / TOTESYS_DB_NAME (read into the settings)."""
+    arn = put_secret(aws, "rds!db-0a1b2c3d", {"username": "postgres", "password": "pw-2"})
+    settings = Settings.from_env(
+        {
+            "TOTESYS_SECRET_ARN": arn,
+            "TOTESYS_DB_HOST": "totesys.abc.eu-west-2.rds.amazonaws.com",
+            "TOTESYS_DB_NAME": "totesys",
+        }
+    )
+    assert fields(resolve_dsn(SOURCE, settings)) == {
+        "host": "totesys.abc.eu-west-2.rds.amazonaws.com",
+        "port": "5432",
+        "user": "postgres",
+        "password": "pw-2",
+        "dbname": "totesys",
+    }
+
+
+def test_an_rds_managed_secret_reads_the_endpoint_of_the_named_instance(aws):
+    aws.client("rds").create_db_instance(
+        DBInstanceIdentifier="totesys-prod",
+        DBInstanceClass="db.t3.micro",
+        Engine="postgres",
+        DBName="totesys",
+        MasterUsername="postgres",
+        MasterUserPassword="not-used-here",
+        AllocatedStorage=20,
+    )
+    arn = put_secret(aws, "rds!db-0e9f8a7b", {"username": "postgres", "password": "pw-3"})
+    settings = Settings(source_secret_arn=arn, source_db_instance="totesys-prod")
+    got = fields(resolve_dsn(SOURCE, settings))
+    endpoint = aws.client("rds").describe_db_instances(DBInstanceIdentifier="totesys-prod")[
+        "DBInstances"
+    ][0]["Endpoint"]
+    assert (got["host"], got["port"], got["dbname"]) == (
+        endpoint["Address"],
+        str(endpoint["Port"]),
+        "totesys",
+    )
+    assert (got["user"], got["password"]) == ("postgres", "pw-3")
+
+
+def test_an_unknown_instance_is_a_configuration_error_naming_it(aws):
+    arn = put_secret(aws, "rds!db-11112222", {"username": "postgres", "password": "pw-4"})
+    settings = Settings(source_secret_arn=arn, source_db_instance="no-such-db")
+    with pytest.raises(ConfigurationError, match="no-such-db"):
+        resolve_dsn(SOURCE, settings)
+
+
+def test_a_secret_without_host_says_which_settings_supply_it(aws):
+    arn = put_secret(aws, "rds!db-33334444", {"username": "postgres", "password": "pw-5"})
+    with pytest.raises(ConfigurationError, match="TOTESYS_DB_HOST") as raised:
+        resolve_dsn(SOURCE, Settings(source_secret_arn=arn))
+    assert "sourceHost" in str(raised.value) and "pw-5" not in str(raised.value)
+
+
+def test_a_setting_wins_over_the_secrets_own_field(aws):
+    from pipeline.credentials import WAREHOUSE
+
+    arn = put_secret(
+        aws,
+        "totesys-etl/warehouse",
+        {"host": "old.internal", "port": 5432, "username": "loader", "password": "pw-6"},
+    )
+    settings = Settings.from_env({"WAREHOUSE_SECRET_ARN": arn, "WAREHOUSE_DB_PORT": "6543"})
+    got = fields(resolve_dsn(WAREHOUSE, settings))
+    assert (got["host"], got["port"], got["user"]) == ("old.internal", "6543", "loader")
+
+
+def test_a_port_setting_outside_the_tcp_range_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match="TOTESYS_DB_PORT"):
+        Settings.from_env({"TOTESYS_DB_PORT": "70000"})
+
+
+@pytest.mark.postgres
+def test_a_rotated_rds_managed_secret_is_fetched_again_with_the_same_endpoint(aws, pg_server):
+    """An RDS-managed secret (username and password only, the endpoint from the settings)
+    is rotated while its old value is cached: the failed login fetches it again at once
+    (`Database.refetched`) and the DSN built from it keeps the endpoint the settings give."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from pipeline.credentials import WAREHOUSE, connect, resolve
+
+    admin = conninfo_to_dict(pg_server)
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute("CREATE ROLE rotated_user LOGIN PASSWORD 'old-pw'")
+    try:
+        arn = put_secret(aws, "rds!db-rotating", {"username": "rotated_user", "password": "old-pw"})
+        settings = Settings(
+            warehouse_secret_arn=arn,
+            warehouse_db_host=str(admin.get("host") or "localhost"),
+            warehouse_db_port=int(admin.get("port") or 5432),
+            warehouse_db_name=str(admin.get("dbname") or "postgres"),
+        )
+        connect(resolve(WAREHOUSE, settings)).close()
+        with psycopg.connect(pg_server, autocommit=True) as conn:  # the rotation
+            conn.execute("ALTER ROLE rotated_user PASSWORD 'new-pw'")
+        aws.client("secretsmanager").put_secret_value(
+            SecretId=arn,
+            SecretString=json.dumps({"username": "rotated_user", "password": "new-pw"}),
+        )
+        stale = resolve(WAREHOUSE, settings)
+        assert stale.cached and conninfo_to_dict(stale.dsn)["password"] == "old-pw"
+        with connect(stale) as conn:  # fetched again, same endpoint, new password
+            assert conn.info.user == "rotated_user" and conn.info.port == settings.warehouse_db_port
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute("DROP ROLE rotated_user")

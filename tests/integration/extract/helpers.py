@@ -6,7 +6,7 @@ Tests create the totesys schema themselves and insert their own rows with explic
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +122,9 @@ def run(
     *,
     since: str | None = None,
     until: str | None = None,
+    stop: Callable[[], bool] | None = None,
     **knobs: Any,
 ):
     """Extract `table` from `source` into `lake_url` under `run_id`; `knobs` are settings."""
     settings = Settings(ingest_url=lake_url, source_dsn=source, **knobs)
-    return extract_table(table, run_id, settings, since=since, until=until)
+    return extract_table(table, run_id, settings, since=since, until=until, stop=stop)

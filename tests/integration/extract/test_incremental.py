@@ -220,6 +220,43 @@ def test_max_rows_splits_a_large_table_into_continuations(source: str, lake_url:
     assert (nothing_new.rows, nothing_new.more) == (10, True)  # the overlap window re-read
 
 
+def test_a_stop_signal_hands_over_between_batches_like_max_rows(
+    source: str, lake_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Lambda's remaining time running low (`stop`) ends a call after the current
+    streamed batch: `more`, then the continuation resumes exactly after the last row.
+
+    Tiny ADBC batches make the 300 rows arrive in several batches; `stop` says yes from
+    the second question on, so the first call keeps what it streamed by then.
+    """
+    monkeypatch.setattr(source_module, "BATCH_BYTES", 1024)
+    add_sales_orders(source, 300, "2024-11-04 09:00:00.000", step_ms=0)  # all one timestamp
+    asked: list[int] = []
+
+    def stop_after_two_batches() -> bool:
+        asked.append(1)
+        return len(asked) >= 2
+
+    first = run(source, lake_url, "slow", table="sales_order", stop=stop_after_two_batches)
+    assert first.more and first.next_run_id == "slow.2"
+    assert 0 < first.rows < 300
+    rest = run(source, lake_url, "slow.2", table="sales_order")
+    assert (rest.rows, rest.more) == (300 - first.rows, False)
+    rows = batch_versions(lake_url, "sales_order", "slow") + batch_versions(
+        lake_url, "sales_order", "slow.2"
+    )
+    assert len(rows) == len(set(rows)) == 300  # no overlap, no gap
+    assert set(rows) == source_versions(source, "sales_order")
+    wm = mark(lake_url, "sales_order")
+    assert wm is not None and (wm.key, wm.more) == (300, False)
+
+
+def test_a_stop_signal_on_the_last_batch_is_not_more(source: str, lake_url: str) -> None:
+    add_sales_orders(source, 5, "2024-11-04 09:00:00.000")
+    result = run(source, lake_url, "r1", table="sales_order", stop=lambda: True)
+    assert (result.rows, result.more, result.next_run_id) == (5, False, None)
+
+
 def test_a_cut_off_run_is_resumed_by_the_next_run(source: str, lake_url: str) -> None:
     """R20: if nobody follows `next_run_id`, the next scheduled run resumes exactly."""
     add_sales_orders(source, 12, "2024-11-04 09:00:00.000", step_ms=1)

@@ -492,3 +492,46 @@ def test_a_backlog_is_worked_off_over_several_runs_in_order(lakes, monkeypatch):
         for i in read_outputs(processed, r)["fact_sales_order"]["sales_order_id"].to_list()
     ]
     assert sorted(emitted) == [1, 2, 3, 4, 5, 11, 12, 13, 14, 15, 21, 22, 23, 24, 25]
+
+
+def test_the_time_left_sizes_a_run_like_the_row_cap(lakes, monkeypatch):
+    """`time_left` (the Lambda's remaining time) lowers the cap: at one row a second past
+    the reserve, 9 s left buys 9 rows, so the backlog splits as under transform_max_rows=9;
+    with no time past the reserve nothing is taken and the run says `more`."""
+    ingest, processed = lakes
+    monkeypatch.setattr(run_module, "FLOOR_ROWS_PER_S", 1)
+    write_lookups(ingest, "e0")  # 8 rows
+    for n in range(2):
+        write_batch(
+            ingest,
+            "sales_order",
+            f"s{n}",
+            [row("sales_order", sales_order_id=10 * n + i) for i in range(1, 6)],
+        )
+
+    settings = Settings(ingest_url=ingest.url, processed_url=processed.url)
+
+    def transform_with(run_id: str, seconds: float):
+        return transform(run_id, settings, time_left=lambda: run_module.RESERVE_S + seconds)
+
+    starved = transform_with("t0", 0)
+    assert (starved.status, starved.more, starved.inputs) == ("nothing_to_do", True, [])
+    assert not processed.exists("_manifests/t0.json")
+    first = transform_with("t1", 9)
+    assert first.more and len(first.inputs) == 8
+    second = transform_with("t2", 9)
+    assert second.more and second.inputs == ["_manifests/sales_order/s0.json"]
+    third = transform_with("t3", 3600)
+    assert not third.more and third.inputs == ["_manifests/sales_order/s1.json"]
+
+
+def test_the_row_cap_still_holds_when_time_is_plentiful(lakes):
+    """The time budget only lowers `transform_max_rows`, never raises it (the minimum)."""
+    ingest, processed = lakes
+    write_lookups(ingest, "e0")  # 8 rows
+    write_batch(ingest, "sales_order", "s0", [row("sales_order", sales_order_id=i) for i in (1, 2)])
+    settings = Settings(ingest_url=ingest.url, processed_url=processed.url, transform_max_rows=9)
+    first = transform("t1", settings, time_left=lambda: 3600.0)
+    assert first.more and len(first.inputs) == 8
+    second = transform("t2", settings, time_left=lambda: 3600.0)
+    assert not second.more and second.inputs == ["_manifests/sales_order/s0.json"]
