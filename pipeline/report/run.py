@@ -84,7 +84,8 @@ def build_report(
     lake = _processed_lake(settings) if quarantine else None
     results = gather(dsn, window, now.date())
     counts = quarantine_counts(lake, window) if lake is not None else None
-    sections = _sections(results, counts, window, now, lake)
+    with charts.template():
+        sections = _sections(results, counts, window, now, lake)
     facts = [
         ("built", f"{now:%Y-%m-%d %H:%M:%S} UTC"),
         ("warehouse", describe(dsn)),
