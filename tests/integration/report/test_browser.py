@@ -74,6 +74,9 @@ def test_report_renders_offline_with_no_console_error_and_no_request(
         try:
             context = browser.new_context(offline=True, viewport={"width": 1400, "height": 900})
             page = context.new_page()
+            # Rendering a few MB of chart JSON takes seconds idle, much longer on a machine
+            # with a load average of 20 (Playwright's default 30 s ran out there).
+            page.set_default_timeout(180_000)
             page.on("console", lambda m: console.append((m.type, m.text)))
             page.on("pageerror", lambda e: console.append(("pageerror", str(e))))
             page.on("request", lambda r: requests.append(r.url))
