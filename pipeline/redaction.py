@@ -28,11 +28,14 @@ MASK = "***"
 # would go); a password that short is still masked by shape in any DSN-like text.
 MIN_SECRET = 4
 
-_URL_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)(\S*@)")
+# libpq splits a DSN at ASCII whitespace only (C isspace): a no-break space is part of an
+# unquoted password, so these patterns read `\s`/`\S` as ASCII (re.ASCII) like libpq does.
+_URL_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)(\S*@)", re.ASCII)
 _KV_PASSWORD = re.compile(
-    r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|\S+)", re.IGNORECASE
+    r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|\S+)",
+    re.IGNORECASE | re.ASCII,
 )
-_KV_NEXT_KEY = re.compile(r"\s+[A-Za-z_]+\s*=")
+_KV_NEXT_KEY = re.compile(r"\s+[A-Za-z_]+\s*=", re.ASCII)
 _DELIMITERS = re.compile(r"[@/?#:\s'\"\\=%]+")
 _URL = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*://")
 

@@ -62,6 +62,18 @@ def test_registered_dsn_pieces_are_redacted_wherever_they_appear() -> None:
     assert "PieceLeak" not in redact("failed to resolve host 'ssPieceLeak@127.0.0.1'")
 
 
+def test_a_no_break_space_does_not_end_an_unquoted_password() -> None:
+    """libpq ends a key=value password at ASCII whitespace only, so a no-break space is
+    inside it: the server's echo of the part after it must be masked too (found by the
+    property test in tests/integration/test_secrets_never_leave.py)."""
+    from pipeline.redaction import register_dsn
+
+    register_dsn("host=127.0.0.1 user=etl password=Zq0000\xa0NbspTail= dbname=totesys")
+    echoed = 'password authentication failed for user "etl": got "Zq0000\xa0NbspTail="'
+    assert "NbspTail" not in redact(echoed)
+    assert "NbspTail" not in redact("password=Zq0000\xa0NbspTail= dbname=x")
+
+
 def test_scrub_keeps_json_valid_whatever_the_password() -> None:
     import json
 
