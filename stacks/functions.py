@@ -24,7 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import ArnFormat, CfnOutput, Duration, IgnoreMode, RemovalPolicy, Size, Stack
+from aws_cdk import (
+    Annotations,
+    ArnFormat,
+    CfnOutput,
+    Duration,
+    IgnoreMode,
+    RemovalPolicy,
+    Size,
+    Stack,
+)
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_iam as iam
@@ -217,18 +226,34 @@ class PipelineFunctions(Construct):
         function is not a step)."""
         return (self.extract, self.transform, self.load)
 
-    def _alert_permissions(self, alerts: Alerts) -> None:
-        """Read this state machine's execution histories; publish to the alert topic."""
-        role = self.alert.role
-        assert role is not None
-        executions = Stack.of(self).format_arn(
+    @property
+    def executions_arn(self) -> str:
+        """Any execution of this pipeline's state machine (the alert function reads one)."""
+        return Stack.of(self).format_arn(
             service="states",
             resource="execution",
             resource_name=f"{self.config.prefix}:*",
             arn_format=ArnFormat.COLON_RESOURCE_NAME,
         )
+
+    @property
+    def network_interfaces_arn(self) -> str:
+        """Any network interface in this account and region (ids are not known in advance)."""
+        return Stack.of(self).format_arn(
+            service="ec2",
+            resource="network-interface",
+            resource_name="*",
+            arn_format=ArnFormat.SLASH_RESOURCE_NAME,
+        )
+
+    def _alert_permissions(self, alerts: Alerts) -> None:
+        """Read this state machine's execution histories; publish to the alert topic."""
+        role = self.alert.role
+        assert role is not None
         role.add_to_principal_policy(
-            iam.PolicyStatement(actions=["states:GetExecutionHistory"], resources=[executions])
+            iam.PolicyStatement(
+                actions=["states:GetExecutionHistory"], resources=[self.executions_arn]
+            )
         )
         alerts.topic.grant_publish(role)  # with the topic key's GenerateDataKey*/Decrypt
 
@@ -248,6 +273,13 @@ class PipelineFunctions(Construct):
             ec2.Subnet.from_subnet_id(self, f"Subnet{i}", sid)
             for i, sid in enumerate(cfg.subnet_ids)
         ]
+        for subnet in self.subnets:
+            # The functions only attach interfaces to these subnets; nothing here adds routes,
+            # so the subnet's route table is never needed.
+            Annotations.of(subnet).acknowledge_warning(
+                "@aws-cdk/aws-ec2:noSubnetRouteTableId",
+                "imported subnets only host the functions' network interfaces; no route is added",
+            )
         groups: list[ec2.ISecurityGroup] = [
             ec2.SecurityGroup.from_security_group_id(self, f"SecurityGroup{i}", gid)
             for i, gid in enumerate(cfg.security_group_ids)
@@ -342,7 +374,7 @@ class PipelineFunctions(Construct):
                 arn_format=ArnFormat.SLASH_RESOURCE_NAME,
             )  # fmt: skip
 
-        interfaces = ec2_arn("network-interface", "*")
+        interfaces = self.network_interfaces_arn
         role.add_to_policy(iam.PolicyStatement(actions=list(ENI_DESCRIBE), resources=["*"]))
         role.add_to_policy(
             iam.PolicyStatement(

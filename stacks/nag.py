@@ -7,7 +7,7 @@ the synth (and tests/stacks). cdk-nag 3 reads CDK's native `Validations.acknowle
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aws_cdk import Acknowledgment, CfnElement, Stack, Validations
 from constructs import IConstruct
@@ -71,6 +71,27 @@ def _arn_ref(stack: Stack, element: IConstruct) -> str:
     return f"<{stack.resolve(stack.get_logical_id(cfn))}.Arn>"
 
 
+def _as_finding(stack: Stack, value: str) -> str:
+    """A (possibly tokenized) string spelled as cdk-nag spells it in a finding: `Ref`s as
+    `<AWS::Region>`, `GetAtt`s as `<Id.Attr>`, joins flattened. With a concrete stack
+    region (`cdk synth` sets CDK_DEFAULT_REGION) CDK writes `aws` and the region literally;
+    without one it writes the pseudo parameters: the finding must follow either way."""
+
+    def flat(node: Any) -> str:
+        if isinstance(node, str):
+            return node
+        if isinstance(node, dict) and "Ref" in node:
+            return f"<{node['Ref']}>"
+        if isinstance(node, dict) and "Fn::GetAtt" in node:
+            return "<{}.{}>".format(*node["Fn::GetAtt"])
+        if isinstance(node, dict) and "Fn::Join" in node:
+            separator, parts = node["Fn::Join"]
+            return str(separator).join(flat(part) for part in parts)
+        raise TypeError(f"cannot spell {node!r} as a cdk-nag finding")
+
+    return flat(stack.resolve(value))
+
+
 def suppress_findings(stack: TotesysEtlStack) -> None:
     fns = stack.functions
     lake = stack.lake
@@ -99,8 +120,7 @@ def suppress_findings(stack: TotesysEtlStack) -> None:
         if in_vpc:
             acknowledge(
                 role,
-                "IAM5[Resource::arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:"
-                "network-interface/*]",
+                f"IAM5[Resource::{_as_finding(stack, fns.network_interfaces_arn)}]",
                 NETWORK_INTERFACES,
             )
     alert_role = fns.alert.role
@@ -109,8 +129,7 @@ def suppress_findings(stack: TotesysEtlStack) -> None:
     acknowledge(alert_role, "IAM5[Action::kms:GenerateDataKey*]", TOPIC_KEY)
     acknowledge(
         alert_role,
-        "IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:"
-        f"execution:{stack.config.prefix}:*]",
+        f"IAM5[Resource::{_as_finding(stack, fns.executions_arn)}]",
         EXECUTIONS,
     )
     machine_role = stack.workflow.state_machine.role
