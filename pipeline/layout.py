@@ -33,7 +33,7 @@ remembered position (`pipeline.commitlog`), everything else by its exact key.
 from __future__ import annotations
 
 import re
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from pipeline.errors import InvalidInputError
 
@@ -262,6 +262,7 @@ class ProcessedManifest(TypedDict):
     quarantined: dict[str, int]
     quarantine_files: dict[str, str]
     duplicates: dict[str, int]
+    corrected: NotRequired[dict[str, int]]  # re-delivered versions whose content changed
     pending: dict[str, dict[str, int]]
     more: bool
     state: dict[str, Any]  # the state pointers this batch commits

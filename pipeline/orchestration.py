@@ -89,20 +89,37 @@ class TableOutcome:
         return out
 
 
-def extract_to_completion(table: str, run_id: str, settings: Settings) -> TableOutcome:
-    """Rules 1 and 2 for one table, from its first call."""
-    return resume_extract(table, TableOutcome(run_id), settings)
+def extract_to_completion(
+    table: str,
+    run_id: str,
+    settings: Settings,
+    *,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+) -> TableOutcome:
+    """Rules 1 and 2 for one table, from its first call (`since`/`until`: a backfill of
+    that window; continuations carry it in their resume record)."""
+    return resume_extract(table, TableOutcome(run_id), settings, since=since, until=until)
 
 
-def resume_extract(table: str, outcome: TableOutcome, settings: Settings) -> TableOutcome:
+def resume_extract(
+    table: str,
+    outcome: TableOutcome,
+    settings: Settings,
+    *,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+) -> TableOutcome:
     """Rule 1 from `outcome.run_id` on: call the extract step until it no longer reports
     `more`, or the bound is reached. Rule 2: a failure is recorded in the outcome, which
-    stays at the call that failed, so rule 4 resumes right there."""
+    stays at the call that failed, so rule 4 resumes right there. The backfill window goes
+    to the first call only (continuations carry it)."""
     from pipeline.extract import extract_table
 
     try:
         while True:
-            result = extract_table(table, outcome.run_id, settings)
+            window = {"since": since, "until": until} if outcome.calls == 0 else {}
+            result = extract_table(table, outcome.run_id, settings, **window)
             outcome.status, outcome.error = result.status, None
             outcome.rows += result.rows
             outcome.files += len(result.files)

@@ -36,7 +36,7 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from pipeline.errors import LoadConflictError, ReferentialIntegrityError
+from pipeline.errors import DataQualityError, LoadConflictError, ReferentialIntegrityError
 from pipeline.lake import Lake
 from pipeline.load import apply, batches, ddl, pgbinary
 from pipeline.warehouse_schema import WAREHOUSE_TABLES, WarehouseTable, WColumn
@@ -235,19 +235,25 @@ def _copy_columns(table: WarehouseTable) -> tuple[WColumn, ...]:
 
 
 def append(conn: psycopg.Connection, lake: Lake, out: batches.TableOutput, batch: str) -> int:
-    """COPY the batch's new fact versions into the table; return the number of rows added.
+    """Write the batch's fact versions; return the number of rows added or changed.
 
-    Versions repeated inside a batch are rare (the transform de-duplicates), so the COPY
-    is first tried (in a savepoint) skipping only the versions the table already holds
-    (nothing when it is empty); if the natural-key constraint then reports a repeat, the
-    in-batch first occurrences are computed too and the COPY redone. A repeat even then
-    was written by someone else meanwhile: `LoadConflictError` (transient).
+    New versions are COPYed in. Versions repeated inside a batch are rare (the transform
+    de-duplicates), so the COPY is first tried (in a savepoint) skipping only the versions
+    the table already holds (nothing when it is empty); if the natural-key constraint then
+    reports a repeat, the in-batch first occurrences are computed too and the COPY redone.
+    A repeat even then was written by someone else meanwhile: `LoadConflictError`
+    (transient). Versions the table holds already are re-deliveries the transform found
+    changed (or could not compare): the row with that natural key is updated in place
+    where a value differs (`correct`), its lineage naming this batch.
     """
     table = out.table
     mask = keep_mask(conn, lake, out, dedupe=False) if _may_overlap(conn, lake, out) else None
     rows = out.rows if mask is None else int(mask.sum())
+    corrected = 0
+    if mask is not None and not mask.all():
+        corrected = correct(conn, lake, out, batch, ~mask)
     if rows == 0:
-        return 0
+        return corrected
     bypass = rows >= BULK_FK_ROWS and _bypass_fk_triggers(conn, table)
     rid, t = _I(table.primary_key), _I(table.name)
     (base,) = conn.execute(sql.SQL("SELECT coalesce(max({}), 0) FROM {}").format(rid, t)).fetchone()  # type: ignore[misc]
@@ -270,7 +276,51 @@ def append(conn: psycopg.Connection, lake: Lake, out: batches.TableOutput, batch
         sql.SQL("SELECT setval(pg_get_serial_sequence(%s, %s), %s, false)"),
         (table.name, table.primary_key, base + 1 + rows),
     )
-    return rows
+    return rows + corrected
+
+
+def correct(
+    conn: psycopg.Connection, lake: Lake, out: batches.TableOutput, batch: str, held: np.ndarray
+) -> int:
+    """Update in place the fact rows whose natural key the `held` rows of the batch carry,
+    where any value differs; return the number of rows changed. The record id stays, the
+    lineage column names `batch`. Few rows (corrections), so the per-row FK triggers check
+    them (they run before any trigger bypass of the batch's COPY)."""
+    table = out.table
+    apply.stage(conn, lake, out, batch, held)
+    stage = apply.stage_name(table)
+    nk = table.natural_key
+    dup = conn.execute(
+        sql.SQL("SELECT {k} FROM {s} GROUP BY {k} HAVING count(*) > 1 LIMIT 1").format(
+            k=sql.SQL(", ").join(map(_I, nk)), s=stage
+        )
+    ).fetchone()
+    if dup:
+        raise DataQualityError(
+            f"processed batch {batch}: {table.name} has more than one row for the natural key "
+            f"{dict(zip(nk, dup, strict=True))}; a batch must hold one row per version"
+        )
+    values = [c for c in table.column_names if c not in nk]
+    statement = sql.SQL(
+        "UPDATE {t} AS f SET ({cols}, {lin}) = ROW({new}, %(batch)s) FROM {s} AS s "
+        "WHERE {match} AND ROW({old}) IS DISTINCT FROM ROW({new})"
+    ).format(
+        t=_I(table.name),
+        cols=sql.SQL(", ").join(map(_I, values)),
+        lin=_I(ddl.LINEAGE_COLUMN),
+        new=sql.SQL(", ").join(_I("s", c) for c in values),
+        old=sql.SQL(", ").join(_I("f", c) for c in values),
+        s=stage,
+        match=sql.SQL(" AND ").join(sql.SQL("f.{c} = s.{c}").format(c=_I(c)) for c in nk),
+    )
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, {"batch": batch})
+            changed = cur.rowcount
+    except psycopg.errors.ForeignKeyViolation as exc:
+        raise _trigger_fk_error(exc, lake, out, batch) from None
+    apply.drop_stage(conn, table)
+    return changed
 
 
 def _may_overlap(conn: psycopg.Connection, lake: Lake, out: batches.TableOutput) -> bool:

@@ -108,14 +108,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     tables = args.tables or TABLE_NAMES
+    window = {"since": args.since, "until": args.until}
     if args.json:
-        report = run_pipeline(settings, tables=tables, run_id=args.run_id)
+        report = run_pipeline(settings, tables=tables, run_id=args.run_id, **window)
         _print_json(report.to_dict())
     else:
         from pipeline.local.console import print_run_summary, run_progress
 
         with run_progress([*tables, "transform", "load"]) as progress:
-            report = run_pipeline(settings, tables=tables, run_id=args.run_id, progress=progress)
+            report = run_pipeline(
+                settings, tables=tables, run_id=args.run_id, progress=progress, **window
+            )
         print_run_summary(report)
     if report.report_error:
         print(f"totesys-etl run: run report not written: {report.report_error}", file=sys.stderr)
@@ -396,6 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
     _lake_options(p)
     p.add_argument("--tables", type=_table_list, default=None, help="a,b,... (default: all)")
     p.add_argument("--run-id", type=_run_id, default=None, help=RUN_ID_HELP)
+    p.add_argument(
+        "--since", type=_timestamp, default=None, help="backfill: last_updated from (inclusive)"
+    )
+    p.add_argument(
+        "--until", type=_timestamp, default=None, help="backfill: last_updated until (exclusive)"
+    )
     _setting_option(p, "extract_workers", type=_positive_int)
     _setting_option(p, "extract_max_rows", type=_positive_int)
     _setting_option(p, "extract_lag", type=_non_negative)

@@ -104,9 +104,13 @@ def run_pipeline(
     tables: Sequence[str] = TABLE_NAMES,
     run_id: str | None = None,
     progress: ProgressCallback | None = None,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
 ) -> RunReport:
     """Run one pipeline pass and return its report (never raises for a failed step; a bad
-    run id or table list raises `InvalidInputError` before anything is touched)."""
+    run id or table list raises `InvalidInputError` before anything is touched).
+
+    `since`/`until` make the extraction a backfill of that window (docs/OPERATIONS.md)."""
     tables = check_tables(tables)
     run_id = layout.check_run_id(new_run_id() if run_id is None else run_id)
     started = time.perf_counter()
@@ -119,7 +123,9 @@ def run_pipeline(
         """Rules 1 and 2 (and rule 4's second try): resumes where the outcome stopped."""
         notify(table, "started", {})
         t0 = time.perf_counter()
-        outcome = policy.resume_extract(table, outcomes[table], settings)
+        outcome = policy.resume_extract(
+            table, outcomes[table], settings, since=since, until=until
+        )
         detail = {**outcome.to_dict(), "duration_s": round(time.perf_counter() - t0, 3)}
         notify(table, "failed" if outcome.status == "failed" else "finished", detail)
         return table, detail

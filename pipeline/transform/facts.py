@@ -2,9 +2,12 @@
 
 Flow per fact table, as one lazy Polars plan collected once:
 rows with null keys -> quarantine; de-duplicate versions `(id, last_updated)` within the run
-(first batch wins) and against versions earlier runs handled (the extract's overlap window
-re-delivers them); add rows still pending from earlier runs; evaluate row rules and
-dimension-key rules; good rows become fact rows.
+(the latest batch wins) and against versions earlier runs handled, by content
+(`pipeline.transform.content`): an identical re-delivery (the extract's overlap window) is
+dropped, one whose values differ (a backfill after an in-place fix) is a correction and
+emitted again, so the load replaces the fact row with that natural key; add rows still
+pending from earlier runs; evaluate row rules and dimension-key rules; good rows become
+fact rows.
 
 A row whose only problem is a missing dimension row is quarantined *and* kept pending: the
 dimension may arrive with a later batch (its table failed to extract this time), and then
@@ -21,6 +24,7 @@ import polars as pl
 
 from pipeline.catalog import TABLES
 from pipeline.lake import empty_table
+from pipeline.transform.content import CONTENT, fingerprint
 from pipeline.transform.inputs import BATCH_COLUMN
 from pipeline.transform.quality import (
     DATE_PREFIX,
@@ -43,14 +47,16 @@ from pipeline.warehouse_schema import (
     WColumn,
 )
 
-# Versions already handled, kept per fact table and id bucket (state.py) to skip re-deliveries
-# (overlap windows, full re-extracts) exactly: 12 bytes each, and a run reads only the buckets
-# of the ids it received. Past the cap (16 versions per id on average) a bucket keeps only
-# its newest versions, and older re-deliveries fall back on the load's ON CONFLICT.
+# Versions already handled, kept per fact table and id bucket (state.py) with their content
+# fingerprint, to tell identical re-deliveries (overlap windows, full re-extracts) from
+# corrections exactly: 20 bytes each, and a run reads only the buckets of the ids it
+# received. Past the cap (16 versions per id on average) a bucket keeps only its newest
+# versions, and an older re-delivery is emitted for the load to compare with the warehouse.
 SEEN_MAX_PER_BUCKET = 1_000_000
 PENDING_TTL = dt.timedelta(days=7)
 PENDING_SINCE = "_pending_since"
 RETRY = "_retry"
+_SEEN, _HELD, CORRECTED = "__seen", "__held", "__corrected"
 
 
 @dataclass(frozen=True)
@@ -104,10 +110,11 @@ def _derive(column: WColumn) -> pl.Expr:
 class FactOutput:
     rows: pl.DataFrame
     quarantine: pl.DataFrame
-    new_seen: pl.DataFrame  # versions handled for the first time (id, last_updated)
+    new_seen: pl.DataFrame  # versions handled now: (id, last_updated, content fingerprint)
     pending: pl.DataFrame
     rows_in: int
     duplicates: int
+    corrected: int = 0  # re-delivered versions whose content differs from the one held
     pending_counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -117,7 +124,9 @@ FACT_SOURCES: tuple[str, ...] = tuple(f.source for f in FACT_SPECS)
 
 def seen_schema(source: str) -> pl.Schema:
     t = TABLES[source]
-    return pl.Schema([(t.primary_key, pl.Int32), (t.cursor, pl.Datetime("ms"))])
+    return pl.Schema(
+        [(t.primary_key, pl.Int32), (t.cursor, pl.Datetime("ms")), (CONTENT, pl.UInt64)]
+    )
 
 
 def empty_seen(source: str) -> pl.DataFrame:
@@ -148,16 +157,27 @@ def transform_fact(
     candidates = (
         keyed.filter(pl.col(RULE).is_null())
         .select([*t.column_names, BATCH_COLUMN])
-        .unique(subset=[pk, lu], keep="first", maintain_order=True)  # earliest batch wins
+        .unique(subset=[pk, lu], keep="last", maintain_order=True)  # the latest batch wins
+        .with_columns(fingerprint(t.column_names))
     )
-    if seen.height:  # (the anti-join copies every row: skipped when nothing was seen yet)
-        candidates = candidates.join(seen.lazy(), on=[pk, lu], how="anti", maintain_order="left")
+    if seen.height:  # (the join copies every row: skipped when nothing was seen yet)
+        held = seen.lazy().select(pk, lu, pl.col(CONTENT).alias(_HELD), pl.lit(True).alias(_SEEN))
+        candidates = (
+            candidates.join(held, on=[pk, lu], how="left", maintain_order="left")
+            .filter(pl.col(_SEEN).is_null() | pl.col(_HELD).ne_missing(pl.col(CONTENT)))
+            .with_columns(pl.col(_SEEN).fill_null(False).alias(CORRECTED))
+            .drop(_HELD, _SEEN)
+        )
+    else:
+        candidates = candidates.with_columns(pl.lit(False).alias(CORRECTED))
     candidates = candidates.with_columns(
         pl.lit(False).alias(RETRY), pl.lit(None, pl.Datetime("us", "UTC")).alias(PENDING_SINCE)
     )
     retry = pending.lazy().with_columns(
         pl.lit(-1, pl.Int32).alias(BATCH_COLUMN), pl.lit(True).alias(RETRY)
     )
+    if pending.height:  # a pending version delivered again: the new delivery replaces it
+        retry = retry.join(candidates.select(pk, lu), on=[pk, lu], how="anti")
     rules = row_rules(spec.source) + [
         reference_rule(spec.source, col, target, valid_keys[target])
         for col, target in spec.references.items()
@@ -176,7 +196,8 @@ def transform_fact(
     retried = pl.col(RETRY)
     bad = checked.filter(~good)  # few rows; the big frame is only copied when it must be
     rows = (checked if bad.height == 0 else checked.filter(good)).select(spec.projection())
-    n_new = checked.height - pending.height
+    n_retried = int(checked[RETRY].sum()) if pending.height else 0
+    n_new = checked.height - n_retried
     new_versions = checked if pending.height == 0 else checked.filter(~retried)
 
     missing = pl.col(RULE) >= len(rules) - len(spec.references)  # reference rules come last
@@ -199,10 +220,11 @@ def transform_fact(
     return FactOutput(
         rows=rows,
         quarantine=quarantined,
-        new_seen=new_versions.select(pk, lu),
+        new_seen=new_versions.select(pk, lu, CONTENT),
         pending=next_pending,
         rows_in=rows_in,
         duplicates=rows_in - bad_key_rows.height - n_new,
+        corrected=int(new_versions[CORRECTED].sum()),
         pending_counts={
             "retried": n_retry,
             "resolved": n_retry - still.height,
@@ -213,8 +235,15 @@ def transform_fact(
     )
 
 
-def grow_seen(seen: pl.DataFrame, added: pl.DataFrame, bucket: pl.Expr, lu: str) -> pl.DataFrame:
-    """Stored versions plus this run's, each bucket capped at its newest `SEEN_MAX_PER_BUCKET`."""
+def grow_seen(
+    seen: pl.DataFrame, added: pl.DataFrame, bucket: pl.Expr, lu: str, *, replace: bool = False
+) -> pl.DataFrame:
+    """Stored versions plus this run's, each bucket capped at its newest `SEEN_MAX_PER_BUCKET`.
+
+    With `replace` (corrections among `added`), a version held already takes the new
+    fingerprint instead of being listed twice."""
+    if replace:
+        seen = seen.join(added.select(seen.columns[:2]), on=seen.columns[:2], how="anti")
     handled = pl.concat([seen, added])
     if handled.height <= SEEN_MAX_PER_BUCKET:
         return handled

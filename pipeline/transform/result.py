@@ -21,6 +21,7 @@ class TransformResult:
     rows_out: dict[str, int] = field(default_factory=dict)
     quarantined: dict[str, int] = field(default_factory=dict)
     duplicates: dict[str, int] = field(default_factory=dict)
+    corrected: dict[str, int] = field(default_factory=dict)  # re-deliveries with new content
     pending: dict[str, dict[str, int]] = field(default_factory=dict)
     manifest: str | None = None
     more: bool = False  # batches were left for the next run (TRANSFORM_MAX_ROWS)
@@ -39,6 +40,7 @@ class TransformResult:
             rows_out={t: o["rows"] for t, o in manifest["outputs"].items()},
             quarantined=dict(manifest["quarantined"]),
             duplicates=dict(manifest.get("duplicates", {})),
+            corrected=dict(manifest.get("corrected", {})),
             pending={t: dict(v) for t, v in manifest.get("pending", {}).items()},
             manifest=key,
             more=bool(manifest.get("more", False)),

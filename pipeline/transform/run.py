@@ -25,6 +25,7 @@ from pipeline.catalog import TABLES
 from pipeline.lake import Lake, lake_error
 from pipeline.layout import ProcessedManifest
 from pipeline.settings import Settings
+from pipeline.transform import content
 from pipeline.transform import state as st
 from pipeline.transform.current import LOOKUP_TABLES, empty_state, merge
 from pipeline.transform.dim_date import build_dim_date, referenced_dates
@@ -298,6 +299,7 @@ class _Work:
             states[table], changed[table] = merged.state, merged.changed
             self.store.update(kind, merged.state, pk, self.store.buckets_in(merged.changed[pk]))
             self.result.duplicates[table] = merged.duplicates
+            self.result.corrected[table] = merged.corrected
         return states, changed
 
     def facts(self, valid_keys: dict[str, pl.Series]) -> dict[str, pl.DataFrame]:
@@ -311,9 +313,13 @@ class _Work:
                 out[spec.name] = pl.DataFrame()
                 continue
             kind = f"seen/{source}"
-            seen = self.store.read(
-                kind, empty_seen(source), t.primary_key, self.seen_buckets[source]
-            )
+            # Fingerprints from another hash function (content.py) are forgotten once:
+            # every bucket is read and rewritten with unknown fingerprints.
+            fresh = self.store.content.get(kind) == content.algorithm()
+            buckets = self.seen_buckets[source] if fresh else None
+            seen = self.store.read(kind, empty_seen(source), t.primary_key, buckets)
+            if not fresh:
+                seen = content.forget(seen)
             fact = transform_fact(
                 spec,
                 self.raw[source],
@@ -324,11 +330,16 @@ class _Work:
             )
             out[spec.name] = fact.rows
             self.quarantine[source].append(fact.quarantine)
-            if fact.new_seen.height:  # rewrite the buckets that got new versions
+            if fact.new_seen.height or not fresh:  # rewrite the buckets that changed
                 bucket = self.store.bucket_of(t.primary_key)
-                grown = grow_seen(seen, fact.new_seen, bucket, t.cursor)
-                dirty = self.store.buckets_in(fact.new_seen[t.primary_key]) if seen.height else None
+                grown = grow_seen(seen, fact.new_seen, bucket, t.cursor, replace=fact.corrected > 0)
+                dirty = (
+                    self.store.buckets_in(fact.new_seen[t.primary_key])
+                    if seen.height and fresh
+                    else None
+                )
                 self.store.update(kind, grown, t.primary_key, dirty)
+                self.store.content[kind] = content.algorithm()
             counts = fact.pending_counts
             if counts["new"] or counts["resolved"] or counts["expired"]:
                 self.store.replace(f"pending/{source}", fact.pending)
@@ -336,6 +347,7 @@ class _Work:
                 check_row_count(source, self.by_table[source], fact.rows_in)
                 self.result.rows_in[source] = fact.rows_in
                 self.result.duplicates[source] = fact.duplicates
+                self.result.corrected[source] = fact.corrected
             self.result.pending[source] = fact.pending_counts
         return out
 
@@ -404,6 +416,7 @@ def _commit(
         "quarantined": result.quarantined,
         "quarantine_files": quarantine_files,
         "duplicates": result.duplicates,
+        "corrected": result.corrected,
         "pending": result.pending,
         "more": result.more,
         "state": pointers.to_json(),

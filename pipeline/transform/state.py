@@ -56,6 +56,8 @@ class StatePointers:
     log_seq: int | None = None  # None: no run yet, or committed before the batch log
     committed_at: str | None = None
     housekept: int = 0  # processed batch log entries whose expired records are deleted
+    # kind -> the hash function its content fingerprints come from (transform/content.py)
+    content: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,6 +68,7 @@ class StatePointers:
             "log_seq": self.log_seq,
             "committed_at": self.committed_at,
             "housekept": self.housekept,
+            "content": dict(sorted(self.content.items())),
         }
 
     @classmethod
@@ -83,6 +86,7 @@ class StatePointers:
             log_seq=None if log_seq is None else int(log_seq),
             committed_at=obj.get("committed_at"),
             housekept=int(obj.get("housekept") or 0),
+            content=dict(obj.get("content") or {}),
         )
 
 
@@ -153,6 +157,9 @@ def _read(lake: Lake, keys: list[str], empty: pl.DataFrame) -> pl.DataFrame:
     for table in tables:
         df = pl.from_arrow(table)
         assert isinstance(df, pl.DataFrame)
+        added = [pl.lit(None, t).alias(c) for c, t in empty.schema.items() if c not in df.columns]
+        if added:  # state written before the column existed (its value is unknown)
+            df = df.with_columns(added).select(empty.columns)
         frames.append(df.cast(empty.schema))  # the stored file may carry looser Arrow types
     return pl.concat(frames) if frames else empty
 
@@ -180,6 +187,7 @@ class StateStore:
         self._whole: dict[str, pl.DataFrame | None] = {}  # kind -> new snapshot (None: drop)
         self._buckets: dict[str, tuple[pl.DataFrame, str, set[int]]] = {}
         self._legacy: dict[str, tuple[pl.DataFrame, str]] = {}  # pre-bucket whole snapshots
+        self.content = dict(base.content)  # kind -> fingerprint function, as flushed
 
     # -- bucket arithmetic ------------------------------------------------------------
     def bucket_of(self, column: str) -> pl.Expr:
@@ -274,4 +282,4 @@ class StateStore:
         else:
             keys = [write_state(self.lake, self.run_id, *job) for job in jobs]
         files.update({kind: key for (kind, _), key in zip(jobs, keys, strict=True)})
-        return StatePointers(self.run_id, files, self.width)
+        return StatePointers(self.run_id, files, self.width, dict(self.content))

@@ -215,15 +215,20 @@ def test_seen_versions_are_capped_per_bucket_keeping_the_newest(monkeypatch):
     monkeypatch.setattr(facts, "SEEN_MAX_PER_BUCKET", 2)
     at = [dt.datetime(2024, 11, 1, 9, 0, s) for s in range(4)]
     seen = pl.DataFrame(
-        {"sales_order_id": [1, 1, 11], "last_updated": at[:3]},
+        {"sales_order_id": [1, 1, 11], "last_updated": at[:3], "_content": [7, 8, 9]},
         schema=facts.seen_schema("sales_order"),
     )
     added = pl.DataFrame(
-        {"sales_order_id": [2], "last_updated": [at[3]]}, schema=facts.seen_schema("sales_order")
+        {"sales_order_id": [2], "last_updated": [at[3]], "_content": [10]},
+        schema=facts.seen_schema("sales_order"),
     )
     bucket = (pl.col("sales_order_id") // 10).alias("__bucket")
     grown = facts.grow_seen(seen, added, bucket, "last_updated")
-    assert sorted(grown.rows()) == [(1, at[1]), (2, at[3]), (11, at[2])]  # bucket 0 kept 2
+    assert sorted(grown.rows()) == [(1, at[1], 8), (2, at[3], 10), (11, at[2], 9)]  # newest 2
     assert facts.grow_seen(seen.head(2), added.clear(), bucket, "last_updated").height == 2
     spread = seen.with_columns(pl.Series("sales_order_id", [1, 21, 11], pl.Int32))
     assert facts.grow_seen(spread, added, bucket, "last_updated").height == 4  # 3 buckets
+    # A correction replaces the fingerprint of the version held instead of adding a row.
+    fixed = seen.head(1).with_columns(pl.lit(99, pl.UInt64).alias("_content"))
+    replaced = facts.grow_seen(seen, fixed, bucket, "last_updated", replace=True)
+    assert sorted(replaced.rows()) == [(1, at[0], 99), (1, at[1], 8), (11, at[2], 9)]
