@@ -91,6 +91,23 @@ class CorruptBatchError(PermanentError):
     """A lake file listed in a manifest is missing, truncated or otherwise unreadable."""
 
 
+def repair_hint(table: str) -> str:
+    """The documented recovery of a broken ingestion batch (docs/OPERATIONS.md)."""
+    return (
+        f"run `totesys-etl reconcile --tables {table} --repair` (AWS: start an execution "
+        f'with {{"tables": ["{table}"], "repair": true}}): it takes the broken batch back '
+        "and extracts its window again; then run the pipeline again"
+    )
+
+
+def rederive_hint(run_id: str) -> str:
+    """The documented recovery of a lost processed file (docs/OPERATIONS.md)."""
+    return (
+        f"run `totesys-etl transform --rederive {run_id}` (it writes that batch again from "
+        "its recorded inputs), then run the load again"
+    )
+
+
 class LoadConflictError(TransientError):
     """Another load holds the warehouse lock; retry later."""
 
@@ -118,6 +135,23 @@ class TransformBusyError(TransientError):
         )
         self.holder = holder
         self.until = until
+
+
+class MassDeleteError(PermanentError):
+    """Reconciliation would tombstone more of a table's keys than allowed in one pass."""
+
+    def __init__(self, table: str, deleted: int, held: int, share: float) -> None:
+        super().__init__(
+            f"table {table!r}: reconciliation found {deleted} of the {held} keys the lake "
+            f"holds deleted in the source, more than {share:.0%} in one pass; nothing was "
+            "recorded for the table. If the deletes are real, accept them with "
+            f"`totesys-etl reconcile --tables {table} --allow-mass-delete` (AWS: start an "
+            f'execution with {{"tables": ["{table}"], "allow_mass_delete": true}}); if not, '
+            "check that the pipeline reads the right database"
+        )
+        self.table = table
+        self.deleted = deleted
+        self.held = held
 
 
 class MigrationError(PermanentError):

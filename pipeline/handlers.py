@@ -14,7 +14,8 @@ name Step Functions' Retry/Catch rules match on (`SourceUnavailableError`,
 here ever logs a DSN or a secret value: only secret ARNs, table names, run ids and counts.
 
 Events:
-    extract   {"table", "run_id", "since"?, "until"?}   ("" or null = incremental)
+    extract   {"table", "run_id", "since"?, "until"?,   ("" or null = incremental)
+               "allow_mass_delete"?, "repair"?}          (options of the table's reconciliation)
     transform {"run_id", "tables"?}                      (tables: informative only)
               run_id is the execution name, or `<name>.t<n>` for the n-th pass over a
               backlog: the state machine loops while the result says `more: true`
@@ -38,6 +39,7 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 from pipeline import layout
 from pipeline.errors import InvalidInputError
+from pipeline.orchestration import RECONCILE_SUMMARY
 from pipeline.redaction import redact
 from pipeline.settings import Settings
 
@@ -105,6 +107,26 @@ def _seconds_left(context: Any) -> Callable[[], float]:
     return lambda: context.get_remaining_time_in_millis() / 1000
 
 
+def _flag(event: Mapping[str, Any], key: str) -> bool:
+    """An optional boolean field: true or false (or their text, as the console may send
+    it); missing or null is false; anything else is `InvalidInputError`."""
+    value = event.get(key)
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", ""):
+        return value.strip().lower() == "true"
+    raise InvalidInputError(f"event field {key!r} must be true or false, got {value!r:.60}")
+
+
+# Reconciliation counts emitted per table (docs/OPERATIONS.md explains each).
+RECONCILE_METRICS = {
+    "RowsRecovered": "rows_recovered",
+    "KeysDeleted": "keys_deleted",
+    "FutureRows": "future_rows",
+    "BucketsDiffered": "buckets_differed",
+}
+
+
 def _emit(name: str, unit: MetricUnit, value: float, **dimensions: str) -> None:
     """One EMF metric line (thread-safe: no shared Metrics object between invocations)."""
     with single_metric(
@@ -165,10 +187,17 @@ def extract_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             since=_optional(event, "since"),
             until=_optional(event, "until"),
             stop=lambda: context.get_remaining_time_in_millis() < EXTRACT_RESERVE_MS,
+            allow_mass_delete=_flag(event, "allow_mass_delete"),
+            repair=_flag(event, "repair"),
         ).to_dict()
         summary.update(rows=result.get("rows"), more=bool(result.get("more")))
     _emit("RowsExtracted", MetricUnit.Count, result.get("rows", 0), table=table)
-    out = _counts_only(result, "files")
+    passed = result.get("reconcile")
+    if passed:  # docs/OPERATIONS.md, Metrics: what a non-zero value means
+        for metric, field in RECONCILE_METRICS.items():
+            _emit(metric, MetricUnit.Count, int(passed.get(field) or 0), table=table)
+        passed = {k: passed.get(k) for k in RECONCILE_SUMMARY}
+    out = _counts_only({**result, "reconcile": passed}, "files")
     # The state machine reads these on every path: always present, even when not continuing.
     out["more"] = bool(result.get("more", False))
     out.setdefault("next_run_id", None)

@@ -14,7 +14,8 @@ does not log a batch twice; if it ever did (a writer stalled for longer than the
 `REPLAY_WINDOW` entries after it), the transform reads the same rows twice and drops them
 as re-deliveries.
 
-Other kinds of batches fit the same log: an entry's `kind` says what it holds.
+Other kinds of batches fit the same log: an entry's `kind` says what it holds (the
+reconciliation's recovered rows and repairs are `rows`, its deleted keys `tombstones`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def entry_for(
         "committed_at": manifest["committed_at"],
         "files": list(manifest["files"]),
         "rows": int(manifest["rows"]),
+        "mode": manifest["mode"],
+        "snapshot": manifest.get("snapshot"),
     }
 
 

@@ -13,14 +13,23 @@ Ingestion zone (`Settings.ingest_url`): written by extract, read by transform an
     _state/<table>/summary.json                               the table's last batch (status)
     _resume/<table>/<run_id>.json                             where a continuation resumes
     _attempts/<table>/<run_id>.json                           a run's first attempt (its day)
+    _reconcile/<table>/heads/head-<seq>.json, keys/, summary/, folded/   what the lake holds
+    _reconcile_runs/<table>/<run_id>.json                     a reconciliation's result
+    _retracted/<table>/<run_id>.json                          broken batches taken back
     _log/runs/<seq>.json, ...                                 local run reports (a log too)
     _state/housekeeping.json                                  when housekeeping last ran
+
+Every batch of a table, whatever wrote it, is committed by a manifest under
+`_manifests/<table>/`; its `mode` says what its files hold: source rows in the catalog
+schema (`full`, `incremental`, `backfill`, `reconcile`, `repair`) or deleted keys
+(`tombstone`, `tombstone_schema`).
 
 Processed zone (`Settings.processed_url`): written by transform, read by load and status.
 
     <warehouse_table>/run=<run_id>/part-<NNNNN>.parquet       a batch's rows per table
     _quarantine/<source_table>/run=<run_id>.parquet           rejected rows with reasons
     reports/latest.html, reports/daily/<YYYY-MM-DD>.html      the HTML report (report step)
+    _deletes/<warehouse_table>/run=<run_id>.parquet           rows to mark (un)deleted
     _manifests/<run_id>.json                                  a batch's commit record
     _log/batches/<seq>.json, segment-<n>.jsonl                the batch log (commit order)
     _state/head.json, _state/<kind>/run=<run_id>.parquet      the transform's own state
@@ -34,6 +43,8 @@ from __future__ import annotations
 
 import re
 from typing import Any, NotRequired, TypedDict
+
+import pyarrow as pa
 
 from pipeline.errors import InvalidInputError
 
@@ -50,7 +61,8 @@ RESUMES = "_resume/"
 LEGACY_RUN_REPORTS = "_runs/"  # run reports before the run log (read by nothing, expired)
 # Ingestion-zone prefixes whose objects only matter for a while (replays, continuations):
 # expired after `Settings.retention_days` (S3 lifecycle rules in AWS, housekeeping locally).
-INGEST_EXPIRING: tuple[str, ...] = (MANIFESTS, ATTEMPTS, RESUMES)
+RECONCILE_RUNS = "_reconcile_runs/"  # a reconciliation's recorded result, per table and run
+INGEST_EXPIRING: tuple[str, ...] = (MANIFESTS, ATTEMPTS, RESUMES, RECONCILE_RUNS)
 
 
 def log_entry(log: str, seq: int) -> str:
@@ -145,6 +157,91 @@ class SchemaColumn(TypedDict):
     in_catalog: bool  # False: a column the source added (docs/CONTRACTS.md, schema drift)
 
 
+# Batch modes (manifest `mode`). Row batches hold source rows in the catalog schema.
+FULL_MODE, INCREMENTAL_MODE, BACKFILL_MODE = "full", "incremental", "backfill"
+RECONCILE_MODE = "reconcile"  # rows the lake lacked, found by reconciliation (any last_updated)
+REPAIR_MODE = "repair"  # a broken or vanished batch's window, extracted again
+TOMBSTONE_MODE = "tombstone"  # keys the source no longer has (tombstone_schema)
+DELETED_AT = "deleted_at"
+
+
+def tombstone_schema(table: str) -> pa.Schema:
+    """The files of a tombstone batch (a contract for every reader of deletions): the
+    deleted row's primary key, the newest `last_updated` the lake held for it, and when the
+    deletion was detected (the source's clock at the reconciling snapshot), both
+    millisecond timestamps like the source's."""
+    from pipeline.catalog import TABLES
+
+    spec = TABLES[table]
+    return pa.schema(
+        [
+            pa.field(spec.primary_key, pa.int32(), nullable=False),
+            pa.field(spec.cursor, pa.timestamp("ms"), nullable=False),
+            pa.field(DELETED_AT, pa.timestamp("ms"), nullable=False),
+        ]
+    )
+
+
+def snapshot_bounds(manifest: dict[str, Any]) -> tuple[str, str]:
+    """The source-clock interval in which an ingestion batch's snapshot was taken
+    (`snapshot`, ISO microseconds). Batches from before it was recorded fall back on the
+    window's end, which is the snapshot's start."""
+    snap = manifest.get("snapshot") or {}
+    start = snap.get("from") or (manifest.get("window") or {}).get("until") or ""
+    return str(start), str(snap.get("to") or start)
+
+
+def reconcile_run_id(run_id: str) -> str:
+    """The batch of rows a reconciliation under `run_id` recovered."""
+    return f"{run_id}.reconcile"
+
+
+def tombstone_run_id(run_id: str) -> str:
+    """The batch of keys a reconciliation under `run_id` found deleted."""
+    return f"{run_id}.tombstones"
+
+
+def repair_run_id(run_id: str, broken_run_id: str) -> str:
+    """The batch that re-extracts the window of the broken batch `broken_run_id`."""
+    return f"{run_id}.repair-{broken_run_id}"[:128]
+
+
+def reconcile_files(table: str, kind: str = "") -> str:
+    """The prefix of a table's held state (`kind`: keys, summary, folded or runs)."""
+    return f"_reconcile/{table}/{kind + '/' if kind else ''}"
+
+
+def reconcile_heads(table: str) -> str:
+    """The prefix of a table's held-state heads (at most a few: older ones are pruned)."""
+    return f"_reconcile/{table}/heads/"
+
+
+def reconcile_head(table: str, seq: int) -> str:
+    return f"{reconcile_heads(table)}head-{seq:010d}.json"
+
+
+def reconcile_keys(table: str, bucket: int, token: str) -> str:
+    return f"_reconcile/{table}/keys/b{bucket}/{token}.parquet"
+
+
+def reconcile_summary(table: str, token: str) -> str:
+    return f"_reconcile/{table}/summary/{token}.parquet"
+
+
+def reconcile_folded(table: str, token: str) -> str:
+    return f"_reconcile/{table}/folded/{token}.parquet"
+
+
+def reconcile_record(table: str, run_id: str) -> str:
+    """A reconciliation's recorded result: a repeated call with the run id replays it."""
+    return f"{RECONCILE_RUNS}{table}/{run_id}.json"
+
+
+def retraction(table: str, run_id: str) -> str:
+    """Where a broken batch's manifest goes (with the reason) when it is taken back."""
+    return f"_retracted/{table}/{run_id}.json"
+
+
 class IngestionManifest(TypedDict):
     """`_manifests/<table>/<run_id>.json`: the commit record of one ingestion batch."""
 
@@ -154,7 +251,10 @@ class IngestionManifest(TypedDict):
     rows: int
     cursor: dict[str, Any]  # {"from", "to"}: ISO ms or None; "to_key": int or None
     window: dict[str, Any]  # {"since", "until", "after_key"}
-    mode: str  # "full" | "incremental" | "backfill"
+    mode: str  # one of the modes above
+    # Source clock (ISO, naive like the source's timestamps) bracketing the instant the
+    # batch's snapshot was taken: the transaction's start and a moment after the snapshot.
+    snapshot: NotRequired[dict[str, str]]  # {"from", "to"}
     segment: int
     schema_fingerprint: str
     schema: list[SchemaColumn]  # every column of the files, in file order
@@ -168,15 +268,19 @@ class IngestionManifest(TypedDict):
     log_from: int  # the batch log's head hint when committing: where a replay looks for it
 
 
-BATCH_ROWS = "rows"  # the kind of an extract batch's log entry (other kinds: other steps)
+BATCH_ROWS = "rows"  # the kind of a row batch's log entry (extract, reconcile, repair)
+BATCH_TOMBSTONES = "tombstones"  # the kind of a tombstone batch's entry (reconcile)
+RETRACTED_MODE = "retracted"  # (readers only) a logged batch taken back: nothing to read
 
 
 class BatchLogEntry(TypedDict):
     """`_log/batches/<seq>.json` in the ingestion zone: one committed batch, in log order.
 
     Everything the transform needs to read the batch, so it never opens the manifest.
-    `kind` says what the batch holds (`BATCH_ROWS`: new and changed rows of `table`); a
-    reader skips nothing it does not understand: it fails (docs/CONTRACTS.md).
+    `kind` says what the batch holds (`BATCH_ROWS`: new and changed rows of `table`;
+    `BATCH_TOMBSTONES`: keys of `table` the source no longer has); a reader skips nothing
+    it does not understand: it fails (docs/CONTRACTS.md). `mode` and `snapshot` are the
+    manifest's (absent in entries written before they were added).
     """
 
     seq: int
@@ -187,6 +291,8 @@ class BatchLogEntry(TypedDict):
     committed_at: str
     files: list[str]
     rows: int
+    mode: NotRequired[str]
+    snapshot: NotRequired[dict[str, str] | None]
     logged_at: str
 
 
@@ -224,6 +330,11 @@ def daily_report(day: str) -> str:
     return f"{REPORTS}daily/{day}.html"
 
 
+def deletion_marks(table: str, run_id: str) -> str:
+    """A batch's deletion marks for one warehouse table (`warehouse_schema.deletion_marks`)."""
+    return f"_deletes/{table}/run={run_id}.parquet"
+
+
 def processed_manifest(run_id: str) -> str:
     return f"{MANIFESTS}{run_id}.json"
 
@@ -257,15 +368,22 @@ class ProcessedManifest(TypedDict):
 
     run_id: str
     inputs: list[str]  # ingestion manifest keys consumed
+    # per input [manifest key, log number or None, rows taken before, rows taken]: what
+    # `transform --rederive` reads again
+    slices: NotRequired[list[list[Any]]]
     outputs: dict[str, OutputFiles]  # warehouse table -> files and rows
     rows_in: dict[str, int]
     quarantined: dict[str, int]
     quarantine_files: dict[str, str]
     duplicates: dict[str, int]
     corrected: NotRequired[dict[str, int]]  # re-delivered versions whose content changed
+    deletes: NotRequired[dict[str, OutputFiles]]  # warehouse table -> its deletion marks
+    deleted: NotRequired[dict[str, dict[str, int]]]  # source table -> {"deleted", "restored"}
     pending: dict[str, dict[str, int]]
     more: bool
     state: dict[str, Any]  # the state pointers this batch commits
+    base_run_id: NotRequired[str | None]  # the batch whose state this one was built on
+    transform_at: NotRequired[str]  # ISO UTC: the moment the transform ran (pending TTLs)
     committed_at: str  # ISO UTC: the load applies batches in (committed_at, run_id) order
     seq: int  # this batch's number in the processed zone's batch log
     previous: str | None  # the run id of the batch committed before this one
@@ -284,4 +402,5 @@ class ProcessedLogEntry(TypedDict):
     quarantine_files: dict[str, str]
     previous: str | None
     released: list[str]
+    deletes: NotRequired[dict[str, OutputFiles]]  # the batch's deletion marks
     logged_at: str

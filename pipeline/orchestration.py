@@ -74,6 +74,7 @@ class TableOutcome:
     more_left: bool = False  # rule 1's bound stopped the table with rows still to read
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    reconcile: dict[str, Any] | None = None  # the reconciliation of its last call, if any
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -84,9 +85,23 @@ class TableOutcome:
             "more_left": self.more_left,
             "warnings": list(self.warnings),
         }
+        if self.reconcile is not None:
+            out["reconcile"] = {k: self.reconcile.get(k) for k in RECONCILE_SUMMARY}
         if self.error is not None:
             out["error"] = self.error
         return out
+
+
+# What a run summary shows of a table's reconciliation (pipeline.extract.reconcile).
+RECONCILE_SUMMARY = (
+    "status",
+    "buckets_compared",
+    "buckets_differed",
+    "rows_recovered",
+    "keys_deleted",
+    "future_rows",
+    "reconciled_at",
+)
 
 
 def extract_to_completion(
@@ -96,10 +111,21 @@ def extract_to_completion(
     *,
     since: datetime | str | None = None,
     until: datetime | str | None = None,
+    allow_mass_delete: bool = False,
+    repair: bool = False,
 ) -> TableOutcome:
     """Rules 1 and 2 for one table, from its first call (`since`/`until`: a backfill of
-    that window; continuations carry it in their resume record)."""
-    return resume_extract(table, TableOutcome(run_id), settings, since=since, until=until)
+    that window; continuations carry it in their resume record; `allow_mass_delete`,
+    `repair`: options of the reconciliation the completing call runs when it is due)."""
+    return resume_extract(
+        table,
+        TableOutcome(run_id),
+        settings,
+        since=since,
+        until=until,
+        allow_mass_delete=allow_mass_delete,
+        repair=repair,
+    )
 
 
 def resume_extract(
@@ -109,6 +135,8 @@ def resume_extract(
     *,
     since: datetime | str | None = None,
     until: datetime | str | None = None,
+    allow_mass_delete: bool = False,
+    repair: bool = False,
 ) -> TableOutcome:
     """Rule 1 from `outcome.run_id` on: call the extract step until it no longer reports
     `more`, or the bound is reached. Rule 2: a failure is recorded in the outcome, which
@@ -119,12 +147,24 @@ def resume_extract(
     try:
         while True:
             window = {"since": since, "until": until} if outcome.calls == 0 else {}
-            result = extract_table(table, outcome.run_id, settings, **window)
+            result = extract_table(
+                table,
+                outcome.run_id,
+                settings,
+                **window,
+                allow_mass_delete=allow_mass_delete,
+                repair=repair,
+            )
             outcome.status, outcome.error = result.status, None
             outcome.rows += result.rows
             outcome.files += len(result.files)
             outcome.calls += 1
             outcome.warnings.extend(w for w in result.warnings if w not in outcome.warnings)
+            if result.reconcile is not None:
+                outcome.reconcile = result.reconcile
+                outcome.warnings.extend(
+                    w for w in result.reconcile["warnings"] if w not in outcome.warnings
+                )
             if not result.more or result.next_run_id is None:
                 return outcome
             outcome.run_id = result.next_run_id
@@ -150,6 +190,8 @@ class TransformOutcome:
     rows_in: dict[str, int] = field(default_factory=dict)
     rows_out: dict[str, int] = field(default_factory=dict)
     quarantined: dict[str, int] = field(default_factory=dict)
+    corrected: dict[str, int] = field(default_factory=dict)
+    deleted: dict[str, dict[str, int]] = field(default_factory=dict)  # "deleted", "restored"
     backlog_left: bool = False  # still `more` after the last allowed round
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,6 +201,8 @@ class TransformOutcome:
             "rows_in": dict(self.rows_in),
             "rows_out": dict(self.rows_out),
             "quarantined": dict(self.quarantined),
+            "corrected": dict(self.corrected),
+            "deleted": {t: dict(c) for t, c in self.deleted.items()},
             "rows": sum(self.rows_out.values()),
             "backlog_left": self.backlog_left,
         }
@@ -206,9 +250,14 @@ def transform_rounds(
             (outcome.rows_in, result.rows_in),
             (outcome.rows_out, result.rows_out),
             (outcome.quarantined, result.quarantined),
+            (outcome.corrected, result.corrected),
         ):
             for table, rows in counts.items():
                 total[table] = total.get(table, 0) + rows
+        for table, changes in result.deleted.items():
+            into = outcome.deleted.setdefault(table, {"deleted": 0, "restored": 0})
+            for kind, count in changes.items():
+                into[kind] = into.get(kind, 0) + count
         outcome.backlog_left = result.more
         if not result.more or n >= settings.transform_max_rounds:
             return outcome

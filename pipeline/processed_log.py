@@ -26,7 +26,8 @@ def batch_log(lake: Lake) -> CommitLog:
 
 def read_head(lake: Lake) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """`_state/head.json` as (the committed state's pointers, the pointers of a run that
-    crashed before its manifest, or None): the head is trusted only if its manifest exists.
+    crashed before its manifest, or None): the head is trusted only if its manifest exists,
+    or its batch log entry (written after the manifest: the manifest was lost later).
     Plain JSON, so the load reads it without the transform's code."""
     head = lake.read_json_or_none(layout.STATE_HEAD)
     if head is None:
@@ -35,6 +36,11 @@ def read_head(lake: Lake) -> tuple[dict[str, Any], dict[str, Any] | None]:
     run_id = current.get("run_id")
     if run_id and lake.exists(layout.processed_manifest(run_id)):
         return current, None
+    seq = current.get("log_seq")
+    if run_id and seq is not None:  # its entry exists: committed, only the manifest was lost
+        entry = batch_log(lake).get(int(seq))
+        if entry is not None and entry.get("run_id") == run_id:
+            return current, None
     return head.get("previous") or {}, current
 
 
@@ -48,6 +54,7 @@ def entry_for(key: str, manifest: ProcessedManifest) -> dict[str, Any]:
         "quarantine_files": dict(manifest.get("quarantine_files", {})),
         "previous": manifest.get("previous"),
         "released": list(manifest.get("released", [])),
+        "deletes": dict(manifest.get("deletes", {})),
     }
 
 

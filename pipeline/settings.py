@@ -52,6 +52,36 @@ def _throwaway_pg(text: str) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class Cadence:
+    """How often extraction reconciles a table: every `count` runs, every `count` hours,
+    or never (`kind` "off")."""
+
+    kind: str  # "runs" | "hours" | "off"
+    count: int = 1
+
+    def __str__(self) -> str:
+        return {"off": "off", "runs": str(self.count), "hours": f"{self.count}h"}[self.kind]
+
+
+def parse_cadence(text: str) -> Cadence:
+    value = text.strip().lower()
+    if value in {"off", "0", "never"}:
+        return Cadence("off", 0)
+    hours = value.endswith("h")
+    number = int(value.removesuffix("h"))
+    if number < 1:
+        raise ValueError("must be at least 1 (or off)")
+    return Cadence("hours" if hours else "runs", number)
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise ValueError("must be between 0 and 1")
+    return value
+
+
 def _knob(
     default: Any,
     env: str | tuple[str, ...],
@@ -193,6 +223,23 @@ class Settings:
         "tables extracted at once by the local runner (the state machine's Map has its own)",
         parse=_positive_int,
         flag="--workers",
+    )
+    # -- reconciliation ----------------------------------------------------------------
+    reconcile_every: Cadence = _knob(
+        Cadence("runs", 1),
+        "RECONCILE_EVERY",
+        "how often extraction reconciles each table with the lake: `N` (every N runs), "
+        "`Nh` (every N hours) or `off`",
+        parse=parse_cadence,
+        flag="--reconcile-every",
+        shown="1",
+    )
+    reconcile_max_delete_share: float = _knob(
+        0.05,
+        "RECONCILE_MAX_DELETE_SHARE",
+        "share of a table's keys one reconciliation may tombstone before it refuses "
+        "(`MassDeleteError`; `--allow-mass-delete` accepts)",
+        parse=_share,
     )
     # -- transform ---------------------------------------------------------------------
     # The memory bound of one transform call. Measured: 8.58M rows in one call (the full

@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 ARROW_TYPES: dict[str, pa.DataType] = {
+    "timestamp(3)": pa.timestamp("ms"),
     "integer": pa.int32(),
     "text": pa.string(),
     "date": pa.date32(),
@@ -297,6 +298,32 @@ FACTS: tuple[WarehouseTable, ...] = (
 )
 
 WAREHOUSE_TABLES: dict[str, WarehouseTable] = {t.name: t for t in (*DIMENSIONS, *FACTS)}
+
+# Deletes: a source row deleted in totesys is never deleted from the warehouse; the rows it
+# produced (its dimension row, every fact version) carry when it was found deleted.
+DELETED_AT = "_deleted_at"
+
+
+def source_key(table: WarehouseTable) -> str:
+    """The column holding the source row's primary key (a fact's source id, a dimension's
+    own key)."""
+    return table.natural_key[0] if table.is_fact else table.primary_key
+
+
+def deletion_marks(table: WarehouseTable) -> tuple[WColumn, WColumn]:
+    """The columns of a processed batch's deletion marks for `table`: the source key and
+    `_deleted_at` (set: the row was found deleted then; null: the row exists again)."""
+    return WColumn(source_key(table), "integer"), WColumn(DELETED_AT, "timestamp(3)", True)
+
+
+def deletion_marks_schema(table: WarehouseTable) -> pa.Schema:
+    """The Arrow schema of `table`'s deletion marks in the processed zone."""
+    return pa.schema([pa.field(c.name, c.arrow_type, c.nullable) for c in deletion_marks(table)])
+
+
+def tables_of(source: str) -> list[WarehouseTable]:
+    """The warehouse tables whose rows are `source`'s rows (its dimension, or its fact)."""
+    return [t for t in WAREHOUSE_TABLES.values() if t.source == source]
 
 
 def lineage_markdown() -> str:

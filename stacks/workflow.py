@@ -235,7 +235,14 @@ class PipelineWorkflow(Construct):
             "Defaults",
             comment="All catalog tables; since/until empty = incremental from the watermark",
             parameters={
-                "defaults": {"tables": list(TABLE_NAMES), "since": "", "until": ""},
+                "defaults": {
+                    "tables": list(TABLE_NAMES),
+                    "since": "",
+                    "until": "",
+                    # options of each table's reconciliation (docs/OPERATIONS.md)
+                    "allow_mass_delete": False,
+                    "repair": False,
+                },
                 "input.$": "$",
             },
         )
@@ -263,6 +270,8 @@ class PipelineWorkflow(Construct):
                 "run_id.$": "$.run_id",
                 "since.$": "$.since",
                 "until.$": "$.until",
+                "allow_mass_delete.$": "$.allow_mass_delete",
+                "repair.$": "$.repair",
             },
             result_selector={
                 "status.$": "$.Payload.status",
@@ -285,6 +294,8 @@ class PipelineWorkflow(Construct):
                 "run_id.$": "$.result.next_run_id",
                 "since": "",
                 "until": "",
+                "allow_mass_delete.$": "$.allow_mass_delete",
+                "repair.$": "$.repair",
                 "rows.$": "States.MathAdd($.rows, $.result.rows)",
                 "invocation.$": "States.MathAdd($.invocation, 1)",
             },
@@ -354,6 +365,8 @@ class PipelineWorkflow(Construct):
                 "run_id.$": "$$.Execution.Name",
                 "since.$": "$.config.since",
                 "until.$": "$.config.until",
+                "allow_mass_delete.$": "$.config.allow_mass_delete",
+                "repair.$": "$.config.repair",
                 "rows": 0,
                 "invocation": 1,
             },

@@ -102,6 +102,8 @@ def write_batch(
                 "to": _iso(pc.max(lu).as_py()),
             },
             "window": {"since": None, "until": None},
+            # the source snapshot: as ordered as the commits (naive, like the source)
+            "snapshot": {"from": committed_at[:26], "to": committed_at[:26]},
             "mode": mode,
             "schema_fingerprint": schema_fingerprint(table),
             "warnings": [],
@@ -121,6 +123,48 @@ def log_entry_key(lake: Lake, manifest_key: str) -> str:
         if entry["manifest"] == manifest_key:
             return layout.log_entry(layout.BATCH_LOG, int(entry["seq"]))
     raise KeyError(f"{manifest_key} is not in the batch log")
+
+
+def write_tombstones(
+    lake: Lake, table: str, run_id: str, keys: Sequence[int], *, at: str = "2024-11-05 12:00:00"
+) -> str:
+    """A committed tombstone batch (`layout.tombstone_schema`): `keys` found deleted `at`."""
+
+    committed_at = next_committed_at()
+    schema = layout.tombstone_schema(table)
+    stamp = ts(at)
+    data = pa.table(
+        {
+            TABLES[table].primary_key: pa.array(keys, pa.int32()),
+            "last_updated": pa.array([ts(T0)] * len(keys), pa.timestamp("ms")),
+            layout.DELETED_AT: pa.array([stamp] * len(keys), pa.timestamp("ms")),
+        },
+        schema=schema,
+    )
+    part = f"{table}/date={committed_at[:10]}/{run_id}/part-00000.parquet"
+    lake.write_parquet(part, data)
+    key = f"_manifests/{table}/{run_id}.json"
+    lake.write_json(
+        key,
+        {
+            "table": table,
+            "run_id": run_id,
+            "files": [part],
+            "rows": len(keys),
+            "cursor": {"from": None, "to": None},
+            "window": {"since": None, "until": None},
+            "snapshot": {"from": committed_at[:26], "to": committed_at[:26]},
+            "mode": layout.TOMBSTONE_MODE,
+            "schema_fingerprint": "",
+            "warnings": [],
+            "committed_at": committed_at,
+            "log_from": ingest_log.head(lake),
+        },
+    )
+    ingest_log.log_batch(
+        lake, key, lake.read_json(key), replayed=False, kind=layout.BATCH_TOMBSTONES
+    )
+    return key
 
 
 def _iso(value: dt.datetime | None) -> str | None:

@@ -246,16 +246,26 @@ def star_batch(
 
 
 def full_contents(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Every column of every warehouse table (record ids and lineage included), in key order."""
+    """Every column of every warehouse table but `_deleted_at` (record ids and lineage
+    included, lineage last), in key order."""
     import psycopg
     from psycopg import sql
+
+    from pipeline.load import ddl
 
     out: dict[str, list[tuple[Any, ...]]] = {}
     with psycopg.connect(dsn) as conn:
         for name, table in WAREHOUSE_TABLES.items():
+            columns = [
+                *([table.primary_key] if table.is_fact else []),
+                *table.column_names,
+                ddl.LINEAGE_COLUMN,
+            ]
             out[name] = conn.execute(
-                sql.SQL("SELECT * FROM {} ORDER BY {}").format(
-                    sql.Identifier(name), sql.Identifier(table.primary_key)
+                sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
+                    sql.SQL(", ").join(map(sql.Identifier, columns)),
+                    sql.Identifier(name),
+                    sql.Identifier(table.primary_key),
                 )
             ).fetchall()
     return out

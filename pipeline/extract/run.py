@@ -31,18 +31,16 @@ Which rows (the window, `plan`):
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline import housekeeping, ingest_log, layout
 from pipeline.catalog import Table, get_table
@@ -51,21 +49,24 @@ from pipeline.errors import ConfigurationError
 from pipeline.extract import watermark
 from pipeline.extract.drift import DriftReport, batch_schema
 from pipeline.extract.drift import check as check_drift
-from pipeline.extract.source import SourceSnapshot, Window, to_catalog
+from pipeline.extract.parts import (
+    RunDay,
+    Written,
+    iso_us,
+    schema_fingerprint,
+    schema_json,
+    write_parts,
+)
+from pipeline.extract.reconcile import due, reconcile_in, reconcile_table
+from pipeline.extract.source import SourceSnapshot, Window
 from pipeline.extract.watermark import Watermark, iso_ms
 from pipeline.lake import Lake, empty_table
-from pipeline.layout import BatchLogEntry, IngestionManifest, SchemaColumn
+from pipeline.layout import BatchLogEntry, IngestionManifest
 from pipeline.settings import Settings
 
 __all__ = ["ExtractResult", "extract_table", "plan", "read_batch"]
 
 log = logging.getLogger(__name__)
-
-ZSTD_LEVEL = 1  # see `_write_parts`
-
-
-def schema_fingerprint(schema: pa.Schema) -> str:
-    return hashlib.sha256(schema.to_string().encode()).hexdigest()[:16]
 
 
 # -- result ----------------------------------------------------------------------------
@@ -84,6 +85,7 @@ class ExtractResult:
     warnings: list[str] = field(default_factory=list)
     more: bool = False
     next_run_id: str | None = None
+    reconcile: dict[str, Any] | None = None  # the reconciliation this call ran, if any
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +100,7 @@ class ExtractResult:
             "warnings": list(self.warnings),
             "more": self.more,
             "next_run_id": self.next_run_id,
+            "reconcile": self.reconcile,
         }
 
     @classmethod
@@ -179,79 +182,6 @@ def plan(
     return Plan("incremental", Window(since=start, until=now), now, run_id, 1)
 
 
-# -- writing ---------------------------------------------------------------------------
-@dataclass
-class _Written:
-    files: list[str] = field(default_factory=list)
-    rows: int = 0
-    first: datetime | None = None
-    last: datetime | None = None
-    last_key: int | None = None
-    stopped: bool = False  # `stop` said so before the stream ended
-
-
-def _write_parts(
-    lake: Lake,
-    keys: Iterator[str],
-    schema: pa.Schema,
-    table: Table,
-    batches: Iterable[pa.RecordBatch],
-    part_rows: int,
-    stop: Callable[[], bool] | None = None,
-) -> _Written:
-    """Stream batches into Parquet parts of at most `part_rows` rows (one row group a batch).
-
-    Only one batch is held at a time, so memory is bounded by the batch size, not the table.
-    Dictionary encoding only for text columns: on ids, amounts and timestamps it overflows
-    and falls back, which measured 3x slower and 70% larger files. zstd level 1, not the
-    lake's default 3: 10% less encoding CPU for 1% larger files (1.4M payment rows: 0.28 vs
-    0.31 CPU-s, 32.9 vs 32.6 MB); encoding is a fifth of the extract's client CPU, the
-    rest is ADBC decoding the COPY stream.
-    """
-    out = _Written()
-    dictionary = [f.name for f in schema if pa.types.is_string(f.type)]
-    sorting = [
-        pq.SortingColumn(schema.get_field_index(table.cursor)),
-        pq.SortingColumn(schema.get_field_index(table.primary_key)),
-    ]
-    with contextlib.ExitStack() as part:
-        writer, in_part = None, 0
-        for raw in batches:
-            batch = to_catalog(raw, schema, table.name)
-            offset = 0
-            while offset < batch.num_rows:
-                if writer is None:
-                    key = next(keys)
-                    writer = part.enter_context(
-                        lake.parquet_writer(
-                            key,
-                            schema,
-                            sorting_columns=sorting,
-                            use_dictionary=dictionary,
-                            compression_level=ZSTD_LEVEL,
-                        )
-                    )
-                    out.files.append(key)
-                    in_part = 0
-                chunk = batch.slice(offset, part_rows - in_part)
-                writer.write_batch(chunk)
-                offset += chunk.num_rows
-                in_part += chunk.num_rows
-                if in_part >= part_rows:
-                    part.close()  # the part is complete and durable
-                    writer = None
-            if batch.num_rows:
-                cursor = batch.column(table.cursor)
-                out.first = out.first or cursor[0].as_py()
-                out.last = cursor[-1].as_py()
-                out.last_key = batch.column(table.primary_key)[-1].as_py()
-                out.rows += batch.num_rows
-                if stop is not None and stop():  # at a row boundary: the rest is `more`
-                    out.stopped = True
-                    break
-    return out
-
-
 @dataclass
 class _Cap:
     """Passes at most `limit` rows on and notes whether the source had more: the query
@@ -270,33 +200,6 @@ class _Cap:
             self.taken += batch.num_rows
             if batch.num_rows:
                 yield batch
-
-
-class _RunDay:
-    """The date partition of this run's keys, fixed by its first attempt that wrote a part,
-    so a re-run after a crash (even past midnight) writes exactly the same keys. Looked up
-    only when the first part is opened: a call that finds no rows writes no record."""
-
-    def __init__(self, lake: Lake, table: str, run_id: str) -> None:
-        self.lake, self.table, self.run_id = lake, table, run_id
-        self._day: str | None = None
-
-    def keys(self) -> Iterator[str]:
-        for index in range(10**5):
-            yield layout.ingestion_part(self.table, self.day, self.run_id, index)
-
-    @property
-    def day(self) -> str:
-        if self._day is None:
-            key = layout.attempt_record(self.table, self.run_id)
-            now = datetime.now(UTC)
-            day = f"{now:%Y-%m-%d}"
-            record = {"run_id": self.run_id, "first_attempt_at": now.isoformat(), "day": day}
-            if self.lake.create_json(key, record):
-                self._day = day
-            else:
-                self._day = str(self.lake.read_json(key)["day"])
-        return self._day
 
 
 def _check_arguments(run_id: str, max_rows: int | None) -> None:
@@ -370,11 +273,19 @@ def extract_table(
     since: datetime | str | None = None,
     until: datetime | str | None = None,
     stop: Callable[[], bool] | None = None,
+    reconcile: bool | None = None,
+    allow_mass_delete: bool = False,
+    repair: bool = False,
 ) -> ExtractResult:
     """Extract `table` for `run_id` into the ingestion zone (see module doc).
 
     Reads `settings.ingest_url`, the source credentials, `extract_lag`, `extract_part_rows`
     and `extract_max_rows`; `since`/`until` make it a backfill of that window.
+
+    An incremental (or first) extraction that is complete (`more` false) then reconciles
+    the table in the same snapshot (`pipeline.extract.reconcile`) when `reconcile` says so
+    (None: when `settings.reconcile_every` says it is due); `allow_mass_delete` and
+    `repair` are that pass's options.
     """
     started = time.perf_counter()
     spec = get_table(table)
@@ -382,10 +293,18 @@ def extract_table(
     _check_arguments(run_id, max_rows)
     lake = settings.ingest_lake()
     key = layout.ingestion_manifest(spec.name, run_id)
+    options = {"allow_mass_delete": allow_mass_delete, "repair_all": repair}
     recorded = lake.read_json_or_none(key)
     if recorded is not None:  # R8: this (run, table) is committed already
         _finish(lake, key, recorded, replayed=True)
         result = ExtractResult.from_manifest(key, recorded, "replayed")
+        record = layout.reconcile_record(spec.name, run_id)
+        if lake.exists(record):  # the first attempt reconciled too: its recorded result
+            result = replace(result, reconcile=lake.read_json(record))
+        elif _reconciles(recorded, reconcile, settings, lake, spec):  # in a snapshot of its own
+            result = replace(
+                result, reconcile=reconcile_table(spec.name, run_id, settings, **options).to_dict()
+            )
         _log(result, started)
         return result
 
@@ -414,37 +333,62 @@ def extract_table(
             until=upper,
             lag=settings.extract_lag,
         )
-        keys = _RunDay(lake, spec.name, run_id).keys()  # (after the drift check, lazily)
         cap = _Cap(max_rows)
+        keys = RunDay(lake, spec.name, run_id).keys()  # (after the drift check, lazily)
         with contextlib.closing(source.batches(todo.window, max_rows, drift.added)) as stream:
             rows = cap.apply(stream)
-            written = _write_parts(lake, keys, schema, spec, rows, settings.extract_part_rows, stop)
+            written = write_parts(lake, keys, schema, spec, rows, settings.extract_part_rows, stop)
             # `stop` ended the stream early: the rest is `more` if the stream has another row
             more = cap.more or (written.stopped and next(rows, None) is not None)
-
-    manifest = _manifest(spec, run_id, todo, written, schema, drift, warnings, more, state)
-    manifest["log_from"] = ingest_log.head(lake)
-    if not lake.create_json(key, manifest):  # a concurrent attempt of this run committed first
-        manifest = lake.read_json(key)
-        status = "replayed"
-    else:
-        status = "ok"
-    _finish(lake, key, manifest, replayed=status == "replayed")
-    result = ExtractResult.from_manifest(key, manifest, status)
+        snapshot = {"from": iso_us(source.now), "to": iso_us(source.snapshot_to)}
+        manifest = _manifest(
+            spec, run_id, todo, written, schema, drift, warnings, more, state, snapshot
+        )
+        manifest["log_from"] = ingest_log.head(lake)
+        if not lake.create_json(key, manifest):  # a concurrent attempt committed first
+            manifest = lake.read_json(key)
+            status = "replayed"
+        else:
+            status = "ok"
+        _finish(lake, key, manifest, replayed=status == "replayed")
+        result = ExtractResult.from_manifest(key, manifest, status)
+        if _reconciles(manifest, reconcile, settings, lake, spec, source.now):
+            passed = reconcile_in(
+                source, lake, spec, run_id, settings, drift=drift, own=key, **options
+            )
+            result = replace(result, reconcile=passed.to_dict())
     _log(result, started)
     return result
+
+
+def _reconciles(
+    manifest: IngestionManifest,
+    asked: bool | None,
+    settings: Settings,
+    lake: Lake,
+    spec: Table,
+    now: datetime | None = None,
+) -> bool:
+    """Reconcile after this batch? Only after a complete incremental (or first) extraction,
+    then when asked to, or when due by the settings."""
+    if manifest["mode"] not in (layout.FULL_MODE, layout.INCREMENTAL_MODE) or manifest["more"]:
+        return False
+    if asked is not None:
+        return asked
+    return due(settings, lake, spec, now or datetime.fromisoformat(manifest["window"]["until"]))
 
 
 def _manifest(
     spec: Table,
     run_id: str,
     todo: Plan,
-    written: _Written,
+    written: Written,
     schema: pa.Schema,
     drift: DriftReport,
     warnings: list[str],
     more: bool,
     state: Watermark | None,
+    snapshot: dict[str, str],
 ) -> IngestionManifest:
     """The commit record of this batch (docs/CONTRACTS.md), with what its follow-ups need."""
     next_run_id = f"{todo.root}.{todo.segment + 1}" if more else None
@@ -469,8 +413,8 @@ def _manifest(
             "mode": todo.mode,
             "since": written.last.isoformat(timespec="microseconds"),  # type: ignore[union-attr]
             "after_key": written.last_key,
-            "until": _iso_us(window.until) if todo.mode == "backfill" else None,
-            "run_started": _iso_us(todo.run_started),
+            "until": iso_us(window.until) if todo.mode == "backfill" else None,
+            "run_started": iso_us(todo.run_started),
         }
     return {
         "table": spec.name,
@@ -483,43 +427,24 @@ def _manifest(
             "to_key": written.last_key,
         },
         "window": {
-            "since": _iso_us(window.since) if window.since else None,
-            "until": _iso_us(window.until),
+            "since": iso_us(window.since) if window.since else None,
+            "until": iso_us(window.until),
             "after_key": window.after_key,
         },
         "mode": todo.mode,
         "segment": todo.segment,
         "schema_fingerprint": schema_fingerprint(schema),
-        "schema": _schema_json(spec, schema, drift),
+        "schema": schema_json(spec, schema, drift),
         "added_columns": [c.name for c in drift.added],
         "warnings": warnings,
         "more": more,
         "next_run_id": next_run_id,
         "resume": resume,
         "watermark": mark.to_json() if mark else None,
+        "snapshot": snapshot,
         "committed_at": datetime.now(UTC).isoformat(timespec="microseconds"),
         "log_from": 0,  # set just before the commit
     }
-
-
-def _iso_us(value: datetime) -> str:
-    return value.isoformat(timespec="microseconds")
-
-
-def _schema_json(spec: Table, schema: pa.Schema, drift: DriftReport) -> list[SchemaColumn]:
-    """Every column of the batch's files, in file order: its Arrow type, nullability, the
-    live source type it was read from (format_type; a widened column shows its new type)
-    and whether the catalog knows it."""
-    return [
-        {
-            "name": f.name,
-            "type": str(f.type),
-            "nullable": f.nullable,
-            "source_type": drift.source_types[f.name],
-            "in_catalog": f.name in spec.column_names,
-        }
-        for f in schema
-    ]
 
 
 def read_batch(lake: Lake, manifest: IngestionManifest) -> pa.Table:

@@ -257,10 +257,13 @@ class SourceSnapshot:
         self._session = session
         session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         # The first query takes the snapshot; `now` is the transaction's start on the
-        # source's own clock, in the same naive form as the timestamp(3) columns. JIT
+        # source's own clock, in the same naive form as the timestamp(3) columns, and
+        # `snapshot_to` a moment of that clock after the snapshot was taken: the snapshot's
+        # instant lies in [now, snapshot_to] (reconciliation orders batches by it). JIT
         # compiling costs more than these scans, so it is off for this transaction.
-        self.now, self.timezone, _ = self._one(
-            "SELECT localtimestamp, current_setting('TimeZone'), set_config('jit', 'off', true)",
+        self.now, self.snapshot_to, self.timezone, _ = self._one(
+            "SELECT localtimestamp, clock_timestamp()::timestamp, current_setting('TimeZone'), "
+            "set_config('jit', 'off', true)",
             (),
         )
 
@@ -362,17 +365,21 @@ class SourceSnapshot:
                 )
         return sql.SQL(" AND ").join(parts)
 
-    def _select_list(self, added: tuple[SourceColumn, ...]) -> sql.Composable:
+    def _select_list(
+        self, added: tuple[SourceColumn, ...] = (), alias: str | None = None
+    ) -> sql.Composable:
         """Catalog columns, then `added` source columns; enums, numerics and types without
-        an Arrow mapping as their exact text (module docstring)."""
+        an Arrow mapping as their exact text (module docstring). `alias`: the table's alias
+        in the query."""
         items: list[sql.Composable] = []
         types = [(c.name, expected(c)) for c in self.table.columns]
         for name, pg in [*types, *((c.name, c.pg) for c in added)]:
             ident = sql.Identifier(name)
+            value = sql.Identifier(alias, name) if alias else ident
             if pgtypes.read_as_text(pg):
-                items.append(sql.SQL("{}::text AS {}").format(ident, ident))
+                items.append(sql.SQL("{}::text AS {}").format(value, ident))
             else:
-                items.append(ident)
+                items.append(sql.SQL("{} AS {}").format(value, ident) if alias else ident)
         return sql.SQL(", ").join(items)
 
     def batches(
@@ -395,6 +402,78 @@ class SourceSnapshot:
             values["limit"] = str(limit + 1)
             query = sql.SQL("{} LIMIT {}").format(query, self._setting("limit", "bigint"))
         self._set(values)
+        yield from self._stream(query)
+
+    # -- reconciliation: keys and cursors only --------------------------------------------
+    def key_fingerprints(self, shift: int, hash_sql: sql.Composable, future: datetime) -> pa.Table:
+        """Per bucket of `2**shift` consecutive keys: `bucket`, `rows`, `xor` (of the rows'
+        hashes, `hash_sql`) and `future` (rows stamped after `future`). One scan of the
+        table reading the key and cursor columns only; a few thousand result rows."""
+        key, cursor = sql.Identifier(self.table.primary_key), sql.Identifier(self.table.cursor)
+        query = sql.SQL(
+            "SELECT ({k} >> {shift})::bigint AS bucket, count(*) AS rows, bit_xor({h}) AS xor, "
+            "count(*) FILTER (WHERE {c} > {future}) AS future FROM {t} GROUP BY 1 ORDER BY 1"
+        ).format(
+            k=key,
+            c=cursor,
+            h=hash_sql,
+            shift=sql.Literal(shift),
+            future=self._setting("future", "timestamp"),
+            t=sql.Identifier(self.table.name),
+        )
+        self._set({"future": _iso(future)})
+        return self._table(query)
+
+    def keys_in(self, ranges: list[tuple[int, int]]) -> pa.Table:
+        """`(key, last_updated)` of the rows whose key lies in one of the inclusive
+        `ranges` (sorted, disjoint), by key: an index range scan per range."""
+        key, cursor = sql.Identifier(self.table.primary_key), sql.Identifier(self.table.cursor)
+        query = sql.SQL("SELECT t.{k}, t.{c} FROM {r} JOIN {t} t ON {within} ORDER BY 1").format(
+            k=key, c=cursor, **self._ranges(ranges)
+        )
+        return self._table(query)
+
+    def rows_in(
+        self, ranges: list[tuple[int, int]], added: tuple[SourceColumn, ...] = ()
+    ) -> Iterator[pa.RecordBatch]:
+        """The catalog columns of the rows whose key lies in one of `ranges`, streamed in
+        (cursor, key) order like `batches`."""
+        query = sql.SQL("SELECT {cols} FROM {r} JOIN {t} t ON {within} ORDER BY {c}, {k}").format(
+            cols=self._select_list(added, "t"),
+            c=sql.Identifier("t", self.table.cursor),
+            k=sql.Identifier("t", self.table.primary_key),
+            **self._ranges(ranges),
+        )
+        return self._stream(query)
+
+    def _ranges(self, ranges: list[tuple[int, int]]) -> dict[str, sql.Composable]:
+        """The FROM items joining the table to `ranges` (bound as settings, see `_set`)."""
+        self._set(
+            {
+                "lo": "{" + ",".join(str(lo) for lo, _ in ranges) + "}",
+                "hi": "{" + ",".join(str(hi) for _, hi in ranges) + "}",
+            }
+        )
+        return {
+            "r": sql.SQL("unnest({}, {}) AS r(lo, hi)").format(
+                self._setting("lo", "integer[]"), self._setting("hi", "integer[]")
+            ),
+            "t": sql.Identifier(self.table.name),
+            "within": sql.SQL("t.{k} BETWEEN r.lo AND r.hi").format(
+                k=sql.Identifier(self.table.primary_key)
+            ),
+        }
+
+    def _table(self, query: sql.Composable) -> pa.Table:
+        stmt, reader = self._session.reader(query.as_string(None))
+        try:
+            return reader.read_all()
+        except (pa.ArrowException, OSError) as exc:  # the stream broke mid-way
+            raise self._broken(exc) from None
+        finally:
+            self._session.release(stmt, reader)
+
+    def _stream(self, query: sql.Composable) -> Iterator[pa.RecordBatch]:
         stmt, reader = self._session.reader(
             query.as_string(None),
             options={"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)},
@@ -406,13 +485,21 @@ class SourceSnapshot:
                 except StopIteration:
                     return
                 except (pa.ArrowException, OSError) as exc:  # the stream broke mid-way
-                    raise SourceUnavailableError(
-                        f"table {self.table.name!r}: reading from {self._db.where} "
-                        f"failed: {redact(str(exc)).splitlines()[0]}"
-                    ) from None
+                    raise self._broken(exc) from None
                 yield batch
         finally:
             self._session.release(stmt, reader)
+
+    def _broken(self, exc: Exception) -> SourceUnavailableError:
+        return SourceUnavailableError(
+            f"table {self.table.name!r}: reading from {self._db.where} "
+            f"failed: {redact(str(exc)).splitlines()[0]}"
+        )
+
+    def scalar(self, query: str) -> Any:
+        """One value of a constant query (no identifiers, no values: those go through the
+        methods above)."""
+        return self._one(query, ())[0]
 
 
 def to_catalog(batch: pa.RecordBatch, schema: pa.Schema, table: str) -> pa.RecordBatch:

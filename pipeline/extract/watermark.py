@@ -16,14 +16,17 @@ the pointer existed is found by listing once; its first save writes the pointer.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from pipeline import layout
-from pipeline.errors import TransientError
+from pipeline.errors import CorruptBatchError, TransientError
 from pipeline.lake import Lake
+
+log = logging.getLogger(__name__)
 
 KEEP_VERSIONS = 20  # older versions are pruned; readers only ever need the newest
 MAX_ATTEMPTS = 50
@@ -107,23 +110,44 @@ def load(lake: Lake, table: str, *, on_listing: Listed | None = None) -> Waterma
 
     `on_listing` sees the listing of `_state/<table>/` when the pointer is missing (a table
     written before it, or never extracted), so a caller can clean up what that era left.
+    An unreadable pointer or version (a damaged file) is skipped: the versions are listed
+    instead of the pointer, the one before a damaged version is taken. The next extraction
+    then starts a little earlier and re-reads what it must; with none left it starts over
+    with a full extraction; both are re-deliveries the transform drops.
     """
-    pointed = lake.read_json_or_none(layout.watermark_pointer(table))
-    if pointed is None:
-        versions = _listed_versions(lake, table, on_listing)
-        if not versions:
+    newest = _readable(lake, table, layout.watermark_pointer(table))
+    if newest is None:
+        for seq in reversed(_listed_versions(lake, table, on_listing)):
+            newest = _readable(lake, table, _key(table, seq))
+            if newest is not None:
+                break
+        else:
             return None
-        pointed = lake.read_json(_key(table, versions[-1]))
-    newest = Watermark.from_json(pointed)
+    probe = newest.seq + 1
     for _ in range(MAX_PROBES):  # versions the pointer does not know of yet
-        later = lake.read_json_or_none(_key(table, newest.seq + 1))
-        if later is None:
+        if not lake.exists(_key(table, probe)):
             return newest
-        newest = Watermark.from_json(later)
+        later = _readable(lake, table, _key(table, probe))
+        if later is not None:
+            newest = later
+        probe += 1
     raise WatermarkConflictError(
         f"table {table!r}: more than {MAX_PROBES} watermark versions past "
         f"{layout.watermark_pointer(table)}; retry"
     )
+
+
+def _readable(lake: Lake, table: str, key: str) -> Watermark | None:
+    """The watermark stored at `key`; None if it is missing or damaged (logged)."""
+    try:
+        data = lake.read_json_or_none(key)
+        return None if data is None else Watermark.from_json(data)
+    except (CorruptBatchError, KeyError, TypeError, ValueError) as exc:
+        log.warning(
+            "unreadable watermark file skipped",
+            extra={"table": table, "key": key, "error": str(exc)},
+        )
+        return None
 
 
 def read_watermark(lake: Lake, table: str) -> str | None:
@@ -137,16 +161,19 @@ def save(lake: Lake, mark: Watermark) -> Watermark:
 
     Never moves a watermark backwards, whatever the interleaving of concurrent savers.
     """
+    floor = 0  # past a damaged version that holds the next number
     for _ in range(MAX_ATTEMPTS):
         current = load(lake, mark.table)
         if current is not None and current.order >= mark.order:
             return current
-        seq = (current.seq if current else 0) + 1
+        seq = max((current.seq if current else 0) + 1, floor)
         candidate = Watermark(**{**asdict(mark), "seq": seq})
         if lake.create_json(_key(mark.table, seq), candidate.to_json()):
             _point_at(lake, candidate)
             _prune(lake, mark.table, seq)
             return candidate
+        if _readable(lake, mark.table, _key(mark.table, seq)) is None:
+            floor = seq + 1
     raise WatermarkConflictError(
         f"table {mark.table!r}: could not save the watermark after {MAX_ATTEMPTS} attempts "
         "(other extractions of this table kept saving first); retry"
@@ -159,8 +186,8 @@ def _point_at(lake: Lake, mark: Watermark) -> None:
     (a pointer that lags past the pruned versions reads an older watermark: rows are read
     again, never skipped)."""
     key = layout.watermark_pointer(mark.table)
-    pointed = lake.read_json_or_none(key)
-    if pointed is None or int(pointed["seq"]) < mark.seq:
+    pointed = _readable(lake, mark.table, key)
+    if pointed is None or pointed.seq < mark.seq:
         lake.write_json(key, mark.to_json())
 
 

@@ -67,7 +67,7 @@ def stage(
         pgbinary.encode_batch(table.columns, record_batch)
         for record_batch in _masked(batches.stream(lake, out), mask)
     )
-    return _copy_checked(
+    return copy_checked(
         conn,
         copy_sql,
         chunks,
@@ -207,12 +207,12 @@ def copy_rows(
             yield pgbinary.encode_batch(columns, with_lineage)
 
     expected = out.rows if mask is None else int(mask.sum())
-    return _copy_checked(
+    return copy_checked(
         conn, copy_sql, batches.prefetch(encoded()), table, batch, expected, "copied"
     )
 
 
-def _copy_checked(
+def copy_checked(
     conn: psycopg.Connection,
     copy_sql: sql.Composed,
     chunks: Iterable[bytes],

@@ -15,7 +15,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -23,12 +23,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import layout, processed_log
-from pipeline.errors import CorruptBatchError
+from pipeline.errors import CorruptBatchError, rederive_hint
 from pipeline.lake import Lake, lake_error
 from pipeline.warehouse_schema import WAREHOUSE_TABLES, WarehouseTable
 
 READ_BATCH_ROWS = 65_536  # rows per record batch streamed to COPY: bounds memory
-_REWRITE = "Re-run the transform that wrote it."
 MAX_STEP = 64  # log entries read back per ledger query, at most
 T = TypeVar("T")
 Loaded = Callable[[list[str]], set[str]]  # run ids -> those of them in the ledger
@@ -49,6 +48,8 @@ class ProcessedBatch:
     committed_at: datetime
     outputs: dict[str, TableOutput]
     manifest_key: str
+    deletes: dict[str, TableOutput] = field(default_factory=dict)  # deletion marks per table
+    base_run_id: str | None = None  # the batch whose state this one was built on
 
     @property
     def order(self) -> tuple[datetime, str]:
@@ -110,43 +111,85 @@ def legacy_pending_batches(lake: Lake, loaded: Loaded) -> list[ProcessedBatch]:
         if run_id is not None:
             found[run_id] = key
     done = loaded(list(found))
-    batches = [parse_manifest(lake.read_json(k), k) for r, k in found.items() if r not in done]
-    return sorted(batches, key=lambda b: b.order)
+    batches = []
+    for run_id, key in found.items():
+        if run_id in done:
+            continue
+        try:
+            doc = lake.read_json(key)
+        except CorruptBatchError as exc:
+            raise CorruptBatchError(f"{exc}; {rederive_hint(run_id)}") from None
+        batches.append(parse_manifest(doc, key))
+    ordered = sorted(batches, key=lambda b: b.order)
+    pending = {b.run_id for b in ordered}
+    for batch in ordered:  # a batch built on one whose manifest is gone: it lost rows
+        base = batch.base_run_id
+        if base and base not in pending and not loaded([base]):
+            raise CorruptBatchError(
+                f"processed batch {batch.run_id} was built on batch {base}, "
+                f"which is neither loaded nor in the lake (its manifest is missing); "
+                f"{rederive_hint(base)}"
+            )
+    return ordered
 
 
 def parse_manifest(doc: Any, key: str) -> ProcessedBatch:
     """Validate a processed manifest; anything malformed is a `CorruptBatchError`."""
+    run_id = layout.processed_run_id(key) or "?"
     try:
         run_id = doc["run_id"]
         committed_at = datetime.fromisoformat(doc["committed_at"])
-        raw_outputs = doc["outputs"]
-        outputs = {}
-        for name, out in raw_outputs.items():
-            if name not in WAREHOUSE_TABLES:
-                raise ValueError(f"unknown warehouse table {name!r}")
-            files = tuple(out["files"])
-            if not all(isinstance(f, str) and "://" not in f for f in files):
-                raise ValueError(f"{name}: files must be keys relative to the processed zone")
-            outputs[name] = TableOutput(WAREHOUSE_TABLES[name], files, int(out["rows"]))
+        outputs = _outputs(doc["outputs"])
+        deletes = _outputs(doc.get("deletes") or {})
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise CorruptBatchError(f"processed manifest {key} is malformed: {exc!r}") from None
+        raise CorruptBatchError(
+            f"processed manifest {key} is malformed: {exc!r}; {rederive_hint(run_id)}"
+        ) from None
     if layout.processed_manifest(run_id) != key:
         raise CorruptBatchError(f"processed manifest {key} names run_id {run_id!r}")
     if committed_at.tzinfo is None:
         committed_at = committed_at.replace(tzinfo=UTC)
-    return ProcessedBatch(run_id, committed_at, outputs, key)
+    base = doc.get("base_run_id", doc.get("previous"))
+    return ProcessedBatch(run_id, committed_at, outputs, key, deletes, str(base) if base else None)
+
+
+def _outputs(raw: Any) -> dict[str, TableOutput]:
+    outputs = {}
+    for name, out in raw.items():
+        if name not in WAREHOUSE_TABLES:
+            raise ValueError(f"unknown warehouse table {name!r}")
+        files = tuple(out["files"])
+        if not all(isinstance(f, str) and "://" not in f for f in files):
+            raise ValueError(f"{name}: files must be keys relative to the processed zone")
+        outputs[name] = TableOutput(WAREHOUSE_TABLES[name], files, int(out["rows"]))
+    return outputs
+
+
+def _run_of(key: str) -> str:
+    """The processed batch a processed file belongs to (`.../run=<run_id>/...`)."""
+    part = next((p for p in key.split("/") if p.startswith("run=")), "run=?")
+    return part.removeprefix("run=").removesuffix(".parquet")
+
+
+def _rederive(key: str) -> str:
+    """The remedy a broken processed file's error names (docs/OPERATIONS.md)."""
+    hint = rederive_hint(_run_of(key))
+    return hint[0].upper() + hint[1:] + "."
 
 
 def _open(lake: Lake, key: str) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(lake.path(key), filesystem=lake.fs)  # closes what it opens
     except (OSError, pa.ArrowException) as exc:  # transient (S3) or a broken file, typed
-        raise lake_error(exc, lake.uri(key), "reading", _REWRITE) from None
+        raise lake_error(exc, lake.uri(key), "reading", _rederive(key)) from None
 
 
-def check_output(lake: Lake, batch: ProcessedBatch, out: TableOutput) -> None:
-    """Footers only: every file exists, has the exact schema, and the rows add up."""
-    expected = [(f.name, f.type) for f in out.table.arrow_schema]
+def check_output(
+    lake: Lake, batch: ProcessedBatch, out: TableOutput, schema: pa.Schema | None = None
+) -> None:
+    """Footers only: every file exists, has the exact schema (the table's, unless given),
+    and the rows add up."""
+    expected = [(f.name, f.type) for f in (schema or out.table.arrow_schema)]
     total = 0
     for key in out.files:
         with _open(lake, key) as pf:
@@ -155,13 +198,14 @@ def check_output(lake: Lake, batch: ProcessedBatch, out: TableOutput) -> None:
         if actual != expected:
             raise CorruptBatchError(
                 f"processed file {lake.uri(key)} of batch {batch.run_id} does not have the "
-                f"{out.table.name} schema: expected {expected}, found {actual}"
+                f"{out.table.name} schema: expected {expected}, found {actual}; "
+                f"{rederive_hint(batch.run_id)}"
             )
         total += rows
     if total != out.rows:
         raise CorruptBatchError(
             f"batch {batch.run_id}: {out.table.name} files hold {total} rows, "
-            f"the manifest says {out.rows}"
+            f"the manifest says {out.rows}; {rederive_hint(batch.run_id)}"
         )
 
 
@@ -172,7 +216,7 @@ def stream(lake: Lake, out: TableOutput) -> Iterator[pa.RecordBatch]:
             with _open(lake, key) as pf:
                 yield from pf.iter_batches(batch_size=READ_BATCH_ROWS)
         except (OSError, pa.ArrowException) as exc:
-            raise lake_error(exc, lake.uri(key), "reading", _REWRITE) from None
+            raise lake_error(exc, lake.uri(key), "reading", _rederive(key)) from None
 
 
 def read_columns(lake: Lake, out: TableOutput, columns: list[str]) -> pa.Table:
@@ -183,7 +227,7 @@ def read_columns(lake: Lake, out: TableOutput, columns: list[str]) -> pa.Table:
             with _open(lake, key) as pf:  # not pq.read_table: that imports pandas
                 parts.append(pf.read(columns=columns))
         except (OSError, pa.ArrowException) as exc:
-            raise lake_error(exc, lake.uri(key), "reading", _REWRITE) from None
+            raise lake_error(exc, lake.uri(key), "reading", _rederive(key)) from None
     return pa.concat_tables(parts)
 
 

@@ -12,9 +12,16 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from pipeline.warehouse_schema import DIMENSIONS, FACTS, WAREHOUSE_TABLES, WarehouseTable
+from pipeline.warehouse_schema import (
+    DELETED_AT,
+    DIMENSIONS,
+    FACTS,
+    WAREHOUSE_TABLES,
+    WarehouseTable,
+)
 
 LINEAGE_COLUMN = "_loaded_batch"
+DELETED_COLUMN = DELETED_AT  # when the source row was found deleted; NULL while it exists
 LEDGER_TABLE = "etl_load_ledger"
 
 
@@ -83,6 +90,18 @@ def create_table(table: WarehouseTable) -> sql.Composed:
 def star_schema_statements() -> list[sql.Composed]:
     """The eleven tables, dimensions first so the facts' foreign keys resolve."""
     return [create_table(t) for t in (*DIMENSIONS, *FACTS)]
+
+
+def deleted_column_statements() -> list[sql.Composed]:
+    """`_deleted_at timestamp(3)` on every dimension and fact (docs/CONTRACTS.md): a row
+    deleted in the source is never deleted here, only marked, so facts keep their history
+    and foreign keys hold. Current rows are the ones `WHERE _deleted_at IS NULL`."""
+    return [
+        sql.SQL("ALTER TABLE {} ADD COLUMN {} timestamp(3)").format(
+            sql.Identifier(t.name), sql.Identifier(DELETED_COLUMN)
+        )
+        for t in (*DIMENSIONS, *FACTS)
+    ]
 
 
 def ledger_statements() -> list[sql.Composed]:

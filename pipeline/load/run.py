@@ -25,10 +25,10 @@ from pipeline import layout
 from pipeline.credentials import WAREHOUSE, connect, redact, resolve
 from pipeline.errors import InsufficientPrivilegeError, LoadConflictError, WarehouseUnavailableError
 from pipeline.lake import Lake
-from pipeline.load import apply, batches, ddl, facts, privileges
+from pipeline.load import apply, batches, ddl, deletes, facts, privileges
 from pipeline.load.migrations import apply_migrations
 from pipeline.settings import Settings
-from pipeline.warehouse_schema import DIMENSIONS, FACTS
+from pipeline.warehouse_schema import DIMENSIONS, FACTS, deletion_marks_schema
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +158,12 @@ def load_batch(
     started = time.perf_counter()
     outputs = [batch.outputs[name] for name in _ORDER if batch.outputs.get(name)]
     outputs = [out for out in outputs if out.rows]
+    marks = [batch.deletes[name] for name in _ORDER if name in batch.deletes]
+    marks = [out for out in marks if out.rows]
     for out in outputs:  # footers first: a missing or corrupt file fails before any write
         batches.check_output(lake, batch, out)
+    for out in marks:
+        batches.check_output(lake, batch, out, deletion_marks_schema(out.table))
     written: dict[str, int] = {}
     rows_in: dict[str, int] = {}
     with conn.transaction():
@@ -172,6 +176,9 @@ def load_batch(
             written[table.name] = apply.apply_dimension(
                 conn, lake, out, batch.run_id, batch.committed_at
             )
+        for out in marks:  # after the facts: a version loaded by this batch is marked too
+            changed = deletes.apply_marks(conn, lake, out, batch.run_id)
+            written[out.table.name] = written.get(out.table.name, 0) + changed
         record_batch(conn, batch, load_run_id, written, rows_in, time.perf_counter() - started)
     duration = time.perf_counter() - started
     log.info(

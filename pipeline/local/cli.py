@@ -108,7 +108,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     tables = args.tables or TABLE_NAMES
-    window = {"since": args.since, "until": args.until}
+    window: dict[str, Any] = {
+        "since": args.since,
+        "until": args.until,
+        "allow_mass_delete": args.allow_mass_delete,
+        "repair": args.repair,
+    }
     if args.json:
         report = run_pipeline(settings, tables=tables, run_id=args.run_id, **window)
         _print_json(report.to_dict())
@@ -148,10 +153,51 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reconcile(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.catalog import TABLE_NAMES
+    from pipeline.extract.reconcile import reconcile_table
+    from pipeline.local.runner import new_run_id
+
+    settings = _settings(args)
+    run_id = args.run_id or new_run_id()
+
+    def one(table: str) -> tuple[str, dict[str, Any]]:
+        try:
+            result = reconcile_table(
+                table,
+                run_id,
+                settings,
+                allow_mass_delete=args.allow_mass_delete,
+                repair_all=args.repair,
+            )
+            return table, result.to_dict()
+        except PipelineError as exc:
+            return table, {"status": "failed", "error": redact(f"{type(exc).__name__}: {exc}")}
+
+    with ThreadPoolExecutor(max_workers=max(1, settings.extract_workers)) as pool:
+        tables = dict(pool.map(one, args.tables or TABLE_NAMES))
+    failed = [t for t, r in tables.items() if r["status"] == "failed"]
+    if args.json:
+        _print_json({"run_id": run_id, "status": "failed" if failed else "succeeded",
+                     "tables": tables})  # fmt: skip
+    else:
+        from pipeline.local.console import print_reconcile
+
+        print_reconcile(run_id, tables)
+    return 1 if failed else 0
+
+
 def _cmd_transform(args: argparse.Namespace) -> int:
     from pipeline.local.runner import new_run_id
     from pipeline.transform import transform
 
+    if args.rederive:
+        from pipeline.transform.rederive import rederive
+
+        _print_json(rederive(args.rederive, _settings(args)).to_dict())
+        return 0
     _print_json(transform(args.run_id or new_run_id(), _settings(args)).to_dict())
     return 0
 
@@ -290,8 +336,30 @@ def _date(text: str) -> date:
         ) from None
 
 
+def _cadence(text: str) -> Any:
+    from pipeline.settings import parse_cadence
+
+    try:
+        return parse_cadence(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected N, Nh or off, got {text!r} ({exc})") from None
+
+
 # -- the parser ----------------------------------------------------------------------------
 RUN_ID_HELP = f"run id: 1-{RUN_ID_MAX} letters, digits and ._=+- (default: a new sortable id)"
+
+
+def _reconcile_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-mass-delete",
+        action="store_true",
+        help="accept a reconciliation that tombstones more than RECONCILE_MAX_DELETE_SHARE",
+    )
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="also check every committed batch's files and re-extract broken ones",
+    )
 
 
 def _setting_option(p: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
@@ -405,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--until", type=_timestamp, default=None, help="backfill: last_updated until (exclusive)"
     )
+    _reconcile_options(p)
+    _setting_option(p, "reconcile_every", type=_cadence)
     _setting_option(p, "extract_workers", type=_positive_int)
     _setting_option(p, "extract_max_rows", type=_positive_int)
     _setting_option(p, "extract_lag", type=_non_negative)
@@ -432,9 +502,29 @@ def build_parser() -> argparse.ArgumentParser:
     _setting_option(p, "extract_max_rows", type=_positive_int)
     _setting_option(p, "extract_lag", type=_non_negative)
 
+    p = command(
+        "reconcile",
+        _cmd_reconcile,
+        "compare each table with what the lake holds; recover missing rows, record deletes",
+    )
+    _database_options(p, warehouse=False)
+    _lake_options(p, processed=False)
+    p.add_argument("--tables", type=_table_list, default=None, help="a,b,... (default: all)")
+    p.add_argument("--run-id", type=_run_id, default=None, help=RUN_ID_HELP)
+    _reconcile_options(p)
+    _setting_option(p, "extract_workers", type=_positive_int)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
     p = command("transform", _cmd_transform, "transform new raw batches into the star schemas")
     _lake_options(p)
     p.add_argument("--run-id", type=_run_id, default=None, help=RUN_ID_HELP)
+    p.add_argument(
+        "--rederive",
+        metavar="RUN_ID",
+        type=_run_id,
+        default=None,
+        help="write processed batch RUN_ID again from its recorded inputs (a lost file)",
+    )
     _setting_option(p, "transform_max_rows", type=_positive_int)
 
     p = command("load", _cmd_load, "load processed batches into the warehouse")

@@ -72,8 +72,9 @@ def print_run_summary(report: RunReport) -> None:
     """Per-table outcome, rows loaded per warehouse table, and the re-run command if needed."""
     data = report.to_dict()
     tables = Table(title=f"run {report.run_id}: {data['status']}", title_justify="left")
-    for col in ("source table", "status", "rows", "seconds"):
-        tables.add_column(col, justify="right" if col in {"rows", "seconds"} else "left")
+    columns = ("source table", "status", "rows", "seconds", *RECONCILE_COLUMNS)
+    for col in columns:
+        tables.add_column(col, justify="left" if col in {"source table", "status"} else "right")
     for name, outcome in report.tables.items():
         status = outcome["status"]
         style = "red" if status == "failed" else "green"
@@ -82,8 +83,17 @@ def print_run_summary(report: RunReport) -> None:
             f"[{style}]{status}",
             f"{outcome.get('rows', 0):,}",
             f"{outcome.get('duration_s', 0):.2f}",
+            *_reconcile_cells(outcome.get("reconcile")),
         )
     console.print(tables)
+    if data["future_rows"]:
+        console.print(
+            f"[yellow]rows stamped ahead of the source's clock: {data['future_rows']:,}[/] "
+            "(see the warnings)"
+        )
+    for name, outcome in report.tables.items():
+        for warning in outcome.get("warnings", []):
+            console.print(f"[yellow]{name}[/]: {warning}", soft_wrap=True)
     if data["loaded"]:
         loaded = Table(title="warehouse rows inserted or updated", title_justify="left")
         loaded.add_column("table")
@@ -104,11 +114,49 @@ def print_run_summary(report: RunReport) -> None:
         console.print(f"re-run the failed tables with:\n  {rerun}", soft_wrap=True)
 
 
+# Columns for a table's reconciliation: buckets compared / differed, rows recovered, keys
+# deleted, when (the source's clock).
+RECONCILE_COLUMNS = ("buckets", "differed", "recovered", "deleted", "reconciled")
+
+
+def _reconcile_cells(passed: dict[str, Any] | None) -> tuple[str, ...]:
+    if not passed or not passed.get("reconciled_at"):
+        return ("-",) * len(RECONCILE_COLUMNS)
+    return (
+        f"{passed.get('buckets_compared', 0):,}",
+        f"{passed.get('buckets_differed', 0):,}",
+        f"{passed.get('rows_recovered', 0):,}",
+        f"{passed.get('keys_deleted', 0):,}",
+        str(passed["reconciled_at"])[:19],
+    )
+
+
+def print_reconcile(run_id: str, tables: dict[str, dict[str, Any]]) -> None:
+    """`totesys-etl reconcile`: one row per table, then warnings and errors."""
+    failed = any(r["status"] == "failed" for r in tables.values())
+    table = Table(
+        title=f"reconcile {run_id}: {'failed' if failed else 'succeeded'}", title_justify="left"
+    )
+    for col in ("source table", "status", *RECONCILE_COLUMNS):
+        table.add_column(col, justify="left" if col in {"source table", "status"} else "right")
+    for name, result in tables.items():
+        style = "red" if result["status"] == "failed" else "green"
+        table.add_row(name, f"[{style}]{result['status']}", *_reconcile_cells(result))
+    console.print(table)
+    for name, result in tables.items():
+        for warning in result.get("warnings", []):
+            console.print(f"[yellow]{name}[/]: {warning}", soft_wrap=True)
+        if result.get("error"):
+            console.print(f"[red]{name}[/]: {result['error']}", soft_wrap=True)
+
+
 def print_status(status: dict[str, Any]) -> None:
     """Render `gather_status` output: one row per table, then pending work and recent runs."""
     tables = Table(title="source tables", title_justify="left")
-    for col in ("table", "watermark", "last run", "rows", "batches"):
-        tables.add_column(col, justify="right" if col in {"rows", "batches"} else "left")
+    for col in ("table", "watermark", "last run", "rows", "batches", *RECONCILE_COLUMNS):
+        tables.add_column(
+            col, justify="left" if col in {"table", "watermark", "last run"} else "right"
+        )
     for name, info in status["tables"].items():
         tables.add_row(
             name,
@@ -116,6 +164,7 @@ def print_status(status: dict[str, Any]) -> None:
             str(info["last_run"] or "-"),
             f"{info['last_rows']:,}" if info["last_rows"] is not None else "-",
             str(info["batches"]),
+            *_reconcile_cells(info.get("reconcile")),
         )
     console.print(tables)
     more = "+" if status.get("waiting_for_transform_more") else ""

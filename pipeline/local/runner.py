@@ -74,6 +74,14 @@ class RunReport:
     def quarantined(self) -> int:
         return sum((self.transform or {}).get("quarantined", {}).values())
 
+    @property
+    def future_rows(self) -> int:
+        """Source rows stamped more than the overlap window ahead of the source's clock, as
+        this run's reconciliations counted them."""
+        return sum(
+            int((r.get("reconcile") or {}).get("future_rows") or 0) for r in self.tables.values()
+        )
+
     def rerun_command(self) -> str | None:
         if not self.failed_tables:
             return None
@@ -89,6 +97,7 @@ class RunReport:
             "loaded": dict((self.load or {}).get("rows", {})),
             "quarantined": self.quarantined,
             "warnings": self.warnings,
+            "future_rows": self.future_rows,
             "error": self.error,
             "rerun": self.rerun_command(),
             "report_error": self.report_error,
@@ -106,11 +115,14 @@ def run_pipeline(
     progress: ProgressCallback | None = None,
     since: datetime | str | None = None,
     until: datetime | str | None = None,
+    allow_mass_delete: bool = False,
+    repair: bool = False,
 ) -> RunReport:
     """Run one pipeline pass and return its report (never raises for a failed step; a bad
     run id or table list raises `InvalidInputError` before anything is touched).
 
-    `since`/`until` make the extraction a backfill of that window (docs/OPERATIONS.md)."""
+    `since`/`until` make the extraction a backfill of that window (docs/OPERATIONS.md);
+    `allow_mass_delete` and `repair` are options of the reconciliation extraction runs."""
     tables = check_tables(tables)
     run_id = layout.check_run_id(new_run_id() if run_id is None else run_id)
     started = time.perf_counter()
@@ -124,7 +136,13 @@ def run_pipeline(
         notify(table, "started", {})
         t0 = time.perf_counter()
         outcome = policy.resume_extract(
-            table, outcomes[table], settings, since=since, until=until
+            table,
+            outcomes[table],
+            settings,
+            since=since,
+            until=until,
+            allow_mass_delete=allow_mass_delete,
+            repair=repair,
         )
         detail = {**outcome.to_dict(), "duration_s": round(time.perf_counter() - t0, 3)}
         notify(table, "failed" if outcome.status == "failed" else "finished", detail)

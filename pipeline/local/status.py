@@ -16,8 +16,9 @@ from pipeline.settings import Settings
 
 
 def gather_status(settings: Settings, *, runs: int = 10, page: int = 1) -> dict[str, Any]:
-    """Per table watermark and last batch, batches waiting for transform/load, recent runs
-    (batches waiting for load only when a warehouse is configured).
+    """Per table watermark, last batch and last reconciliation (buckets compared and
+    differed, rows recovered, keys deleted, when), batches waiting for transform/load,
+    recent runs (batches waiting for load only when a warehouse is configured).
 
     Constant in the history: each table's summary and watermark, the transform's cursor
     and what the ingestion log holds past it, the load's walk back to its ledger, and
@@ -25,6 +26,8 @@ def gather_status(settings: Settings, *, runs: int = 10, page: int = 1) -> dict[
     steps themselves would pick up next (at most `inputs.READ_AHEAD` are listed, and
     `waiting_for_transform_more` says whether there are more).
     """
+    from pipeline.catalog import TABLES
+    from pipeline.extract.held import load_head
     from pipeline.extract.watermark import read_watermark
     from pipeline.transform import state
     from pipeline.transform.inputs import pending_batches
@@ -40,6 +43,9 @@ def gather_status(settings: Settings, *, runs: int = 10, page: int = 1) -> dict[
             "last_rows": summary.get("last_rows"),
             "last_committed_at": summary.get("last_committed_at"),
             "batches": int(summary.get("batches", 0)),
+            "reconcile": (
+                head.last_pass if (head := load_head(ingest, TABLES[table].name)) else None
+            ),
         }
     cursor, _ = ingest_cursor(ingest, processed, state.committed_state(processed))
     waiting, more = pending_batches(ingest, cursor)

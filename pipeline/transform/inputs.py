@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from pipeline import ingest_log, layout
 from pipeline.catalog import TABLES
-from pipeline.errors import CorruptBatchError, SchemaDriftError
+from pipeline.errors import CorruptBatchError, SchemaDriftError, repair_hint
 from pipeline.lake import Lake, empty_table, lake_error
 
 BATCH_COLUMN = "_batch"  # ordinal of the batch in this run: later batches win ties
@@ -45,6 +45,12 @@ class Batch:
     seq: int | None = None  # batch log number; None: committed before the log
     offset: int = 0  # rows taken by earlier runs
     take: int | None = None  # rows this run takes from `offset` (None: all the rest)
+    mode: str = layout.INCREMENTAL_MODE  # tombstone batches hold deleted keys, not rows
+    observed: tuple[str, str] = ("", "")  # the source-clock bounds of its snapshot
+
+    @property
+    def is_tombstones(self) -> bool:
+        return self.mode == layout.TOMBSTONE_MODE
 
     @property
     def ref(self) -> str:
@@ -126,31 +132,44 @@ def list_manifest_keys(lake: Lake) -> list[str]:
     return [k for k in lake.list(layout.ingestion_manifests()) if k.endswith(".json")]
 
 
-def read_batches(lake: Lake, keys: list[str]) -> list[Batch]:
-    """Pre-log manifests among `keys` (tables the catalog knows), in commit order."""
+def read_batches(lake: Lake, keys: list[str], *, logged: bool = False) -> list[Batch]:
+    """Pre-log manifests among `keys` (tables the catalog knows), in commit order; with
+    `logged` those committed with the log too (found there otherwise)."""
     batches = []
     for key in keys:
-        m = lake.read_json(key)
-        if m.get("log_from") is not None:
-            continue  # committed with the log: found there
+        table = key.removeprefix(layout.ingestion_manifests()).split("/", 1)[0]
         try:
+            m = lake.read_json(key)
+            if m.get("log_from") is not None and not logged:
+                continue  # committed with the log: found there
             table, run_id, committed_at = m["table"], m["run_id"], m["committed_at"]
             files, rows = tuple(m["files"]), int(m["rows"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptBatchError(f"ingestion manifest {key} lacks field {exc}") from None
+        except (CorruptBatchError, KeyError, TypeError, ValueError) as exc:
+            raise CorruptBatchError(
+                f"ingestion manifest {key} is unreadable ({exc}); {repair_hint(table)}"
+            ) from None
         if table not in TABLES:
             continue
-        batches.append(Batch(key, table, run_id, committed_at, files, rows))
+        mode = str(m.get("mode") or layout.INCREMENTAL_MODE)
+        observed = layout.snapshot_bounds(m)
+        batches.append(
+            Batch(key, table, run_id, committed_at, files, rows, mode=mode, observed=observed)
+        )
     return sorted(batches, key=lambda b: (b.committed_at, b.run_id))
+
+
+_KINDS = {layout.BATCH_ROWS, layout.BATCH_TOMBSTONES}
 
 
 def _from_entry(entry: dict[str, Any]) -> Batch:
     seq = entry.get("seq")
-    if entry.get("kind") != layout.BATCH_ROWS:
+    kind = entry.get("kind")
+    if kind not in _KINDS:
         raise CorruptBatchError(
-            f"ingestion batch log entry {seq} is of kind {entry.get('kind')!r}, which this "
+            f"ingestion batch log entry {seq} is of kind {kind!r}, which this "
             "transform cannot read: deploy a transform as new as the extract that wrote it"
         )
+    tombstones = kind == layout.BATCH_TOMBSTONES
     try:
         return Batch(
             entry["manifest"],
@@ -160,9 +179,17 @@ def _from_entry(entry: dict[str, Any]) -> Batch:
             tuple(entry["files"]),
             int(entry["rows"]),
             seq=int(entry["seq"]),
+            mode=layout.TOMBSTONE_MODE if tombstones else str(entry.get("mode") or "incremental"),
+            observed=layout.snapshot_bounds(entry),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptBatchError(f"ingestion batch log entry {seq} lacks field {exc}") from None
+
+
+def _retracted(lake: Lake, batch: Batch) -> bool:
+    """Whether the batch was taken back as broken (`pipeline.extract.repair`): its rows were
+    extracted again into another batch, so it is consumed as empty."""
+    return lake.exists(layout.retraction(batch.table, batch.run_id))
 
 
 def pending_batches(lake: Lake, cursor: IngestCursor) -> tuple[list[Batch], bool]:
@@ -180,6 +207,8 @@ def pending_batches(lake: Lake, cursor: IngestCursor) -> tuple[list[Batch], bool
         if batch.seq in done or batch.key in seen or batch.table not in TABLES:
             continue  # consumed, or a second entry of one batch (see pipeline.ingest_log)
         seen.add(batch.key)
+        if _retracted(lake, batch):
+            batch = replace(batch, files=(), rows=0, mode=layout.RETRACTED_MODE)
         out.append(replace(batch, offset=cursor.partial.get(batch.ref, 0)))
     truncated = len(cursor.legacy) > READ_AHEAD or (window > 0 and len(entries) == window)
     return out, truncated or window == 0
@@ -258,7 +287,7 @@ def check_row_count(table: str, batches: list[tuple[int, Batch]], rows: int) -> 
         keys = ", ".join(b.key for _, b in batches)
         raise CorruptBatchError(
             f"table {table!r}: the files of {keys} hold {rows} rows but the manifests say "
-            f"{promised}. Re-extract the table."
+            f"{promised}; {repair_hint(table)}"
         )
 
 

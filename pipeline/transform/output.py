@@ -14,7 +14,7 @@ from pipeline.errors import DataQualityError
 from pipeline.lake import Lake
 from pipeline.layout import OutputFiles
 from pipeline.transform.quality import REASON, RULE
-from pipeline.warehouse_schema import WAREHOUSE_TABLES
+from pipeline.warehouse_schema import WAREHOUSE_TABLES, deletion_marks_schema
 
 PART_ROWS = 1_000_000
 
@@ -58,6 +58,14 @@ def write_warehouse_table(lake: Lake, table: str, run_id: str, df: pl.DataFrame)
         with ThreadPoolExecutor(max_workers=min(parts, os.cpu_count() or 1)) as pool:
             list(pool.map(write, keys, slices))
     return {"files": keys, "rows": arrow.num_rows}
+
+
+def write_deletion_marks(lake: Lake, table: str, run_id: str, df: pl.DataFrame) -> OutputFiles:
+    """One file of `table`'s deletion marks (`warehouse_schema.deletion_marks`)."""
+    schema = deletion_marks_schema(WAREHOUSE_TABLES[table])
+    key = layout.deletion_marks(table, run_id)
+    lake.write_parquet(key, df.select(schema.names).to_arrow().cast(schema))
+    return {"files": [key], "rows": df.height}
 
 
 def write_quarantine(lake: Lake, source_table: str, run_id: str, df: pl.DataFrame) -> str:

@@ -22,6 +22,7 @@ class TransformResult:
     quarantined: dict[str, int] = field(default_factory=dict)
     duplicates: dict[str, int] = field(default_factory=dict)
     corrected: dict[str, int] = field(default_factory=dict)  # re-deliveries with new content
+    deleted: dict[str, dict[str, int]] = field(default_factory=dict)  # {"deleted", "restored"}
     pending: dict[str, dict[str, int]] = field(default_factory=dict)
     manifest: str | None = None
     more: bool = False  # batches were left for the next run (TRANSFORM_MAX_ROWS)
@@ -41,6 +42,7 @@ class TransformResult:
             quarantined=dict(manifest["quarantined"]),
             duplicates=dict(manifest.get("duplicates", {})),
             corrected=dict(manifest.get("corrected", {})),
+            deleted={t: dict(v) for t, v in manifest.get("deleted", {}).items()},
             pending={t: dict(v) for t, v in manifest.get("pending", {}).items()},
             manifest=key,
             more=bool(manifest.get("more", False)),

@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -25,7 +26,7 @@ from pipeline.catalog import TABLES
 from pipeline.lake import Lake, lake_error
 from pipeline.layout import ProcessedManifest
 from pipeline.settings import Settings
-from pipeline.transform import content
+from pipeline.transform import content, deletes
 from pipeline.transform import state as st
 from pipeline.transform.current import LOOKUP_TABLES, empty_state, merge
 from pipeline.transform.dim_date import build_dim_date, referenced_dates
@@ -47,7 +48,11 @@ from pipeline.transform.inputs import (
     scan_batches,
 )
 from pipeline.transform.lease import Lease, leased
-from pipeline.transform.output import write_quarantine, write_warehouse_table
+from pipeline.transform.output import (
+    write_deletion_marks,
+    write_quarantine,
+    write_warehouse_table,
+)
 from pipeline.transform.quality import RULE, annotate, key_rules, quarantine_frame, row_rules
 from pipeline.transform.result import TransformResult
 from pipeline.warehouse_schema import WAREHOUSE_TABLES
@@ -84,10 +89,10 @@ def transform(
                 cursor, migrated = ingest_cursor(ingest, processed, head.committed)
                 pending, truncated = pending_batches(ingest, cursor)
                 batches, more = take_batches(pending, _row_limit(settings, time_left))
-                work = _Round(run_id, head, cursor, batches, more or truncated, migrated)
+                work = Round(run_id, head, cursor, batches, more or truncated, migrated)
                 try:
                     result = (
-                        _execute(ingest, processed, work, lease, settings)
+                        execute_round(ingest, processed, work, lease, settings)
                         if batches or migrated
                         else TransformResult(run_id, "nothing_to_do", more=work.more)
                     )
@@ -148,6 +153,11 @@ def _row_limit(settings: Settings, time_left: Callable[[], float] | None) -> int
     return min(settings.transform_max_rows, by_time)
 
 
+def take_order(batches: list[Batch]) -> list[Batch]:
+    """The order a run takes batches in: the lookup tables' first, each in commit order."""
+    return sorted(batches, key=lambda b: b.table not in LOOKUP_TABLES)  # stable
+
+
 def take_batches(batches: list[Batch], limit: int) -> tuple[list[Batch], bool]:
     """The oldest batches up to `limit` rows, so a long backlog is worked off over several
     runs in bounded memory; True if some were left for later. A batch bigger than the
@@ -164,18 +174,28 @@ def take_batches(batches: list[Batch], limit: int) -> tuple[list[Batch], bool]:
         return [], bool(batches)
     taken: list[Batch] = []
     rows = 0
-    for batch in sorted(batches, key=lambda b: b.table not in LOOKUP_TABLES):  # stable
+    for batch in take_order(batches):
         if rows + batch.remaining > limit:
-            if not taken:
-                taken.append(batch.slice(limit))
+            if not taken:  # (deleted keys are read whole: a tombstone batch is never cut)
+                taken.append(batch if batch.is_tombstones else batch.slice(limit))
             return taken, True
         taken.append(batch)
         rows += batch.remaining
     return taken, False
 
 
+@dataclass(frozen=True)
+class Rederiving:
+    """A run that writes an earlier processed batch again (`pipeline.transform.rederive`):
+    at the moment it ran, with the manifest it recorded; the head, the log and
+    housekeeping left alone."""
+
+    now: dt.datetime
+    manifest: dict[str, Any]  # the recorded manifest
+
+
 @dataclass
-class _Round:
+class Round:
     """What one transform call works on: its batches and the state it builds on."""
 
     run_id: str
@@ -184,21 +204,30 @@ class _Round:
     batches: list[Batch]
     more: bool
     migrated: bool  # the cursor was derived: the legacy `consumed` snapshot is dropped
+    rederiving: Rederiving | None = None
 
     @property
     def base(self) -> st.StatePointers:
         return self.head.committed
 
 
-def _execute(
-    ingest: Lake, processed: Lake, round_: _Round, lease: Lease, settings: Settings
+def execute_round(
+    ingest: Lake, processed: Lake, round_: Round, lease: Lease, settings: Settings
 ) -> TransformResult:
+    """Transform the round's batches on its base state and commit them as processed batch
+    `round_.run_id`."""
     run_id, batches = round_.run_id, round_.batches
     by_table: dict[str, list[tuple[int, Batch]]] = defaultdict(list)
+    tombstones: dict[str, list[Batch]] = defaultdict(list)  # deleted keys, not rows
     for ordinal, batch in enumerate(batches):
-        by_table[batch.table].append((ordinal, batch))
+        if batch.is_tombstones:
+            tombstones[batch.table].append(batch)
+        else:
+            by_table[batch.table].append((ordinal, batch))
     store = st.StateStore(processed, round_.base, run_id)
     work = _Work(ingest, store, by_table, TransformResult(run_id, "ok"))
+    if round_.rederiving is not None:
+        work.now = round_.rederiving.now
     work.result.inputs = [b.key for b in batches]
     work.result.more = round_.more
     states, changed = work.lookups()
@@ -214,7 +243,17 @@ def _execute(
     )
     if round_.migrated:
         store.replace(CONSUMED, pl.DataFrame())  # (an empty frame drops the kind)
-    return _commit(processed, round_, work.result, outputs, work.quarantine, store, lease, settings)
+    deletions = deletes.resolve(
+        ingest,
+        store,
+        tombstones,
+        {t: scan_batches(ingest, t, pairs) for t, pairs in by_table.items()},
+        {o: b.observed[0] for pairs in by_table.values() for o, b in pairs},
+        deletes.emitted_keys(outputs),
+    )
+    work.result.deleted = deletions.counts
+    commit = _Commit(processed, round_, store, lease, settings, work.now)
+    return commit.write(work.result, outputs, work.quarantine, deletions)
 
 
 @dataclass
@@ -374,62 +413,104 @@ def _released(head: st.Head, new: st.StatePointers) -> list[str]:
     return sorted(set(old) - keep)
 
 
-def _commit(
-    processed: Lake,
-    round_: _Round,
-    result: TransformResult,
-    outputs: dict[str, pl.DataFrame],
-    quarantine: dict[str, list[pl.DataFrame]],
-    store: st.StateStore,
-    lease: Lease,
-    settings: Settings,
-) -> TransformResult:
-    """Write data, quarantine and state; then the head; then the manifest (commit point);
-    then the batch's log entry."""
-    run_id, base = round_.run_id, round_.base
-    written = {
-        name: write_warehouse_table(processed, name, run_id, outputs.get(name, pl.DataFrame()))
-        for name in WAREHOUSE_TABLES
-    }
-    quarantine_files = {}
-    for table, frames in sorted(quarantine.items()):
-        rejected = [f for f in frames if f.height]
-        result.quarantined[table] = sum(f.height for f in rejected)
-        if rejected:
-            bad = pl.concat(rejected, how="vertical_relaxed")
-            quarantine_files[table] = write_quarantine(processed, table, run_id, bad)
-    pointers = store.flush()  # only the snapshots that changed; the others carry forward
-    processed_log.repair(processed, base.run_id, base.log_seq)
-    pointers.ingest = round_.cursor.advanced(round_.batches)
-    pointers.log_seq = (base.log_seq or 0) + 1
-    pointers.committed_at = _committed_at(processed, base)
-    if round_.migrated and base.run_id:
-        keep = {*pointers.files.values(), *base.files.values()}  # (base: if this run crashes)
-        housekeeping.expire_legacy_state(processed, settings, keep=keep)
-    pointers.housekept = housekeeping.expire_processed(processed, base, settings)
-    result.rows_out = {name: w["rows"] for name, w in written.items()}
-    manifest: ProcessedManifest = {
-        "run_id": run_id,
-        "inputs": result.inputs,
-        "outputs": written,
-        "rows_in": result.rows_in,
-        "quarantined": result.quarantined,
-        "quarantine_files": quarantine_files,
-        "duplicates": result.duplicates,
-        "corrected": result.corrected,
-        "pending": result.pending,
-        "more": result.more,
-        "state": pointers.to_json(),
-        "committed_at": pointers.committed_at,
-        "seq": pointers.log_seq,
-        "previous": base.run_id,
-        "released": _released(round_.head, pointers),
-    }
-    lease.assert_held()
-    st.write_head(processed, pointers, base)
-    key = layout.processed_manifest(run_id)
-    if not processed.create_json(key, manifest):  # the same run id committed meanwhile
-        return TransformResult.from_manifest(processed.read_json(key), key)
-    processed_log.log_commit(processed, key, manifest)
-    result.manifest = key
-    return result
+@dataclass
+class _Commit:
+    """Writes one run's outputs and commits them (docs/CONTRACTS.md, processed zone)."""
+
+    processed: Lake
+    round_: Round
+    store: st.StateStore
+    lease: Lease
+    settings: Settings
+    now: dt.datetime
+
+    def write(
+        self,
+        result: TransformResult,
+        outputs: dict[str, pl.DataFrame],
+        quarantine: dict[str, list[pl.DataFrame]],
+        deletions: deletes.Deletions,
+    ) -> TransformResult:
+        """Write data, quarantine and state; then the head; then the manifest (commit
+        point); then the batch's log entry.
+
+        Re-deriving an earlier batch writes the same keys with its recorded bookkeeping
+        (cursor, log number, commit time) but leaves the head, the log and housekeeping
+        alone; it replaces the manifest only if what was written now differs from what it
+        lists (the batch was not loaded in that form anyway: the load refuses files that
+        disagree with their manifest)."""
+        processed, round_, store = self.processed, self.round_, self.store
+        run_id, base, again = round_.run_id, round_.base, round_.rederiving
+        written = {
+            name: write_warehouse_table(processed, name, run_id, outputs.get(name, pl.DataFrame()))
+            for name in WAREHOUSE_TABLES
+        }
+        marks = {
+            name: write_deletion_marks(processed, name, run_id, df)
+            for name, df in sorted(deletions.marks.items())
+        }
+        quarantine_files = {}
+        for table, frames in sorted(quarantine.items()):
+            rejected = [f for f in frames if f.height]
+            result.quarantined[table] = sum(f.height for f in rejected)
+            if rejected:
+                bad = pl.concat(rejected, how="vertical_relaxed")
+                quarantine_files[table] = write_quarantine(processed, table, run_id, bad)
+        pointers = store.flush()  # only the snapshots that changed; the others carry forward
+        if again is not None:
+            recorded = st.StatePointers.from_json(again.manifest["state"])
+            pointers.ingest, pointers.log_seq = recorded.ingest, recorded.log_seq
+            pointers.committed_at, pointers.housekept = recorded.committed_at, recorded.housekept
+        else:
+            processed_log.repair(processed, base.run_id, base.log_seq)
+            pointers.ingest = round_.cursor.advanced(round_.batches)
+            pointers.log_seq = (base.log_seq or 0) + 1
+            pointers.committed_at = _committed_at(processed, base)
+            if round_.migrated and base.run_id:
+                keep = {*pointers.files.values(), *base.files.values()}  # (base: if we crash)
+                housekeeping.expire_legacy_state(processed, self.settings, keep=keep)
+            pointers.housekept = housekeeping.expire_processed(processed, base, self.settings)
+        result.rows_out = {name: w["rows"] for name, w in written.items()}
+        manifest: ProcessedManifest = {
+            "run_id": run_id,
+            "inputs": result.inputs,
+            "slices": [[b.key, b.seq, b.offset, b.taken] for b in round_.batches],
+            "outputs": written,
+            "rows_in": result.rows_in,
+            "quarantined": result.quarantined,
+            "quarantine_files": quarantine_files,
+            "duplicates": result.duplicates,
+            "corrected": result.corrected,
+            "deletes": marks,
+            "deleted": result.deleted,
+            "pending": result.pending,
+            "more": result.more,
+            "state": pointers.to_json(),
+            "base_run_id": base.run_id,
+            "transform_at": self.now.isoformat(timespec="microseconds"),
+            "committed_at": str(pointers.committed_at),
+            "seq": int(pointers.log_seq or 0),
+            "previous": base.run_id,
+            "released": (
+                list(again.manifest.get("released", []))
+                if again
+                else _released(round_.head, pointers)
+            ),
+        }
+        self.lease.assert_held()
+        key = layout.processed_manifest(run_id)
+        if again is not None:
+            if _outputs_of(again.manifest) != _outputs_of(manifest):
+                processed.write_json(key, manifest)
+            result.manifest = key
+            return result
+        st.write_head(processed, pointers, base)
+        if not processed.create_json(key, manifest):  # the same run id committed meanwhile
+            return TransformResult.from_manifest(processed.read_json(key), key)
+        processed_log.log_commit(processed, key, manifest)
+        result.manifest = key
+        return result
+
+
+def _outputs_of(manifest: Any) -> Any:
+    return {k: manifest.get(k) for k in ("outputs", "deletes", "quarantine_files", "state")}

@@ -28,6 +28,7 @@ buckets existed (one file per kind) is read and re-written as buckets on the nex
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,8 +38,11 @@ from typing import Any
 import polars as pl
 
 from pipeline import layout, processed_log
+from pipeline.errors import CorruptBatchError, rederive_hint
 from pipeline.lake import Lake
 from pipeline.transform.inputs import IngestCursor
+
+log = logging.getLogger(__name__)
 
 BUCKET_IDS = 65_536  # ids per state bucket (new processed zones; existing ones keep theirs)
 BUCKET = "__bucket"
@@ -100,8 +104,19 @@ class Head:
 
 
 def read_head(lake: Lake) -> Head:
-    """The state of the last committed run: the head, or its predecessor if it crashed."""
-    committed, abandoned = processed_log.read_head(lake)
+    """The state of the last committed run: the head, or its predecessor if it crashed.
+
+    A head that is missing or unreadable while runs were committed (a lost file) is
+    recovered from the newest committed batch's manifest, which records the same pointers
+    (the newest manifest never expires)."""
+    try:
+        committed, abandoned = processed_log.read_head(lake)
+    except CorruptBatchError:
+        committed, abandoned = {}, None
+    if not committed.get("run_id") and abandoned is None:
+        recovered = _from_newest_batch(lake)
+        if recovered is not None:
+            return Head(recovered)
     return Head(
         StatePointers.from_json(committed),
         None if abandoned is None else StatePointers.from_json(abandoned),
@@ -111,6 +126,31 @@ def read_head(lake: Lake) -> Head:
 def committed_state(lake: Lake) -> StatePointers:
     """The state of the last committed run: the head, or its predecessor if it crashed."""
     return read_head(lake).committed
+
+
+def _from_newest_batch(lake: Lake) -> StatePointers | None:
+    """The pointers the newest committed batch recorded: the last entry of the batch log
+    (reading forward from its hint), or for a zone from before the log the newest manifest
+    listed. None: nothing was ever committed."""
+    log_ = processed_log.batch_log(lake)
+    newest = None
+    hint = log_.head()
+    for entry in log_.read_after(max(0, hint - 1)):
+        newest = entry
+    if newest is not None:
+        manifest = lake.read_json(str(newest["manifest"]))
+    else:
+        manifests = []
+        for key in lake.list(layout.MANIFESTS):
+            run_id = layout.processed_run_id(key)
+            if run_id is not None:
+                doc = lake.read_json(key)
+                manifests.append((str(doc["committed_at"]), run_id, doc))
+        if not manifests:
+            return None
+        manifest = max(manifests, key=lambda m: m[:2])[2]
+    log.warning("transform state head recovered from batch %s", manifest.get("run_id"))
+    return StatePointers.from_json(manifest["state"])
 
 
 def write_head(lake: Lake, new: StatePointers, base: StatePointers) -> None:
@@ -147,12 +187,20 @@ def _split(df: pl.DataFrame, buckets: set[int] | None) -> dict[int, pl.DataFrame
     return parts
 
 
+def _read_one(lake: Lake, key: str) -> Any:
+    try:
+        return lake.read_parquet([key])
+    except CorruptBatchError as exc:
+        writer = key.rsplit("/run=", 1)[-1].removesuffix(".parquet")
+        raise CorruptBatchError(f"transform state file: {exc}; {rederive_hint(writer)}") from None
+
+
 def _read(lake: Lake, keys: list[str], empty: pl.DataFrame) -> pl.DataFrame:
     if len(keys) > 1 and not lake.is_local:
         with ThreadPoolExecutor(min(len(keys), IO_THREADS)) as pool:
-            tables = list(pool.map(lambda k: lake.read_parquet([k]), keys))
+            tables = list(pool.map(lambda k: _read_one(lake, k), keys))
     else:
-        tables = [lake.read_parquet([k]) for k in keys]
+        tables = [_read_one(lake, k) for k in keys]
     frames = []
     for table in tables:
         df = pl.from_arrow(table)
@@ -282,4 +330,4 @@ class StateStore:
         else:
             keys = [write_state(self.lake, self.run_id, *job) for job in jobs]
         files.update({kind: key for (kind, _), key in zip(jobs, keys, strict=True)})
-        return StatePointers(self.run_id, files, self.width, dict(self.content))
+        return StatePointers(self.run_id, files, self.width, content=dict(self.content))

@@ -36,7 +36,10 @@ def test_extract_maps_the_event_onto_the_step_and_returns_a_pointer(steps, monke
     [(_, call)] = steps.calls
     settings = call.pop("settings")
     stop = call.pop("stop")
-    assert call == {"table": "staff", "run_id": "r1", "since": None, "until": None}
+    assert call == {
+        "table": "staff", "run_id": "r1", "since": None, "until": None,
+        "allow_mass_delete": False, "repair": False,
+    }  # fmt: skip
     assert (settings.ingest_url, settings.extract_max_rows) == ("s3://ingest", 5000)
     assert stop() is False  # a fresh invocation has 15 minutes
     assert out["files_count"] == 3 and "files" not in out

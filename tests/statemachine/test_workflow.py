@@ -141,6 +141,17 @@ def test_backfill_window_reaches_extract_and_empty_means_incremental(pipeline_aw
     assert (incremental["since"], incremental["until"]) == (None, None)
 
 
+def test_reconciliation_options_reach_every_extract_call_and_default_to_off(pipeline_aws, steps):
+    steps.chunks = {"design": 2}  # the continuation reconciles: it must get the options too
+    pipeline_aws.run({"tables": ["design"], "allow_mass_delete": True, "repair": True})
+    pipeline_aws.run({"tables": ["design"]})
+
+    accepted = steps.extracts("design")
+    assert [(c["allow_mass_delete"], c["repair"]) for c in accepted] == [
+        (True, True), (True, True), (False, False), (False, False)
+    ]  # fmt: skip
+
+
 def test_a_permanent_table_failure_loads_the_rest_then_fails_at_the_catch_up_with_one_alert(
     pipeline_aws, steps
 ):

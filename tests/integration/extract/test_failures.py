@@ -204,7 +204,7 @@ def test_source_lost_mid_stream_is_transient_and_commits_nothing(
     source: str, lake_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """R13: the server ends our session while rows stream: retryable, nothing committed."""
-    import pipeline.extract.run as extract_module
+    import pipeline.extract.parts as extract_module
     from pipeline.extract import source as source_module
 
     with psycopg.connect(source, autocommit=True) as conn:

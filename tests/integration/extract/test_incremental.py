@@ -12,7 +12,7 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.extract.run as extract_module
+import pipeline.extract.parts as extract_module
 from pipeline.catalog import TABLES
 from pipeline.extract import extract_table
 from pipeline.extract import source as source_module

@@ -165,7 +165,7 @@ def test_result_is_small_json() -> None:
     data = result.to_dict()
     assert set(data) == {
         "table", "run_id", "status", "mode", "rows", "files", "manifest", "cursor",
-        "warnings", "more", "next_run_id",
+        "warnings", "more", "next_run_id", "reconcile",
     }  # fmt: skip
     assert data["cursor"] == {"from": "2024-11-04T09:00:00.000", "to": None}
     assert len(json.dumps(data)) < 2048
