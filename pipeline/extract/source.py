@@ -428,9 +428,10 @@ class SourceSnapshot:
         """`(key, last_updated)` of the rows whose key lies in one of the inclusive
         `ranges` (sorted, disjoint), by key: an index range scan per range."""
         key, cursor = sql.Identifier(self.table.primary_key), sql.Identifier(self.table.cursor)
-        query = sql.SQL("SELECT t.{k}, t.{c} FROM {r} JOIN {t} t ON {within} ORDER BY 1").format(
-            k=key, c=cursor, **self._ranges(ranges)
-        )
+        query = sql.SQL(
+            "SELECT t.{k}, t.{c} FROM {r} CROSS JOIN LATERAL "
+            "(SELECT {k}, {c} FROM {t} WHERE {within}) t ORDER BY 1"
+        ).format(k=key, c=cursor, **self._ranges(ranges))
         return self._table(query)
 
     def rows_in(
@@ -438,7 +439,10 @@ class SourceSnapshot:
     ) -> Iterator[pa.RecordBatch]:
         """The catalog columns of the rows whose key lies in one of `ranges`, streamed in
         (cursor, key) order like `batches`."""
-        query = sql.SQL("SELECT {cols} FROM {r} JOIN {t} t ON {within} ORDER BY {c}, {k}").format(
+        query = sql.SQL(
+            "SELECT {cols} FROM {r} CROSS JOIN LATERAL (SELECT * FROM {t} WHERE {within}) t "
+            "ORDER BY {c}, {k}"
+        ).format(
             cols=self._select_list(added, "t"),
             c=sql.Identifier("t", self.table.cursor),
             k=sql.Identifier("t", self.table.primary_key),
@@ -454,12 +458,14 @@ class SourceSnapshot:
                 "hi": "{" + ",".join(str(hi) for _, hi in ranges) + "}",
             }
         )
+        # A lateral subquery per range: an index range scan on the primary key each (a join
+        # on BETWEEN may be planned as a scan of the whole table per range).
         return {
             "r": sql.SQL("unnest({}, {}) AS r(lo, hi)").format(
                 self._setting("lo", "integer[]"), self._setting("hi", "integer[]")
             ),
             "t": sql.Identifier(self.table.name),
-            "within": sql.SQL("t.{k} BETWEEN r.lo AND r.hi").format(
+            "within": sql.SQL("{k} BETWEEN r.lo AND r.hi").format(
                 k=sql.Identifier(self.table.primary_key)
             ),
         }

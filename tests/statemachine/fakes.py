@@ -45,6 +45,7 @@ class FakeSteps:
     # How many transform calls report `more: true` (a backlog over TRANSFORM_MAX_ROWS);
     # math.inf for a transform that never stops saying so.
     transform_more: float = 0
+    reconcile: dict[str, Any] | None = None  # what each extract call's reconciliation found
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def extract_table(self, table: str, run_id: str, settings: Settings, **kwargs: Any) -> Result:
@@ -77,6 +78,7 @@ class FakeSteps:
                 ],
                 "more": more,
                 **({"next_run_id": f"{base}+{chunk + 1}"} if more else {}),
+                "reconcile": None if more else self.reconcile,
             }
         )
 

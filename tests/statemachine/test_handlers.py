@@ -47,6 +47,33 @@ def test_extract_maps_the_event_onto_the_step_and_returns_a_pointer(steps, monke
     assert out["manifest"] == "_manifests/staff/r1.json"
 
 
+def test_extract_emits_the_reconciliation_s_counts_as_metrics(steps, capsys):
+    steps.reconcile = {
+        "status": "ok", "buckets_compared": 40, "buckets_differed": 2, "rows_recovered": 7,
+        "keys_deleted": 1, "future_rows": 3, "reconciled_at": "2026-11-26T09:30:00.000000",
+        "warnings": ["w"] * 500, "manifests": ["m"] * 500,
+    }  # fmt: skip
+    out = handlers.extract_handler(
+        {"table": "payment", "run_id": "r1", "allow_mass_delete": True, "repair": "true"},
+        context("extract"),
+    )
+    [(_, call)] = steps.calls
+    assert call["allow_mass_delete"] is True and call["repair"] is True
+    metrics = {}
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("{") and "_aws" in line:
+            doc = json.loads(line)
+            for name in ("RowsRecovered", "KeysDeleted", "FutureRows", "BucketsDiffered"):
+                if name in doc:
+                    metrics[name] = (doc[name], doc["table"])
+    assert metrics == {
+        "RowsRecovered": ([7.0], "payment"), "KeysDeleted": ([1.0], "payment"),
+        "FutureRows": ([3.0], "payment"), "BucketsDiffered": ([2.0], "payment"),
+    }  # fmt: skip
+    assert out["reconcile"]["rows_recovered"] == 7 and "warnings" not in out["reconcile"]
+    assert len(json.dumps(out)) < 2048  # the long lists stay out of the state machine
+
+
 @pytest.mark.parametrize("missing", ["table", "run_id"])
 def test_extract_rejects_an_event_without_table_or_run_id(steps, missing):
     event = {"table": "staff", "run_id": "r1"}

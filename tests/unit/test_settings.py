@@ -62,3 +62,19 @@ def test_replace_ignores_options_that_were_not_given() -> None:
 
 def test_the_docs_table_is_generated_from_the_fields() -> None:
     assert markdown_table() in DOCS.read_text(), "run `python -m pipeline.settings` into docs"
+
+
+def test_reconcile_cadence_and_delete_share_parse_and_validate() -> None:
+    from pipeline.settings import Cadence
+
+    assert Settings().reconcile_every == Cadence("runs", 1)
+    assert Settings.from_env({"RECONCILE_EVERY": "6h"}).reconcile_every == Cadence("hours", 6)
+    assert Settings.from_env({"RECONCILE_EVERY": "3"}).reconcile_every == Cadence("runs", 3)
+    assert Settings.from_env({"RECONCILE_EVERY": "off"}).reconcile_every.kind == "off"
+    assert str(Cadence("hours", 6)) == "6h"
+    for bad in ({"RECONCILE_EVERY": "-2"}, {"RECONCILE_MAX_DELETE_SHARE": "1.5"}):
+        with pytest.raises(ConfigurationError):
+            Settings.from_env(bad)
+    assert (
+        Settings.from_env({"RECONCILE_MAX_DELETE_SHARE": "0.2"}).reconcile_max_delete_share == 0.2
+    )

@@ -74,6 +74,8 @@ def test_schema_has_the_design_types_keys_and_foreign_keys(pg_dsn: str) -> None:
         assert (fact.name, "u", list(fact.natural_key)) in uniques
     assert ("dim_staff", "p", ["staff_id"]) in uniques
     assert seq == "public.fact_payment_payment_record_id_seq"
+    for table in WAREHOUSE_TABLES:  # migration 0003: deletes are marks, never DELETEs
+        assert types[f"{table}._deleted_at"] == "timestamp(3) without time zone"
 
 
 def test_concurrent_migrations_apply_each_version_once(make_database) -> None:

@@ -123,6 +123,11 @@ def test_status_reports_watermarks_pending_work_and_runs(
     after = json.loads(capsys.readouterr().out)
     assert after["tables"]["sales_order"]["watermark"] is not None
     assert after["tables"]["sales_order"]["last_run"] == run_id
+    reconciled = after["tables"]["sales_order"]["reconcile"]
+    assert reconciled["run_id"] == run_id and reconciled["reconciled_at"]
+    assert reconciled["buckets_compared"] > 0 and reconciled["buckets_differed"] == 0
+    assert {"rows_recovered", "keys_deleted"} <= set(reconciled)
+    assert before["tables"]["sales_order"]["reconcile"] is None
     assert after["waiting_for_transform"] == []
     assert after["waiting_for_load"] == []
     assert [(r["run_id"], r["status"]) for r in after["recent_runs"]] == [(run_id, "succeeded")]

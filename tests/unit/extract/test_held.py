@@ -1,0 +1,96 @@
+"""The held state's fold: per key the newest event by snapshot decides; saved and reopened
+it is the same; a damaged state reads as empty (to be rebuilt)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import layout
+from pipeline.catalog import TABLES
+from pipeline.extract import held
+from pipeline.extract.held import HeldState, Keys
+from pipeline.lake import Lake
+
+SPEC = TABLES["currency"]
+
+
+def batch(run_id: str, at: str, keys: dict[int, int], mode: str = "incremental") -> held.Folded:
+    manifest = {
+        "run_id": run_id,
+        "mode": mode,
+        "window": {"since": None, "until": at, "after_key": None},
+        "snapshot": {"from": at, "to": at},
+        "committed_at": at,
+    }
+    k = np.array(list(keys), dtype=np.int64)
+    return (
+        layout.ingestion_manifest("currency", run_id),
+        manifest,
+        Keys(k, np.array(list(keys.values()), dtype=np.int64)),
+    )
+
+
+def as_dict(state: HeldState) -> dict[int, int]:
+    keys = state.keys(set(state.head.keys) | set(state._keys))
+    return dict(zip(keys.key.tolist(), keys.stamp.tolist(), strict=True))
+
+
+def test_newest_version_wins_and_tombstones_remove_until_a_later_snapshot_restores(
+    tmp_path: Path,
+) -> None:
+    state = HeldState.open(Lake(str(tmp_path)), SPEC)
+    state.fold([batch("a", "2024-01-01T00:00:00", {1: 10, 2: 20, 70_000: 5})])
+    state.fold([batch("b", "2024-01-02T00:00:00", {1: 15, 2: 12})])  # 2: an older version
+    assert as_dict(state) == {1: 15, 2: 20, 70_000: 5}
+    state.fold(
+        [
+            batch("t", "2024-01-03T00:00:00", {2: 20, 70_000: 5}, mode=layout.TOMBSTONE_MODE),
+            batch("early", "2024-01-02T12:00:00", {2: 21}),  # before the delete: still gone
+        ]
+    )
+    assert as_dict(state) == {1: 15}
+    state.fold([batch("back", "2024-01-04T00:00:00", {2: 20})])  # found again later
+    assert as_dict(state) == {1: 15, 2: 20}
+    assert state.held_count == 2
+    assert list(state.summary.bucket) == [0] and list(state.summary.rows) == [2]
+
+
+def test_saved_state_reopens_equal_and_fold_records_are_compacted(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(held, "FOLD_FILES", 2)
+    lake = Lake(str(tmp_path))
+    state = HeldState.open(lake, SPEC)
+    for i in range(5):
+        state.fold([batch(f"r{i}", f"2024-01-0{i + 1}T00:00:00", {i: i, 100_000 + i: i})])
+        assert state.save({"run_id": f"r{i}"})
+    again = HeldState.open(lake, SPEC)
+    assert as_dict(again) == as_dict(state)
+    assert len(again.head.folded) <= 2 and [r["run_id"] for r in again.folded] == [
+        f"r{i}" for i in range(5)
+    ]
+    assert (again.summary.xor == state.summary.xor).all()
+    assert again.head.last_pass == {"run_id": "r4"}
+
+
+def test_a_head_pointing_at_a_missing_file_reads_as_empty(tmp_path: Path) -> None:
+    lake = Lake(str(tmp_path))
+    state = HeldState.open(lake, SPEC)
+    state.fold([batch("a", "2024-01-01T00:00:00", {1: 10})])
+    assert state.save(None)
+    [key] = state.head.keys.values()
+    lake.delete(key)
+    reopened = HeldState.open(lake, SPEC)
+    assert reopened.held_count == 0 and reopened.folded == []  # the caller folds everything
+    assert reopened.head.seq == state.head.seq  # and saves the next version
+
+
+def test_a_losing_concurrent_save_reports_it(tmp_path: Path) -> None:
+    lake = Lake(str(tmp_path))
+    one, two = HeldState.open(lake, SPEC), HeldState.open(lake, SPEC)
+    one.fold([batch("a", "2024-01-01T00:00:00", {1: 10})])
+    two.fold([batch("b", "2024-01-01T00:00:00", {2: 10})])
+    assert one.save(None) is True
+    assert two.save(None) is False
