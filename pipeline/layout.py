@@ -216,6 +216,11 @@ def reconcile_heads(table: str) -> str:
     return f"_reconcile/{table}/heads/"
 
 
+def reconcile_pointer(table: str) -> str:
+    """A copy of the newest held-state head (status reads it: one read, no listing)."""
+    return f"_reconcile/{table}/head.json"
+
+
 def reconcile_head(table: str, seq: int) -> str:
     return f"{reconcile_heads(table)}head-{seq:010d}.json"
 

@@ -195,11 +195,29 @@ def load_head(lake: Lake, table: str) -> Head | None:
     return None
 
 
+def last_pass(lake: Lake, table: str) -> dict[str, Any] | None:
+    """The last reconciliation's counts and time, from the head pointer (for status: one
+    read); None before the first pass."""
+    try:
+        pointed = lake.read_json_or_none(layout.reconcile_pointer(table))
+    except CorruptBatchError:
+        return None
+    return pointed.get("last_pass") if isinstance(pointed, dict) else None
+
+
 def save_head(lake: Lake, head: Head) -> bool:
-    """Create the next head version (compare-and-swap); False if another pass won."""
+    """Create the next head version (compare-and-swap); False if another pass won. The
+    pointer is a copy for readers that must not list (status), moved forward only."""
     head.seq += 1
     if not lake.create_json(layout.reconcile_head(head.table, head.seq), head.to_json()):
         return False
+    pointer = layout.reconcile_pointer(head.table)
+    try:
+        pointed = lake.read_json_or_none(pointer)
+    except CorruptBatchError:
+        pointed = None
+    if not isinstance(pointed, dict) or int(pointed.get("seq", 0)) < head.seq:
+        lake.write_json(pointer, head.to_json())
     for seq in _versions(lake, head.table):
         if seq <= head.seq - KEEP_HEADS:
             lake.delete(layout.reconcile_head(head.table, seq))

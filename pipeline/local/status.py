@@ -26,8 +26,7 @@ def gather_status(settings: Settings, *, runs: int = 10, page: int = 1) -> dict[
     steps themselves would pick up next (at most `inputs.READ_AHEAD` are listed, and
     `waiting_for_transform_more` says whether there are more).
     """
-    from pipeline.catalog import TABLES
-    from pipeline.extract.held import load_head
+    from pipeline.extract.held import last_pass
     from pipeline.extract.watermark import read_watermark
     from pipeline.transform import state
     from pipeline.transform.inputs import pending_batches
@@ -43,9 +42,7 @@ def gather_status(settings: Settings, *, runs: int = 10, page: int = 1) -> dict[
             "last_rows": summary.get("last_rows"),
             "last_committed_at": summary.get("last_committed_at"),
             "batches": int(summary.get("batches", 0)),
-            "reconcile": (
-                head.last_pass if (head := load_head(ingest, TABLES[table].name)) else None
-            ),
+            "reconcile": last_pass(ingest, table),
         }
     cursor, _ = ingest_cursor(ingest, processed, state.committed_state(processed))
     waiting, more = pending_batches(ingest, cursor)

@@ -250,7 +250,7 @@ def _read_slice(lake: Lake, table: str, batch: Batch, schema: pa.Schema) -> pa.T
         if total != batch.rows:
             raise CorruptBatchError(
                 f"table {table!r}: the files of {batch.key} hold {total} rows but its commit "
-                f"records say {batch.rows}. Re-extract the table."
+                f"records say {batch.rows}; {repair_hint(table)}"
             )
         start, stop = batch.offset, batch.offset + batch.taken
         pieces, position = [], 0
@@ -260,7 +260,8 @@ def _read_slice(lake: Lake, table: str, batch: Batch, schema: pa.Schema) -> pa.T
                 n = pf.metadata.row_group(group).num_rows
                 lo, hi = max(start, position), min(stop, position + n)
                 if lo < hi:
-                    rows = _read_group(lake, pf, key, group, present).slice(lo - position, hi - lo)
+                    rows = _read_group(lake, table, pf, key, group, present)
+                    rows = rows.slice(lo - position, hi - lo)
                     for name in absent:  # (a column adopted after this batch: NULL)
                         field = loose.field(name)
                         rows = rows.append_column(field, pa.nulls(rows.num_rows, field.type))
@@ -270,13 +271,14 @@ def _read_slice(lake: Lake, table: str, batch: Batch, schema: pa.Schema) -> pa.T
 
 
 def _read_group(
-    lake: Lake, pf: pq.ParquetFile, key: str, group: int, columns: list[str]
+    lake: Lake, table: str, pf: pq.ParquetFile, key: str, group: int, columns: list[str]
 ) -> pa.Table:
     """One row group; a lake fault on the way (S3 throttling, a truncated file) is typed."""
     try:
         return pf.read_row_group(group, columns=columns)
     except (OSError, pa.ArrowException) as exc:
-        raise lake_error(exc, lake.uri(key), "reading", "Re-extract the table.") from exc
+        fix = f"It is listed in a manifest of table {table!r}: {repair_hint(table)}."
+        raise lake_error(exc, lake.uri(key), "reading", fix) from exc
 
 
 def check_row_count(table: str, batches: list[tuple[int, Batch]], rows: int) -> None:
@@ -305,7 +307,7 @@ def _open(
 ) -> Iterator[tuple[pq.ParquetFile, set[str]]]:
     """The file's reader, once its schema is checked against the catalog's, and the
     nullable catalog columns it lacks."""
-    fix = f"It is listed in a manifest of table {table!r}: re-extract the table."
+    fix = f"It is listed in a manifest of table {table!r}: {repair_hint(table)}."
     try:
         source = lake.fs.open_input_file(lake.path(key))
     except (OSError, pa.ArrowException) as exc:  # transient (S3), missing or broken: typed

@@ -9,7 +9,7 @@ import datetime as dt
 import polars as pl
 import pytest
 
-from pipeline import layout
+from pipeline import ingest_log, layout
 from pipeline.lake import Lake
 from pipeline.settings import Settings
 from pipeline.transform import transform
@@ -86,6 +86,7 @@ def test_a_batch_from_an_earlier_snapshot_does_not_undo_a_delete(lakes) -> None:
     [part] = [k for k in ingest.list("sales_order/") if "/slow/" in k]
     manifest["files"] = [part]
     ingest.write_json(early, manifest)
+    ingest_log.log_batch(ingest, early, manifest, replayed=False)  # type: ignore[arg-type]
     result = run(lakes, "t2")
     assert result.deleted["sales_order"] == {"deleted": 1, "restored": 0}
     # The late row is emitted, and marked deleted with it (the load applies marks last).

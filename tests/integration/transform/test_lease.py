@@ -36,7 +36,7 @@ def test_heartbeat_keeps_a_slow_transform_s_lease_alive(lakes, monkeypatch) -> N
     ingest, processed = lakes
     write_lookups(ingest, "e1")
     write_batch(ingest, "sales_order", "e1", [row("sales_order", sales_order_id=1)])
-    real_execute = run_module._execute
+    real_execute = run_module.execute_round
     refused: list[str] = []
 
     def slow(*args, **kwargs):
@@ -52,7 +52,7 @@ def test_heartbeat_keeps_a_slow_transform_s_lease_alive(lakes, monkeypatch) -> N
             refused.append(str(exc))
         return real_execute(*args, **kwargs)
 
-    monkeypatch.setattr(run_module, "_execute", slow)
+    monkeypatch.setattr(run_module, "execute_round", slow)
     settings = Settings(
         ingest_url=ingest.url, processed_url=processed.url, transform_lease_seconds=1
     )
@@ -64,7 +64,7 @@ def test_heartbeat_keeps_a_slow_transform_s_lease_alive(lakes, monkeypatch) -> N
 def test_a_holder_whose_lease_was_taken_over_cannot_commit(lakes, monkeypatch) -> None:
     ingest, processed = lakes
     write_lookups(ingest, "e1")
-    real_execute = run_module._execute
+    real_execute = run_module.execute_round
 
     def taken_over(*args, **kwargs):
         processed.write_json(
@@ -72,7 +72,7 @@ def test_a_holder_whose_lease_was_taken_over_cannot_commit(lakes, monkeypatch) -
         )
         return real_execute(*args, **kwargs)
 
-    monkeypatch.setattr(run_module, "_execute", taken_over)
+    monkeypatch.setattr(run_module, "execute_round", taken_over)
     settings = Settings(ingest_url=ingest.url, processed_url=processed.url)
     with pytest.raises(TransformBusyError, match="taken over"):
         transform("t1", settings)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from pipeline import layout
+from pipeline import ingest_log, layout
 from pipeline.catalog import TABLES
 from pipeline.extract.held import HeldState
 from pipeline.extract.reconcile import due
@@ -23,7 +23,13 @@ def _reconciled(lake: Lake, at: dt.datetime) -> None:
 
 
 def _commit(lake: Lake, run_id: str) -> None:
-    lake.write_json(layout.ingestion_manifest("currency", run_id), {"run_id": run_id})
+    """An extraction's commit as readers find it: its manifest and batch log entry."""
+    key = layout.ingestion_manifest("currency", run_id)
+    at = f"2024-11-05T12:00:00.00000{len(run_id)}+00:00"
+    manifest = {"table": "currency", "run_id": run_id, "mode": "incremental", "files": [],
+                "rows": 1, "committed_at": at}  # fmt: skip
+    lake.write_json(key, manifest)
+    ingest_log.log_batch(lake, key, manifest, replayed=False)  # type: ignore[arg-type]
 
 
 def test_cadences(tmp_path: Path) -> None:
