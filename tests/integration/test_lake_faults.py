@@ -80,7 +80,7 @@ def test_a_truncated_ingestion_part_is_a_corrupt_batch_in_one_line(tmp_path: Pat
                        "--processed-url", str(tmp_path / "out"))  # fmt: skip
     assert code == 2
     assert_one_line_error(err, "CorruptBatchError", str(part), "truncated or corrupt",
-                          "re-extract the table")  # fmt: skip
+                          "totesys-etl reconcile --tables staff --repair")  # fmt: skip
     assert Lake(str(tmp_path / "out")).list("_manifests/") == [] and leftovers(tmp_path) == []
 
 

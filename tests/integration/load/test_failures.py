@@ -248,8 +248,8 @@ def _assert_nothing_applied(dsn: str) -> None:
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        ("delete", "does not exist.*Re-run the transform"),
-        ("garbage", "truncated or corrupt.*Re-run the transform"),
+        ("delete", "does not exist.*totesys-etl transform --rederive b1"),
+        ("garbage", "truncated or corrupt.*totesys-etl transform --rederive b1"),
         ("rows", "the manifest says"),
         ("schema", "does not have the fact_payment schema"),
         ("manifest", "malformed"),
