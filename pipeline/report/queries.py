@@ -3,8 +3,8 @@
 Facts keep every version of a source row, keyed by (source id, last_updated_date,
 last_updated_time); business charts read the *current* version of each source row
 (`current_rows`: the newest by last_updated). `LIVE_ROW` is the one place that decides
-whether a current row counts: when the warehouse marks deleted rows, it becomes the
-predicate that excludes them, and every business chart follows.
+whether a current row counts: it excludes rows deleted in totesys (`_deleted_at` set), and
+every business chart follows.
 
 Each fact is read once per report: one pass de-duplicates the versions (a backward scan
 of the natural-key index, no sort) and feeds one `GROUPING SETS` aggregate, so all the
@@ -19,16 +19,22 @@ from __future__ import annotations
 from psycopg import sql
 
 from pipeline.load.ddl import LEDGER_TABLE, LINEAGE_COLUMN
-from pipeline.warehouse_schema import DIMENSIONS, FACTS, WAREHOUSE_TABLES, WarehouseTable
+from pipeline.warehouse_schema import (
+    DELETED_AT,
+    DIMENSIONS,
+    FACTS,
+    WAREHOUSE_TABLES,
+    WarehouseTable,
+)
 
 TOP = 10  # designs, counterparties, items per currency
 TOP_CITIES = 20  # delivery cities per currency
 TOP_STAFF = 25  # staff members by units sold
 TOP_OVERDUE = 15  # counterparties by overdue amount per currency
 
-# Whether a current fact row counts in the business charts. Deletes are not tracked yet;
-# once the warehouse carries `_deleted_at`, this becomes `sql.SQL("_deleted_at IS NULL")`.
-LIVE_ROW: sql.Composable = sql.SQL("TRUE")
+# Whether a current fact row counts in the business charts: not deleted in totesys (a
+# deleted row keeps its versions with `_deleted_at` set on each, docs/CONTRACTS.md).
+LIVE_ROW: sql.Composable = sql.SQL("{} IS NULL").format(sql.Identifier(DELETED_AT))
 
 LEDGER_COLUMNS = ("batch_run_id", "load_run_id", "committed_at", "loaded_at", "rows")
 

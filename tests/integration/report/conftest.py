@@ -2,7 +2,8 @@
 
 Two pipeline runs: the seed, then simulated business plus two edits of known sales
 orders, one valid (a new current version) and one invalid (its new version is
-quarantined, so the old one stays current).
+quarantined, so the old one stays current), and one order deleted with its transactions
+and payments (marked `_deleted_at` in the warehouse, so out of the business charts).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pipeline.settings import Settings
 
 EDITED_ORDER = 3  # units_sold + 7: its second version is the current one
 REJECTED_ORDER = 5  # units_sold -1: quarantined (negative_value), the first version stays
+DELETED_ORDER = 7  # deleted in totesys with its transactions and payments: out of the charts
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,13 @@ def loaded(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                     "+ interval '1 second' WHERE sales_order_id = %s",
                     (order,),
                 )
+            conn.execute(
+                "DELETE FROM payment WHERE transaction_id IN "
+                "(SELECT transaction_id FROM transaction WHERE sales_order_id = %s)",
+                (DELETED_ORDER,),
+            )
+            conn.execute("DELETE FROM transaction WHERE sales_order_id = %s", (DELETED_ORDER,))
+            conn.execute("DELETE FROM sales_order WHERE sales_order_id = %s", (DELETED_ORDER,))
         second = run_pipeline(settings)
         assert second.succeeded, second.to_dict()
         assert second.quarantined == 1, second.to_dict()

@@ -12,14 +12,21 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from pipeline.lake import Lake
 from pipeline.report.quarantine import quarantine_counts
 from pipeline.report.warehouse import gather
 from pipeline.report.window import ReportWindow
-from pipeline.warehouse_schema import WAREHOUSE_TABLES
-from tests.integration.report.conftest import EDITED_ORDER, REJECTED_ORDER, LoadedWarehouse
+from pipeline.warehouse_schema import DELETED_AT, WAREHOUSE_TABLES
+from tests.integration.report.conftest import (
+    DELETED_ORDER,
+    EDITED_ORDER,
+    REJECTED_ORDER,
+    LoadedWarehouse,
+)
 from tests.warehouse_compare import latest_versions, warehouse_contents
 
 pytestmark = pytest.mark.postgres
@@ -27,8 +34,14 @@ TODAY = date(2024, 11, 1)
 
 
 def current(contents: dict[str, list[tuple[Any, ...]]], table: str) -> list[dict[str, Any]]:
+    """The newest version of each source row not deleted in totesys."""
     names = WAREHOUSE_TABLES[table].column_names
-    return [dict(zip(names, row, strict=True)) for row in latest_versions(contents[table])]
+    gone = {row[0] for row in contents[f"{table}:deleted"]}
+    return [
+        dict(zip(names, row, strict=True))
+        for row in latest_versions(contents[table])
+        if row[0] not in gone
+    ]
 
 
 def codes(contents: dict[str, list[tuple[Any, ...]]]) -> dict[int, str]:
@@ -37,7 +50,25 @@ def codes(contents: dict[str, list[tuple[Any, ...]]]) -> dict[int, str]:
 
 @pytest.fixture(scope="module")
 def contents(loaded: LoadedWarehouse) -> dict[str, list[tuple[Any, ...]]]:
-    return warehouse_contents(loaded.warehouse)
+    """Every warehouse row, and per fact (`<fact>:deleted`) the source ids marked deleted."""
+    found = warehouse_contents(loaded.warehouse)
+    with psycopg.connect(loaded.warehouse) as conn:
+        for table in (t for t in WAREHOUSE_TABLES if t.startswith("fact_")):
+            key = WAREHOUSE_TABLES[table].natural_key[0]
+            found[f"{table}:deleted"] = conn.execute(
+                sql.SQL("SELECT DISTINCT {} FROM {} WHERE {} IS NOT NULL").format(
+                    sql.Identifier(key), sql.Identifier(table), sql.Identifier(DELETED_AT)
+                )
+            ).fetchall()
+    return found
+
+
+def test_the_deleted_order_is_marked_and_left_out(loaded, contents):
+    assert contents["fact_sales_order:deleted"] == [(DELETED_ORDER,)]
+    assert contents["fact_payment:deleted"]  # its payments
+    results = gather(loaded.warehouse, ReportWindow(), TODAY)
+    counted = sum(int(r["n"]) for r in results.part("sales", "total"))
+    assert counted == len(latest_versions(contents["fact_sales_order"])) - 1
 
 
 def test_sales_totals_months_and_top_designs_use_current_versions_per_currency(loaded, contents):
@@ -158,7 +189,11 @@ def test_lineage_and_ledger_account_for_every_row(loaded, contents):
     written = Counter()
     for r in results.ledger:
         written[r["table_name"]] += int(r["n"])
-    assert written["fact_sales_order"] == len(contents["fact_sales_order"])  # all versions
+    with psycopg.connect(loaded.warehouse) as conn:  # a deletion mark is a row written too
+        (marked,) = conn.execute(  # type: ignore[misc]
+            "SELECT count(*) FROM fact_sales_order WHERE _deleted_at IS NOT NULL"
+        ).fetchone()
+    assert written["fact_sales_order"] == len(contents["fact_sales_order"]) + marked  # all versions
     assert {r["load_run_id"] for r in results.ledger} and results.ledger_summary["batches"] >= 2
 
 
