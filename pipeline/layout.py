@@ -160,7 +160,7 @@ class SchemaColumn(TypedDict):
 # Batch modes (manifest `mode`). Row batches hold source rows in the catalog schema.
 FULL_MODE, INCREMENTAL_MODE, BACKFILL_MODE = "full", "incremental", "backfill"
 RECONCILE_MODE = "reconcile"  # rows the lake lacked, found by reconciliation (any last_updated)
-REPAIR_MODE = "repair"  # a broken or vanished batch's window, extracted again
+REPAIR_MODE = "repair"  # a broken batch's window, extracted again
 TOMBSTONE_MODE = "tombstone"  # keys the source no longer has (tombstone_schema)
 DELETED_AT = "deleted_at"
 

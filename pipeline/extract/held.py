@@ -294,7 +294,7 @@ class HeldState:
     @classmethod
     def open(cls, lake: Lake, spec: Table) -> HeldState:
         """The committed state (empty if none); unreadable parts of it make it empty, so
-        the caller's fold rebuilds it from the manifests."""
+        the caller's fold rebuilds it from the batch log."""
         head = load_head(lake, spec.name)
         state = cls(lake, spec, Head(spec.name, seq=head.seq if head else 0))
         if head is None:
@@ -307,7 +307,7 @@ class HeldState:
                     raise CorruptBatchError(f"held-state file {lake.uri(key)} is missing")
         except (CorruptBatchError, KeyError, TypeError) as exc:
             log.warning(
-                "held state unreadable: rebuilding it from the manifests",
+                "held state unreadable: rebuilding it from the batch log",
                 extra={"table": spec.name, "error": str(exc)},
             )
             return state

@@ -29,8 +29,8 @@ one source snapshot:
 
 Run alone by `reconcile_table` (`totesys-etl reconcile`), or by `extract_table` right after
 an incremental extraction, in the same snapshot (`reconcile_in`): then the comparison is
-exact, every difference a real loss or delete. Batches the fold finds broken, or folded
-ones whose manifest vanished, are re-extracted by `pipeline.extract.repair`.
+exact, every difference a real loss or delete. Batches the fold finds broken are taken
+back and re-extracted by `pipeline.extract.repair`.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class ReconcileResult:
     future_rows: int = 0  # source rows stamped more than the overlap window ahead of its clock
     reconciled_at: str | None = None  # the source's clock at the compared snapshot
     manifests: list[str] = field(default_factory=list)
-    repaired: list[str] = field(default_factory=list)  # broken or vanished batches re-extracted
+    repaired: list[str] = field(default_factory=list)  # broken batches re-extracted
     warnings: list[str] = field(default_factory=list)
     duration_s: float = 0.0
 

@@ -1,4 +1,4 @@
-"""Broken or vanished ingestion batches: found while folding, taken back, extracted again.
+"""Broken ingestion batches: found while folding, taken back, extracted again.
 
 A batch is broken when its manifest is unreadable, or a file it lists is missing, unreadable
 or holds another number of rows than the manifest says (a truncated upload, a deleted
@@ -52,7 +52,7 @@ class Damage:
     run_id: str
     reason: str
     window: dict[str, Any]  # since, until, after_key, min_key, max_key, mode (what is known)
-    manifest: dict[str, Any] | None = None  # None: vanished, or unreadable
+    manifest: dict[str, Any] | None = None  # None: unreadable
 
     def describe(self) -> str:
         return (

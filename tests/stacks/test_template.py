@@ -93,8 +93,9 @@ def test_lake_buckets_are_private_encrypted_versioned_logged_and_retained(assemb
 
 
 def test_only_the_ingestion_zones_run_keyed_records_expire_after_the_retention_period(assembly):
-    """Replay manifests, attempt and resume records: the lifecycle rules delete them, the
-    same number of days the functions are told (data and batch logs have no such rule)."""
+    """Replay manifests, attempt, resume and reconciliation records: the lifecycle rules
+    delete them, the same number of days the functions are told (data and batch logs have
+    no such rule)."""
     rules = {}
     for zone in ("LakeIngestion", "LakeProcessed"):
         bucket = assembly.template["Resources"][logical_id(assembly, "AWS::S3::Bucket", zone)]
@@ -105,7 +106,12 @@ def test_only_the_ingestion_zones_run_keyed_records_expire_after_the_retention_p
         }
     days = Settings().retention_days
     assert rules == {
-        "LakeIngestion": {"_manifests/": days, "_attempts/": days, "_resume/": days},
+        "LakeIngestion": {
+            "_manifests/": days,
+            "_attempts/": days,
+            "_resume/": days,
+            "_reconcile_runs/": days,
+        },
         "LakeProcessed": {},
     }
     for step in ("extract", "transform"):
