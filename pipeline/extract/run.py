@@ -31,8 +31,8 @@ Which rows (the window, `plan`):
 
 from __future__ import annotations
 
-import functools
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
