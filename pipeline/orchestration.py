@@ -146,12 +146,13 @@ def resume_extract(
 
     try:
         while True:
-            window = {"since": since, "until": until} if outcome.calls == 0 else {}
+            first = outcome.calls == 0
             result = extract_table(
                 table,
                 outcome.run_id,
                 settings,
-                **window,
+                since=since if first else None,
+                until=until if first else None,
                 allow_mass_delete=allow_mass_delete,
                 repair=repair,
             )
