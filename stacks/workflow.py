@@ -348,6 +348,8 @@ class PipelineWorkflow(Construct):
                     "run_id.$": "$.run_id",
                     "since.$": "$.since",
                     "until.$": "$.until",
+                    "allow_mass_delete.$": "$.allow_mass_delete",
+                    "repair.$": "$.repair",
                     "rows.$": "$.rows",
                     "invocation.$": "$.invocation",
                 },
