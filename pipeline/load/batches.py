@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from pipeline import layout, processed_log
 from pipeline.errors import CorruptBatchError
 from pipeline.lake import Lake, lake_error
-from pipeline.warehouse_schema import WAREHOUSE_TABLES, WarehouseTable
+from pipeline.warehouse_schema import PROCESSED_TABLES, WarehouseTable
 
 READ_BATCH_ROWS = 65_536  # rows per record batch streamed to COPY: bounds memory
 _REWRITE = "Re-run the transform that wrote it."
@@ -122,12 +122,12 @@ def parse_manifest(doc: Any, key: str) -> ProcessedBatch:
         raw_outputs = doc["outputs"]
         outputs = {}
         for name, out in raw_outputs.items():
-            if name not in WAREHOUSE_TABLES:
+            if name not in PROCESSED_TABLES:
                 raise ValueError(f"unknown warehouse table {name!r}")
             files = tuple(out["files"])
             if not all(isinstance(f, str) and "://" not in f for f in files):
                 raise ValueError(f"{name}: files must be keys relative to the processed zone")
-            outputs[name] = TableOutput(WAREHOUSE_TABLES[name], files, int(out["rows"]))
+            outputs[name] = TableOutput(PROCESSED_TABLES[name], files, int(out["rows"]))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CorruptBatchError(f"processed manifest {key} is malformed: {exc!r}") from None
     if layout.processed_manifest(run_id) != key:

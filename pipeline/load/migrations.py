@@ -46,6 +46,7 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001", "star schema: 8 dimensions, 3 facts", ddl.star_schema_statements),
     Migration("0002", "load ledger", ddl.ledger_statements),
+    Migration("0004", "dimension history tables", ddl.history_statements),
 )
 
 

@@ -30,6 +30,7 @@ FIXED: dict[str, np.dtype] = {
     "integer": np.dtype(">i4"),
     "date": np.dtype(">i4"),
     "time(3)": np.dtype(">i8"),
+    "timestamp(3)": np.dtype(">i8"),
     "boolean": np.dtype("u1"),
     "numeric(10,2)": _NUMERIC,
 }
@@ -71,6 +72,9 @@ def _values(column: WColumn, array: pa.Array) -> np.ndarray:
     if column.pg_type == "time(3)":
         millis = raw_values(array, "<i4")
         return (millis.astype(np.int64) * 1000).astype(">i8")  # microseconds since midnight
+    if column.pg_type == "timestamp(3)":  # Arrow timestamp("ms"): microseconds since 2000
+        millis = raw_values(array, "<i8")
+        return ((millis - PG_EPOCH_DAYS * 86_400_000) * 1000).astype(">i8")
     if column.pg_type == "boolean":
         return _bits(array.buffers()[1], array.offset, n).astype("u1")
     if column.pg_type == "numeric(10,2)":

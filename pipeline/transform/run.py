@@ -37,6 +37,7 @@ from pipeline.transform.facts import (
     grow_seen,
     transform_fact,
 )
+from pipeline.transform.history import History
 from pipeline.transform.inputs import (
     Batch,
     IngestCursor,
@@ -49,7 +50,7 @@ from pipeline.transform.lease import Lease, leased
 from pipeline.transform.output import write_quarantine, write_warehouse_table
 from pipeline.transform.quality import RULE, annotate, key_rules, quarantine_frame, row_rules
 from pipeline.transform.result import TransformResult
-from pipeline.warehouse_schema import WAREHOUSE_TABLES
+from pipeline.warehouse_schema import PROCESSED_TABLES
 
 log = logging.getLogger(__name__)
 
@@ -202,12 +203,13 @@ def _execute(
     work.result.more = round_.more
     states, changed = work.lookups()
     dims = build_dimensions(states, changed)
+    histories = work.history.build()
     # Release the lookup states (a big batch reads all 2.8M transaction rows) before the
     # facts and the writes; the store keeps the ones it must flush.
     del states, changed
     for table, bad in dims.quarantine.items():
         work.quarantine[table].append(bad)
-    outputs: dict[str, pl.DataFrame] = {**dims.rows, **work.facts(dims.valid_keys)}
+    outputs: dict[str, pl.DataFrame] = {**dims.rows, **histories, **work.facts(dims.valid_keys)}
     outputs["dim_date"] = build_dim_date(
         referenced_dates({f.name: outputs[f.name] for f in FACT_SPECS if outputs[f.name].height})
     )
@@ -236,8 +238,10 @@ class _Work:
     # buckets to read (None: all): of `seen` per fact source, of `current` per lookup table
     seen_buckets: dict[str, set[int] | None] = field(default_factory=dict)
     lookup_buckets: dict[str, set[int] | None] = field(default_factory=lambda: defaultdict(set))
+    history: History = field(init=False)
 
     def __post_init__(self) -> None:
+        self.history = History(self.store)
         for spec in FACT_SPECS:
             source = spec.source
             self.pending[source] = self.store.read_whole(f"pending/{source}", empty_pending(source))
@@ -294,6 +298,7 @@ class _Work:
             if checked is None:
                 continue
             merged = merge(table, current, checked)
+            self.history.add(table, checked)
             del checked
             states[table], changed[table] = merged.state, merged.changed
             self.store.update(kind, merged.state, pk, self.store.buckets_in(merged.changed[pk]))
@@ -377,7 +382,7 @@ def _commit(
     run_id, base = round_.run_id, round_.base
     written = {
         name: write_warehouse_table(processed, name, run_id, outputs.get(name, pl.DataFrame()))
-        for name in WAREHOUSE_TABLES
+        for name in PROCESSED_TABLES
     }
     quarantine_files = {}
     for table, frames in sorted(quarantine.items()):
