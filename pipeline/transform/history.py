@@ -146,27 +146,49 @@ class History:
             self.versions[table] = self.store.read(versions_kind(table), empty_state(table), pk)
         return self.versions[table]
 
-    def build(self, deletions: dict[str, pl.DataFrame] | None = None) -> dict[str, pl.DataFrame]:
-        """History table -> the full history of every key whose versions (or deletion
-        intervals, per source table) changed in this run."""
-        deletions = deletions or {}
+    def _versions_of(self, table: str, keys: pl.Series) -> pl.DataFrame:
+        """Every version of the given keys (row-local tables: their buckets read if this
+        run has not read them)."""
+        pk = TABLES[table].primary_key
+        if table in JOINED_TABLES:
+            held = self._all(table)
+        else:
+            held = self.versions.get(table, empty_state(table))
+            missing = keys.filter(~keys.is_in(held[pk].implode()))
+            if missing.len():
+                kind, buckets = versions_kind(table), self.store.buckets_in(missing)
+                more = self.store.read(kind, empty_state(table), pk, buckets)
+                held = pl.concat([held, more.filter(pl.col(pk).is_in(missing.implode()))])
+        return held.filter(pl.col(pk).is_in(keys.implode()))
+
+    def build(
+        self,
+        deletions: dict[str, pl.DataFrame] | None = None,
+        deleted_keys: dict[str, pl.Series] | None = None,
+    ) -> dict[str, pl.DataFrame]:
+        """History table -> the full history of every key whose versions changed in this run
+        or whose deletion intervals did (`deleted_keys`, per source table; `deletions`: every
+        deletion interval of the source table, `DELETED_FROM`/`DELETED_TO`)."""
+        deletions, deleted_keys = deletions or {}, deleted_keys or {}
         out: dict[str, pl.DataFrame] = {}
         for spec in HISTORY_SPECS:
             source, pk = spec.source, TABLES[spec.source].primary_key
-            gone = deletions.get(source, empty_deletions(pk))
             parts = [self.new[source][pk]] if source in self.new else []
-            parts.append(gone[pk])
+            if source in deleted_keys:
+                parts.append(deleted_keys[source].cast(pl.Int32))
             for fk, lookup in spec.lookups.items():
                 if lookup in self.new:
                     lookup_pk = TABLES[lookup].primary_key
                     changed = self.new[lookup][lookup_pk].implode()
                     parts.append(self._all(source).filter(pl.col(fk).is_in(changed))[pk])
+            if not parts:
+                continue
             keys = pl.concat(parts).unique()
             if keys.len() == 0:
                 continue
-            rows = self._all(source) if source in JOINED_TABLES else self.versions[source]
-            rows = rows.filter(pl.col(pk).is_in(keys.implode()))
+            rows = self._versions_of(source, keys)
             lookups = {lookup: self._all(lookup) for lookup in spec.lookups.values()}
+            gone = deletions.get(source, empty_deletions(pk))
             out[history_table(spec.name).name] = history_rows(spec, rows, lookups, gone)
         return out
 
