@@ -1,6 +1,7 @@
 """Load step throughput against the raw binary COPY limit, measured in the same run.
 
-Builds N synthetic `fact_sales_order` rows (plus the dimension rows they reference) and N
+Builds N synthetic `fact_sales_order` rows (plus the dimension rows they reference, with
+their history: one version each, as the transform emits for new rows) and N
 `dim_transaction` rows (the big dimension of a real first load) as a processed batch in a
 temporary lake, then, each in a fresh database of the same server:
 
@@ -45,7 +46,7 @@ from pipeline.load.migrations import migrate
 from pipeline.local import pgserver
 from pipeline.settings import Settings
 from pipeline.transform.dim_date import build_dim_date
-from pipeline.warehouse_schema import WAREHOUSE_TABLES
+from pipeline.warehouse_schema import HISTORIES, WAREHOUSE_TABLES, WarehouseTable
 
 FACT = WAREHOUSE_TABLES["fact_sales_order"]
 DIM_ROWS = 1000
@@ -86,14 +87,32 @@ def _dims() -> dict[str, pa.Table]:
         .to_arrow()
         .cast(WAREHOUSE_TABLES["dim_date"].arrow_schema)
     )
-    return {
-        "dim_date": dim_date,
+    dims = {
         "dim_staff": table("dim_staff"),
         "dim_location": table("dim_location"),
         "dim_design": table("dim_design"),
         "dim_currency": table("dim_currency"),
         "dim_counterparty": table("dim_counterparty"),
     }
+    return {
+        "dim_date": dim_date,
+        **dims,
+        **{h.name: _history(dims[str(h.history_of)], h) for h in HISTORIES if h.history_of in dims},
+    }
+
+
+def _history(dim: pa.Table, history: WarehouseTable) -> pa.Table:
+    """The history a transform emits for new dimension rows: one current version each."""
+    n = dim.num_rows
+    start = pa.array(np.full(n, 1_546_300_800_000, dtype=np.int64), pa.timestamp("ms"))
+    columns = [
+        *dim.columns,
+        start,
+        pa.nulls(n, pa.timestamp("ms")),
+        pa.array(np.ones(n, dtype=bool)),
+        pa.array(np.zeros(n, dtype=bool)),
+    ]
+    return pa.Table.from_arrays(columns, schema=history.arrow_schema)
 
 
 def _facts(n: int, seed: int = 7, first_id: int = 1) -> pa.Table:

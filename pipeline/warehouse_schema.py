@@ -32,6 +32,10 @@ TIME_PART = "time part (ms)"
 PARSED_DATE = "YYYY-MM-DD text parsed as a date"
 ISO_4217_NAME = "ISO 4217 name of the code (pycountry)"
 CALENDAR = "calendar attribute of the date"
+VERSION_START = "start of the version (or the looked-up row's, when its change started it)"
+VERSION_END = "the next version's `valid_from` (NULL: the version is current)"
+VERSION_CURRENT = "`valid_to IS NULL`"
+VERSION_DELETED = "the source row was deleted during the version"
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ class Lineage:
     via: str | None = None
 
     def describe(self) -> str:
+        if self.table is None and self.how != CALENDAR:  # derived from the other columns
+            return self.how
         where = f"`{self.table}.{self.column}`" if self.table else "the dates facts reference"
         through = f" via `{self.via}`" if self.via else ""
         return f"{where}{through}" + ("" if self.how == COPIED else f", {self.how}")
@@ -71,10 +77,15 @@ class WarehouseTable:
     primary_key: str  # dimensions: the natural id; facts: the serial record id
     natural_key: tuple[str, ...] = ()  # facts only: unique (source id, last_updated date, time)
     source: str | None = None  # the source table whose rows these are (None: dim_date)
+    history_of: str | None = None  # history tables: the dimension whose versions these are
 
     @property
     def is_fact(self) -> bool:
         return self.name.startswith("fact_")
+
+    @property
+    def is_history(self) -> bool:
+        return self.history_of is not None
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -326,11 +337,58 @@ def tables_of(source: str) -> list[WarehouseTable]:
     return [t for t in WAREHOUSE_TABLES.values() if t.source == source]
 
 
+# Dimension history (SCD type 2 beside the type 1 dimensions above, which keep their names,
+# columns and meaning): every version of each source-backed dimension row, with its validity
+# taken from the source's `last_updated` (docs/HISTORY.md). The version id is a serial the
+# load assigns (like a fact's record id); (key, valid_from) is unique.
+VALID_FROM, VALID_TO, IS_CURRENT, IS_DELETED = "valid_from", "valid_to", "is_current", "is_deleted"
+
+
+def _history(dim: WarehouseTable) -> WarehouseTable:
+    source = dim.source
+    validity = (
+        _col(VALID_FROM, "timestamp(3)", (source, "last_updated"), how=VERSION_START),
+        _col(VALID_TO, "timestamp(3)", (None, None), how=VERSION_END, nullable=True),
+        _col(IS_CURRENT, "boolean", (None, None), how=VERSION_CURRENT),
+        _col(IS_DELETED, "boolean", (None, None), how=VERSION_DELETED),
+    )
+    return WarehouseTable(
+        name=f"{dim.name}_history",
+        columns=(*dim.columns, *validity),
+        primary_key=f"{dim.name}_version_id",
+        natural_key=(dim.primary_key, VALID_FROM),
+        source=source,
+        history_of=dim.name,
+    )
+
+
+# dim_transaction has no history: a totesys transaction row is written once with its order
+# and never updated (the production snapshot: 0 of 15,836 rows changed after creation), so
+# its history would be a second copy of the largest dimension, one version per key (half
+# again the rows of a first load of the load benchmark; docs/HISTORY.md).
+WITHOUT_HISTORY = frozenset({"dim_date", "dim_transaction"})
+HISTORIES: tuple[WarehouseTable, ...] = tuple(
+    _history(d) for d in DIMENSIONS if d.name not in WITHOUT_HISTORY
+)
+HISTORY_TABLES: dict[str, WarehouseTable] = {t.name: t for t in HISTORIES}
+# Every table a processed batch may carry: the star schemas and the history tables.
+PROCESSED_TABLES: dict[str, WarehouseTable] = {**WAREHOUSE_TABLES, **HISTORY_TABLES}
+
+
+def history_table(dimension: str) -> WarehouseTable:
+    """The history table of `dimension` (e.g. `dim_staff` -> `dim_staff_history`)."""
+    return HISTORY_TABLES[f"{dimension}_history"]
+
+
 def lineage_markdown() -> str:
     """The column-lineage table of docs/LINEAGE.md."""
     rows = ["| warehouse column | type | comes from |", "|---|---|---|"]
-    for table in WAREHOUSE_TABLES.values():
-        for c in table.columns:
+    for table in PROCESSED_TABLES.values():
+        own = table.columns
+        if table.history_of:
+            rows.append(f"| `{table.name}.*` | | every column of `{table.history_of}`, as there |")
+            own = own[len(WAREHOUSE_TABLES[table.history_of].columns) :]
+        for c in own:
             assert c.lineage is not None
             rows.append(f"| `{table.name}.{c.name}` | {c.pg_type} | {c.lineage.describe()} |")
     return "\n".join(rows) + "\n"

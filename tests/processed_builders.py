@@ -14,14 +14,14 @@ import pyarrow as pa
 
 from pipeline import layout, processed_log
 from pipeline.lake import Lake
-from pipeline.warehouse_schema import WAREHOUSE_TABLES
+from pipeline.warehouse_schema import HISTORIES, PROCESSED_TABLES, WAREHOUSE_TABLES
 
 Rows = list[dict[str, Any]]
 BASE_TIME = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def arrow(table: str, rows: Rows) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=WAREHOUSE_TABLES[table].arrow_schema)
+    return pa.Table.from_pylist(rows, schema=PROCESSED_TABLES[table].arrow_schema)
 
 
 def write_batch(
@@ -229,6 +229,23 @@ def payment_rows(ids: range, when: dt.datetime, *, paid: bool = False) -> Rows:
         }
         for i in ids
     ]
+
+
+def history_batch(*versions: tuple[dt.datetime, dict[str, Rows]]) -> dict[str, Rows]:
+    """Every history table's full history of the keys, one version per (start, dimension
+    rows) given, oldest first: what a transform emits for them."""
+    out: dict[str, Rows] = {}
+    for history in HISTORIES:
+        dim, key = str(history.history_of), WAREHOUSE_TABLES[str(history.history_of)].primary_key
+        rows: Rows = []
+        for i, (start, dims) in enumerate(versions):
+            end = versions[i + 1][0] if i + 1 < len(versions) else None
+            for r in dims[dim]:
+                rows.append({**r, "valid_from": start.replace(tzinfo=None),
+                             "valid_to": end and end.replace(tzinfo=None),
+                             "is_current": end is None, "is_deleted": False})  # fmt: skip
+        out[history.name] = sorted(rows, key=lambda r: (r[key], r["valid_from"]))
+    return out
 
 
 def star_batch(

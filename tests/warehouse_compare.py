@@ -12,13 +12,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pipeline.warehouse_schema import WAREHOUSE_TABLES
+from pipeline.warehouse_schema import HISTORY_TABLES, IS_CURRENT, PROCESSED_TABLES, WAREHOUSE_TABLES
 
 
 def warehouse_contents(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
     contents: dict[str, list[tuple[Any, ...]]] = {}
     with psycopg.connect(dsn) as conn:
-        for name, table in WAREHOUSE_TABLES.items():
+        for name, table in PROCESSED_TABLES.items():
             cols = sql.SQL(", ").join(sql.Identifier(c) for c in table.column_names)
             rows = conn.execute(
                 sql.SQL("SELECT {} FROM {} ORDER BY {}").format(cols, sql.Identifier(name), cols)
@@ -57,3 +57,11 @@ def assert_equivalent_to_clean_pass(
             assert set(cln) <= set(inc), "dim_date misses dates"
         else:
             assert inc == cln, f"{name} differs from a clean pass"
+    for name, history in HISTORY_TABLES.items():  # the current versions are the dimension
+        dim = str(history.history_of)
+        width = len(WAREHOUSE_TABLES[dim].columns)
+        current = history.column_names.index(IS_CURRENT)
+        for contents in (incremental, clean):
+            rows = [r[:width] for r in contents[name] if r[current]]
+            assert len(rows) == len({r[0] for r in contents[name]}), f"{name}: one current"
+            assert sorted(rows) == sorted(contents[dim]), f"{name}: current != {dim}"

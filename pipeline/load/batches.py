@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from pipeline import layout, processed_log
 from pipeline.errors import CorruptBatchError, rederive_hint
 from pipeline.lake import Lake, lake_error
-from pipeline.warehouse_schema import WAREHOUSE_TABLES, WarehouseTable
+from pipeline.warehouse_schema import PROCESSED_TABLES, WAREHOUSE_TABLES, WarehouseTable
 
 READ_BATCH_ROWS = 65_536  # rows per record batch streamed to COPY: bounds memory
 MAX_STEP = 64  # log entries read back per ledger query, at most
@@ -139,8 +139,8 @@ def parse_manifest(doc: Any, key: str) -> ProcessedBatch:
     try:
         run_id = doc["run_id"]
         committed_at = datetime.fromisoformat(doc["committed_at"])
-        outputs = _outputs(doc["outputs"])
-        deletes = _outputs(doc.get("deletes") or {})
+        outputs = _outputs(doc["outputs"], PROCESSED_TABLES)
+        deletes = _outputs(doc.get("deletes") or {}, WAREHOUSE_TABLES)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CorruptBatchError(
             f"processed manifest {key} is malformed: {exc!r}; {rederive_hint(run_id)}"
@@ -153,15 +153,17 @@ def parse_manifest(doc: Any, key: str) -> ProcessedBatch:
     return ProcessedBatch(run_id, committed_at, outputs, key, deletes, str(base) if base else None)
 
 
-def _outputs(raw: Any) -> dict[str, TableOutput]:
+def _outputs(raw: Any, tables: dict[str, WarehouseTable]) -> dict[str, TableOutput]:
+    """`{table: {files, rows}}` for tables among `tables` (data: star schemas and
+    histories; deletion marks: the star schemas only)."""
     outputs = {}
     for name, out in raw.items():
-        if name not in WAREHOUSE_TABLES:
+        if name not in tables:
             raise ValueError(f"unknown warehouse table {name!r}")
         files = tuple(out["files"])
         if not all(isinstance(f, str) and "://" not in f for f in files):
             raise ValueError(f"{name}: files must be keys relative to the processed zone")
-        outputs[name] = TableOutput(WAREHOUSE_TABLES[name], files, int(out["rows"]))
+        outputs[name] = TableOutput(tables[name], files, int(out["rows"]))
     return outputs
 
 

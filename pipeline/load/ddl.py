@@ -16,6 +16,7 @@ from pipeline.warehouse_schema import (
     DELETED_AT,
     DIMENSIONS,
     FACTS,
+    HISTORIES,
     WAREHOUSE_TABLES,
     WarehouseTable,
 )
@@ -123,3 +124,29 @@ def ledger_statements() -> list[sql.Composed]:
             sql.Identifier(f"{LEDGER_TABLE}_load_run_id_idx"), ledger
         ),
     ]
+
+
+def history_statements() -> list[sql.Composed]:
+    """One `<dim>_history` table per source-backed dimension (docs/HISTORY.md): the
+    dimension's columns and validity, a serial version id, UNIQUE (key, valid_from) (which
+    also serves the as-at join), and the lineage column. No foreign key: every key it holds
+    is in the dimension, which keeps every key it ever had."""
+    statements = []
+    for table in HISTORIES:
+        items: list[sql.Composable] = [
+            sql.SQL("{} bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY").format(
+                sql.Identifier(table.primary_key)
+            ),
+            *column_definitions(table),
+            sql.SQL("{} text").format(sql.Identifier(LINEAGE_COLUMN)),
+            sql.SQL("CONSTRAINT {} UNIQUE ({})").format(
+                sql.Identifier(natural_key_constraint_name(table.name)),
+                sql.SQL(", ").join(map(sql.Identifier, table.natural_key)),
+            ),
+        ]
+        statements.append(
+            sql.SQL("CREATE TABLE {} (\n  {}\n)").format(
+                sql.Identifier(table.name), sql.SQL(",\n  ").join(items)
+            )
+        )
+    return statements

@@ -47,6 +47,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001", "star schema: 8 dimensions, 3 facts", ddl.star_schema_statements),
     Migration("0002", "load ledger", ddl.ledger_statements),
     Migration("0003", "_deleted_at on every dimension and fact", ddl.deleted_column_statements),
+    Migration("0004", "dimension history tables", ddl.history_statements),
 )
 
 

@@ -1,7 +1,8 @@
 """The load step: apply every processed batch not yet in the warehouse ledger, oldest first.
 
 Contract: docs/CONTRACTS.md. Each batch is ONE transaction: dimensions upserted
-(`pipeline.load.apply`), facts appended (`pipeline.load.facts`), then its ledger
+(`pipeline.load.apply`), facts appended (`pipeline.load.facts`), the dimension history
+of the keys it changed replaced (`pipeline.load.history`), then its ledger
 row; all commit together or not at all, so a crash anywhere leaves the warehouse as it
 was and the next load picks the batch up again, before any later batch (R7, R9).
 Loads are serialized by a session advisory lock taken before the ledger is read, so a
@@ -25,16 +26,17 @@ from pipeline import layout
 from pipeline.credentials import WAREHOUSE, connect, redact, resolve
 from pipeline.errors import InsufficientPrivilegeError, LoadConflictError, WarehouseUnavailableError
 from pipeline.lake import Lake
-from pipeline.load import apply, batches, ddl, deletes, facts, privileges
+from pipeline.load import apply, batches, ddl, deletes, facts, history, privileges
 from pipeline.load.migrations import apply_migrations
 from pipeline.settings import Settings
-from pipeline.warehouse_schema import DIMENSIONS, FACTS, deletion_marks_schema
+from pipeline.warehouse_schema import DIMENSIONS, FACTS, HISTORIES, deletion_marks_schema
 
 log = logging.getLogger(__name__)
 
 LOAD_LOCK = 0x70E5_0002  # pg_advisory_lock key shared by every load of this warehouse
 LOCK_WAIT_S = 600.0  # how long a load waits for another one before LoadConflictError
-_ORDER = [t.name for t in (*DIMENSIONS, *FACTS)]  # dimensions first: facts' FKs hold
+# dimensions first: facts' FKs hold; the history tables have no foreign keys
+_ORDER = [t.name for t in (*DIMENSIONS, *FACTS, *HISTORIES)]
 
 
 @dataclass
@@ -172,6 +174,11 @@ def load_batch(
             rows_in[table.name] = out.rows
             if table.is_fact:
                 written[table.name] = facts.append(conn, lake, out, batch.run_id)
+                continue
+            if table.is_history:
+                written[table.name] = history.apply_history(
+                    conn, lake, out, batch.run_id, batch.committed_at
+                )
                 continue
             written[table.name] = apply.apply_dimension(
                 conn, lake, out, batch.run_id, batch.committed_at

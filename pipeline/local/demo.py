@@ -43,6 +43,18 @@ REPORTS: dict[str, str] = {
         FROM fact_sales_order f JOIN dim_design d USING (design_id)
         WHERE f._deleted_at IS NULL AND d._deleted_at IS NULL
         GROUP BY 1 ORDER BY 3 DESC LIMIT 5""",
+    # Dimension history (docs/HISTORY.md): each sale with its seller's department as it was
+    # when the sale was made, next to the type 1 department of today.
+    "sales by department at the time of sale, and today": """
+        SELECT h.department_name AS department_at_sale, s.department_name AS department_now,
+               count(*) AS orders, sum(f.units_sold * f.unit_price)::numeric(14, 2) AS value
+        FROM fact_sales_order f
+        JOIN dim_staff s ON s.staff_id = f.sales_staff_id
+        LEFT JOIN dim_staff_history h
+          ON h.staff_id = f.sales_staff_id
+         AND h.valid_from <= f.created_date + f.created_time
+         AND (h.valid_to IS NULL OR f.created_date + f.created_time < h.valid_to)
+        GROUP BY 1, 2 ORDER BY 4 DESC LIMIT 12""",
     "payments by type and status": """
         SELECT t.payment_type_name AS type, f.paid, count(*) AS payments
         FROM fact_payment f JOIN dim_payment_type t USING (payment_type_id)

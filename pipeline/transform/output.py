@@ -14,7 +14,7 @@ from pipeline.errors import DataQualityError
 from pipeline.lake import Lake
 from pipeline.layout import OutputFiles
 from pipeline.transform.quality import REASON, RULE
-from pipeline.warehouse_schema import WAREHOUSE_TABLES, deletion_marks_schema
+from pipeline.warehouse_schema import PROCESSED_TABLES, WAREHOUSE_TABLES, deletion_marks_schema
 
 PART_ROWS = 1_000_000
 
@@ -41,11 +41,11 @@ def write_warehouse_table(lake: Lake, table: str, run_id: str, df: pl.DataFrame)
     """
     if df.height == 0:
         return {"files": [], "rows": 0}
-    arrow = to_arrow(df, WAREHOUSE_TABLES[table].arrow_schema, table)
+    arrow = to_arrow(df, PROCESSED_TABLES[table].arrow_schema, table)
     parts = -(-arrow.num_rows // PART_ROWS)
     keys = [layout.processed_part(table, run_id, i) for i in range(parts)]
     slices = [arrow.slice(i * PART_ROWS, PART_ROWS) for i in range(parts)]
-    spec = WAREHOUSE_TABLES[table]
+    spec = PROCESSED_TABLES[table]
     # Dictionary-encoding unique ids and millisecond times only costs CPU: skip those.
     dictionary = [c for c in spec.column_names[1:] if not c.endswith("_time")]
 

@@ -39,6 +39,7 @@ from pipeline.transform.facts import (
     grow_seen,
     transform_fact,
 )
+from pipeline.transform.history import History
 from pipeline.transform.inputs import (
     Batch,
     IngestCursor,
@@ -55,7 +56,7 @@ from pipeline.transform.output import (
 )
 from pipeline.transform.quality import RULE, annotate, key_rules, quarantine_frame, row_rules
 from pipeline.transform.result import TransformResult
-from pipeline.warehouse_schema import WAREHOUSE_TABLES
+from pipeline.warehouse_schema import PROCESSED_TABLES
 
 log = logging.getLogger(__name__)
 
@@ -243,15 +244,13 @@ def execute_round(
     )
     if round_.migrated:
         store.replace(CONSUMED, pl.DataFrame())  # (an empty frame drops the kind)
+    rows = {t: scan_batches(ingest, t, pairs) for t, pairs in by_table.items()}
+    ordinals = {o: b.observed[0] for pairs in by_table.values() for o, b in pairs}
     deletions = deletes.resolve(
-        ingest,
-        store,
-        tombstones,
-        {t: scan_batches(ingest, t, pairs) for t, pairs in by_table.items()},
-        {o: b.observed[0] for pairs in by_table.values() for o, b in pairs},
-        deletes.emitted_keys(outputs),
+        ingest, store, tombstones, rows, ordinals, deletes.emitted_keys(outputs)
     )
     work.result.deleted = deletions.counts
+    outputs.update(work.history.build(*work.history.deletions(deletions.marks, rows, ordinals)))
     commit = _Commit(processed, round_, store, lease, settings, work.now)
     return commit.write(work.result, outputs, work.quarantine, deletions)
 
@@ -276,8 +275,10 @@ class _Work:
     # buckets to read (None: all): of `seen` per fact source, of `current` per lookup table
     seen_buckets: dict[str, set[int] | None] = field(default_factory=dict)
     lookup_buckets: dict[str, set[int] | None] = field(default_factory=lambda: defaultdict(set))
+    history: History = field(init=False)
 
     def __post_init__(self) -> None:
+        self.history = History(self.store)
         for spec in FACT_SPECS:
             source = spec.source
             self.pending[source] = self.store.read_whole(f"pending/{source}", empty_pending(source))
@@ -334,6 +335,7 @@ class _Work:
             if checked is None:
                 continue
             merged = merge(table, current, checked)
+            self.history.add(table, checked)
             del checked
             states[table], changed[table] = merged.state, merged.changed
             self.store.update(kind, merged.state, pk, self.store.buckets_in(merged.changed[pk]))
@@ -443,7 +445,7 @@ class _Commit:
         run_id, base, again = round_.run_id, round_.base, round_.rederiving
         written = {
             name: write_warehouse_table(processed, name, run_id, outputs.get(name, pl.DataFrame()))
-            for name in WAREHOUSE_TABLES
+            for name in PROCESSED_TABLES
         }
         marks = {
             name: write_deletion_marks(processed, name, run_id, df)

@@ -11,7 +11,7 @@ import pytest
 from pipeline.errors import MigrationError
 from pipeline.load.migrations import MIGRATIONS, migrate
 from pipeline.local.cli import main
-from pipeline.warehouse_schema import FACTS, WAREHOUSE_TABLES
+from pipeline.warehouse_schema import FACTS, HISTORIES, PROCESSED_TABLES, WAREHOUSE_TABLES
 
 pytestmark = pytest.mark.postgres
 ALL = [m.version for m in MIGRATIONS]
@@ -30,9 +30,9 @@ def test_migrate_creates_the_schema_once_and_is_idempotent(pg_dsn: str) -> None:
         tables = {
             r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname='public'")
         }
-        assert set(WAREHOUSE_TABLES) | {"etl_load_ledger", "schema_migrations"} == tables
+        assert set(PROCESSED_TABLES) | {"etl_load_ledger", "schema_migrations"} == tables
         assert _one(conn, "SELECT count(*) FROM schema_migrations") == len(ALL)
-        for table in WAREHOUSE_TABLES:  # unqualified names resolve (BI queries)
+        for table in PROCESSED_TABLES:  # unqualified names resolve (BI queries)
             conn.execute(f"SELECT * FROM {table} LIMIT 0")
 
 
@@ -73,6 +73,11 @@ def test_schema_has_the_design_types_keys_and_foreign_keys(pg_dsn: str) -> None:
         assert (fact.name, "p", [fact.primary_key]) in uniques
         assert (fact.name, "u", list(fact.natural_key)) in uniques
     assert ("dim_staff", "p", ["staff_id"]) in uniques
+    for history in HISTORIES:  # a serial version id; one version per key and start
+        assert (history.name, "p", [history.primary_key]) in uniques
+        assert (history.name, "u", list(history.natural_key)) in uniques
+    assert types["dim_staff_history.valid_from"] == "timestamp(3) without time zone"
+    assert types["dim_staff_history.dim_staff_version_id"] == "bigint"
     assert seq == "public.fact_payment_payment_record_id_seq"
     for table in WAREHOUSE_TABLES:  # migration 0003: deletes are marks, never DELETEs
         assert types[f"{table}._deleted_at"] == "timestamp(3) without time zone"

@@ -30,7 +30,13 @@ from pipeline.local import pgserver
 from pipeline.local.cli import main
 from pipeline.settings import Settings
 from pipeline.warehouse_schema import FACTS
-from tests.processed_builders import full_contents, star_batch, write_batch
+from tests.processed_builders import (
+    dimension_rows,
+    full_contents,
+    history_batch,
+    star_batch,
+    write_batch,
+)
 
 pytestmark = pytest.mark.postgres
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, 678000)
@@ -102,13 +108,25 @@ def warehouse(pg_server: str) -> Iterator[Warehouse]:
 @pytest.fixture
 def lake(tmp_path: Path) -> Lake:
     """Two processed batches: a first load, then changed dimensions and new fact versions
-    over a non-empty warehouse (the upsert, overlap and staging paths)."""
+    over a non-empty warehouse (the upsert, overlap and staging paths), each with the
+    dimensions' histories: the second one's updates a version, adds one and drops one (a
+    corrected earlier version that no longer differs)."""
     processed = Lake(str(tmp_path / "processed"))
-    write_batch(processed, "b1", star_batch(T0), committed_at=T0)
+    write_batch(processed, "b1", _first_batch(), committed_at=T0)
+    second = history_batch((T0, dimension_rows()), (T1, dimension_rows(suffix="-v2")))
     write_batch(
-        processed, "b2", star_batch(T1, ids=range(1, 9), suffix="-v2", units=20), committed_at=T1
+        processed,
+        "b2",
+        {**star_batch(T1, ids=range(1, 9), suffix="-v2", units=20), **second},
+        committed_at=T1,
     )
     return processed
+
+
+def _first_batch() -> dict:
+    earlier = T0 - dt.timedelta(days=1)
+    history = history_batch((earlier, dimension_rows(suffix="-v0")), (T0, dimension_rows()))
+    return {**star_batch(T0), **history}
 
 
 def _load(dsn: str, lake: Lake, run_id: str = "load-1") -> dict:
@@ -149,7 +167,7 @@ def test_every_granted_privilege_is_used_by_the_load(
     _init(warehouse, capsys)
     warehouse.admin_sql("REVOKE USAGE ON SCHEMA public FROM PUBLIC")  # only the grant's left
     first_only = Lake(str(tmp_path / "first"))
-    write_batch(first_only, "b1", star_batch(T0), committed_at=T0)
+    write_batch(first_only, "b1", _first_batch(), committed_at=T0)
     assert _load(warehouse.loader_dsn, first_only, "first")["batches"] == ["b1"]
     before = full_contents(warehouse.admin)
     monkeypatch.setattr(privileges, "check_loader", lambda conn: None)
@@ -215,7 +233,7 @@ def test_a_first_load_by_a_user_that_may_not_create_the_schema_says_so(
     with pytest.raises(InsufficientPrivilegeError) as raised:
         _load(warehouse.loader_dsn, lake)
     message = str(raised.value)
-    assert "migrations 0001, 0002 are not applied" in message
+    assert f"migrations {', '.join(m.version for m in MIGRATIONS)} are not applied" in message
     assert f"user {warehouse.loader} lacks CREATE on schema public" in message
     assert "init-warehouse --owner-dsn" in message
 
