@@ -96,6 +96,10 @@ class FakeSteps:
                 "rows_in": {t: 1000 for t in TABLE_NAMES},
                 "rows_out": {t: 1000 for t in WAREHOUSE_TABLES},
                 "quarantined": {t: 3 for t in TABLE_NAMES},
+                "duplicates": {t: 1 for t in TABLE_NAMES},
+                "corrected": {t: 1 for t in TABLE_NAMES},
+                "deleted": {t: {"deleted": 1, "restored": 0} for t in TABLE_NAMES},
+                "pending": {},
                 "manifest": f"_manifests/{run_id}.json",
                 "more": more,
             }
