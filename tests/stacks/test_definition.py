@@ -132,6 +132,9 @@ def test_failed_tables_are_recorded_where_they_stopped_and_extracted_again_after
         "until.$": "$.until",
         "rows.$": "$.rows",
         "invocation.$": "$.invocation",
+        # The catch-up extracts the table again with the execution's reconciliation options.
+        "allow_mass_delete.$": "$.allow_mass_delete",
+        "repair.$": "$.repair",
     }
     assert states["Summarise"]["Parameters"]["failures"] == {
         "tables.$": "$.extracted[*].failed_table",
