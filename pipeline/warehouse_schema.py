@@ -314,6 +314,11 @@ WAREHOUSE_TABLES: dict[str, WarehouseTable] = {t.name: t for t in (*DIMENSIONS, 
 # produced (its dimension row, every fact version) carry when it was found deleted.
 DELETED_AT = "_deleted_at"
 
+# Versions: a fact keeps every version of a source row; the load marks each version that a
+# newer one (by last_updated) replaced with that newer version's `last_updated` (the end of
+# its validity), so the current versions are the rows `WHERE _superseded_at IS NULL`.
+SUPERSEDED_AT = "_superseded_at"
+
 
 def source_key(table: WarehouseTable) -> str:
     """The column holding the source row's primary key (a fact's source id, a dimension's

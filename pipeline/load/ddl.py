@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from psycopg import sql
 
+from pipeline.load.versions import mark_statement
 from pipeline.warehouse_schema import (
     DELETED_AT,
     DIMENSIONS,
     FACTS,
     HISTORIES,
+    SUPERSEDED_AT,
     WAREHOUSE_TABLES,
     WarehouseTable,
 )
@@ -103,6 +105,21 @@ def deleted_column_statements() -> list[sql.Composed]:
         )
         for t in (*DIMENSIONS, *FACTS)
     ]
+
+
+def superseded_column_statements() -> list[sql.Composed]:
+    """`_superseded_at timestamp(3)` on every fact, filled for the versions already there
+    (the load keeps it from then on, `pipeline.load.versions`): current versions are the
+    rows `WHERE _superseded_at IS NULL`, so readers need not de-duplicate versions."""
+    statements = []
+    for t in FACTS:
+        statements.append(
+            sql.SQL("ALTER TABLE {} ADD COLUMN {} timestamp(3)").format(
+                sql.Identifier(t.name), sql.Identifier(SUPERSEDED_AT)
+            )
+        )
+        statements.append(mark_statement(t))
+    return statements
 
 
 def ledger_statements() -> list[sql.Composed]:

@@ -20,6 +20,10 @@ are switched off for this transaction (`session_replication_role = replica`, if 
 may set it) while the referenced dimensions are locked in SHARE mode so the checked keys
 stay valid until commit.
 
+Versions: after the COPY, the source ids that may now hold several versions get their
+`_superseded_at` marks recomputed (`pipeline.load.versions`); a batch of new source rows
+costs one min/max lookup.
+
 Arrow arrays are built from numpy buffers (`pgbinary.int32_array`, ...), never from Python
 objects: pyarrow's Python-object conversion imports pandas, a second of every cold start.
 """
@@ -38,7 +42,7 @@ from psycopg import sql
 
 from pipeline.errors import DataQualityError, LoadConflictError, ReferentialIntegrityError
 from pipeline.lake import Lake
-from pipeline.load import apply, batches, ddl, pgbinary
+from pipeline.load import apply, batches, ddl, pgbinary, versions
 from pipeline.warehouse_schema import WAREHOUSE_TABLES, WarehouseTable, WColumn
 
 log = logging.getLogger(__name__)
@@ -255,21 +259,23 @@ def append(conn: psycopg.Connection, lake: Lake, out: batches.TableOutput, batch
     if rows == 0:
         return corrected
     bypass = rows >= BULK_FK_ROWS and _bypass_fk_triggers(conn, table)
+    held = versions.held_range(conn, table) if mask is not None else None
     rid, t = _I(table.primary_key), _I(table.name)
     (base,) = conn.execute(sql.SQL("SELECT coalesce(max({}), 0) FROM {}").format(rid, t)).fetchone()  # type: ignore[misc]
     try:
-        keys = _copy(conn, lake, out, batch, mask, base + 1)
+        keys, ids = _copy(conn, lake, out, batch, mask, base + 1)
     except psycopg.errors.UniqueViolation:
         mask = keep_mask(conn, lake, out)  # versions repeated inside the batch
         rows = int(mask.sum())
         try:
-            keys = _copy(conn, lake, out, batch, mask, base + 1)
+            keys, ids = _copy(conn, lake, out, batch, mask, base + 1)
         except psycopg.errors.UniqueViolation as exc:
             raise LoadConflictError(
                 f"{table.name}: a row with the same natural key was written by someone else "
                 f"during load of batch {batch} ({exc.diag.message_detail}); retry the load"
             ) from None
     check_references(conn, lake, out, keys, batch)
+    versions.mark(conn, table, versions.touched_ids(ids, held))
     if bypass:
         conn.execute("SET LOCAL session_replication_role = origin")
     conn.execute(  # keep the serial default usable for anyone inserting by hand
@@ -337,15 +343,17 @@ def _copy(
     batch: str,
     mask: np.ndarray | None,
     first_id: int,
-) -> dict[str, KeySet]:
-    """One COPY attempt in a savepoint; return the distinct referencing values copied."""
+) -> tuple[dict[str, KeySet], np.ndarray]:
+    """One COPY attempt in a savepoint; return the distinct referencing values copied and
+    the source ids copied (in batch order)."""
     table = out.table
     columns = _copy_columns(table)
     seen = {c.name: KeySet() for c in table.columns if c.references}
+    source_ids: list[np.ndarray] = []
     copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         _I(table.name), sql.SQL(", ").join(_I(c.name) for c in columns)
     )
-    encoded = _encode(lake, out, batch, mask, first_id, seen)
+    encoded = _encode(lake, out, batch, mask, first_id, seen, source_ids)
     try:
         with conn.transaction(), conn.cursor() as cur, cur.copy(copy_sql) as copy:
             copy.write(pgbinary.HEADER)
@@ -358,7 +366,7 @@ def _copy(
         raise
     except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
         raise apply.copy_error(exc, table, batch) from None
-    return seen
+    return seen, np.concatenate(source_ids) if source_ids else np.zeros(0, dtype=np.int32)
 
 
 def _encode(
@@ -368,10 +376,13 @@ def _encode(
     mask: np.ndarray | None,
     first_id: int,
     seen: dict[str, KeySet],
+    source_ids: list[np.ndarray],
 ) -> Iterator[bytes]:
     """COPY data of the rows to keep, with record ids from `first_id` and the lineage;
-    the distinct values of each referencing column are collected into `seen`."""
+    the distinct values of each referencing column are collected into `seen`, the source
+    ids into `source_ids`."""
     table, offset, next_id = out.table, 0, first_id
+    source_id = table.natural_key[0]
     columns = _copy_columns(table)
     for rb in batches.stream(lake, out):
         if mask is not None:
@@ -384,6 +395,7 @@ def _encode(
         yield pgbinary.encode_batch(columns, full)
         for name, keyset in seen.items():
             keyset.add(rb.column(name))
+        source_ids.append(pgbinary.raw_values(rb.column(source_id), "<i4").copy())
         next_id += n
 
 

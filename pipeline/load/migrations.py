@@ -48,6 +48,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0002", "load ledger", ddl.ledger_statements),
     Migration("0003", "_deleted_at on every dimension and fact", ddl.deleted_column_statements),
     Migration("0004", "dimension history tables", ddl.history_statements),
+    Migration("0005", "_superseded_at on every fact", ddl.superseded_column_statements),
 )
 
 

@@ -11,12 +11,13 @@ The load needs: to connect and stage rows in temporary tables (`CONNECT`, `TEMPO
 the database), to find its tables (`USAGE` on their schema), to read the migration
 history (`SELECT` on `schema_migrations`), to upsert dimensions (`SELECT, INSERT,
 UPDATE`; `UPDATE` also lets it take the `SHARE ROW EXCLUSIVE` lock of the upsert), to
-append facts (`SELECT, INSERT`) and keep their serial sequences in step (`UPDATE`, for
-`setval`), to replace a key's versions in the history tables (`SELECT, INSERT, UPDATE,
-DELETE`: a late version can merge two into one, docs/HISTORY.md; their version ids are
-identity columns, which need no sequence privilege), and to write its ledger (`SELECT,
-INSERT`). Nothing else: no `DELETE` elsewhere, no `TRUNCATE`, no `CREATE` (the owner
-creates and migrates the schema).
+append facts and mark their versions (`SELECT, INSERT, UPDATE`: `_superseded_at` of
+replaced versions, `_deleted_at` of deleted source rows, corrected values) and keep their
+serial sequences in step (`UPDATE`, for `setval`), to replace a key's versions in the
+history tables (`SELECT, INSERT, UPDATE, DELETE`: a late version can merge two into one,
+docs/HISTORY.md; their version ids are identity columns, which need no sequence
+privilege), and to write its ledger (`SELECT, INSERT`). Nothing else: no `DELETE`
+elsewhere, no `TRUNCATE`, no `CREATE` (the owner creates and migrates the schema).
 
 All lookups go through the system catalogs by OID, so a user without `USAGE` on the
 schema still gets a message naming that privilege rather than an error of its own.
@@ -66,7 +67,7 @@ LOADER_GRANTS: tuple[Grant, ...] = (
     Grant("TABLE", MIGRATIONS_TABLE, ("SELECT",)),
     Grant("TABLE", ddl.LEDGER_TABLE, ("SELECT", "INSERT")),
     *(Grant("TABLE", t.name, ("SELECT", "INSERT", "UPDATE")) for t in DIMENSIONS),
-    *(Grant("TABLE", t.name, ("SELECT", "INSERT")) for t in FACTS),
+    *(Grant("TABLE", t.name, ("SELECT", "INSERT", "UPDATE")) for t in FACTS),
     *(Grant("TABLE", t.name, ("SELECT", "INSERT", "UPDATE", "DELETE")) for t in HISTORIES),
     *(Grant("SEQUENCE", serial_sequence(t.name, t.primary_key), ("UPDATE",)) for t in FACTS),
 )

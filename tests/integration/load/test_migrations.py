@@ -81,6 +81,42 @@ def test_schema_has_the_design_types_keys_and_foreign_keys(pg_dsn: str) -> None:
     assert seq == "public.fact_payment_payment_record_id_seq"
     for table in WAREHOUSE_TABLES:  # migration 0003: deletes are marks, never DELETEs
         assert types[f"{table}._deleted_at"] == "timestamp(3) without time zone"
+    for fact in FACTS:  # migration 0004: which version of a source row is current
+        assert types[f"{fact.name}._superseded_at"] == "timestamp(3) without time zone"
+
+
+def test_the_version_marks_are_filled_for_the_versions_already_there(pg_dsn: str) -> None:
+    """Migration 0004 on a warehouse holding several versions per source id: every replaced
+    version gets the next version's last_updated, the newest none."""
+    migrate(pg_dsn)
+    fact = WAREHOUSE_TABLES["fact_sales_order"]
+    values = {"integer": "1", "date": "'2024-01-01'", "time(3)": "'12:00'"}
+    stamps = [(1, "2024-01-02", "10:00"), (1, "2024-01-01", "09:00"), (1, "2024-01-02", "09:30"),
+              (2, "2024-01-01", "08:00")]  # fmt: skip
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("SET session_replication_role = replica")  # no dimension rows here
+        for sid, day, time in stamps:
+            row = {c.name: values.get(c.pg_type, "1") for c in fact.columns}
+            row |= {fact.natural_key[0]: str(sid), "last_updated_date": f"'{day}'",
+                    "last_updated_time": f"'{time}'"}  # fmt: skip
+            conn.execute(
+                f"INSERT INTO {fact.name} ({', '.join(row)}) VALUES ({', '.join(row.values())})"
+            )
+        for t in FACTS:  # back to the schema before 0004, with the versions in place
+            conn.execute(f"ALTER TABLE {t.name} DROP COLUMN _superseded_at")
+        conn.execute("DELETE FROM schema_migrations WHERE version = '0004'")
+    assert migrate(pg_dsn) == ["0004"]
+    with psycopg.connect(pg_dsn) as conn:
+        marks = conn.execute(
+            f"SELECT {fact.natural_key[0]}, (last_updated_date + last_updated_time)::text, "
+            f"_superseded_at::text FROM {fact.name} ORDER BY 1, 2"
+        ).fetchall()
+    assert marks == [
+        (1, "2024-01-01 09:00:00", "2024-01-02 09:30:00"),
+        (1, "2024-01-02 09:30:00", "2024-01-02 10:00:00"),
+        (1, "2024-01-02 10:00:00", None),
+        (2, "2024-01-01 08:00:00", None),
+    ]
 
 
 def test_concurrent_migrations_apply_each_version_once(make_database) -> None:
