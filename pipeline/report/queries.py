@@ -2,16 +2,16 @@
 
 Facts keep every version of a source row, keyed by (source id, last_updated_date,
 last_updated_time); business charts read the *current* version of each source row
-(`current_rows`: the newest by last_updated). `LIVE_ROW` is the one place that decides
+(`current_rows`: the newest by last_updated, which the load marks by leaving
+`_superseded_at` NULL, `pipeline.load.versions`). `LIVE_ROW` is the one place that decides
 whether a current row counts: it excludes rows deleted in totesys (`_deleted_at` set), and
 every business chart follows.
 
-Each fact is read once per report: one pass de-duplicates the versions (a backward scan
-of the natural-key index, no sort) and feeds one `GROUPING SETS` aggregate, so all the
-charts of a star cost a single scan; the outer query ranks and labels the small grouped
-result. Identifiers come from `pipeline.warehouse_schema` and the load's ledger and lineage
-names (a renamed column fails here, not in a browser), quoted by `psycopg.sql`; values
-are parameters.
+Each fact is read once per report: one filtered scan feeds one `GROUPING SETS` aggregate,
+so all the charts of a star cost a single pass; the outer query ranks and labels the
+small grouped result. Identifiers come from `pipeline.warehouse_schema` and the load's
+ledger and lineage names (a renamed column fails here, not in a browser), quoted by
+`psycopg.sql`; values are parameters.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pipeline.warehouse_schema import (
     DELETED_AT,
     DIMENSIONS,
     FACTS,
+    SUPERSEDED_AT,
     WAREHOUSE_TABLES,
     WarehouseTable,
 )
@@ -57,17 +58,13 @@ def compose(template: str, **values: sql.Composable) -> sql.Composed:
 
 def current_rows(table: WarehouseTable, columns: tuple[str, ...]) -> sql.Composed:
     """The newest version of each source row of a fact, if `LIVE_ROW` keeps it, with its
-    lineage and its source `last_updated` (as `updated`).
-
-    `ORDER BY id DESC, date DESC, time DESC` is the natural-key index read backwards, so
-    PostgreSQL walks it once and keeps the first row per id (no sort, no hash).
-    """
-    source_id, updated_date, updated_time = table.natural_key
+    lineage and its source `last_updated` (as `updated`): a plain scan, since the load
+    marks every replaced version (`_superseded_at`)."""
+    _, updated_date, updated_time = table.natural_key
     return compose(
-        "SELECT * FROM (SELECT DISTINCT ON ({id}) {cols}, {_loaded_batch}, "
-        "{updated_date} + {updated_time} AS updated, {live} AS live FROM {table} "
-        "ORDER BY {id} DESC, {updated_date} DESC, {updated_time} DESC) AS versions WHERE live",
-        id=sql.Identifier(source_id),
+        "SELECT {cols}, {_loaded_batch}, {updated_date} + {updated_time} AS updated "
+        "FROM {table} WHERE {superseded} IS NULL AND {live}",
+        superseded=sql.Identifier(SUPERSEDED_AT),
         cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
         live=LIVE_ROW,
         table=sql.Identifier(table.name),

@@ -24,7 +24,7 @@ from pipeline.errors import ConfigurationError, SourceUnavailableError
 from pipeline.load.ddl import LEDGER_TABLE
 from pipeline.report import queries
 from pipeline.report.window import ReportWindow
-from pipeline.warehouse_schema import WAREHOUSE_TABLES
+from pipeline.warehouse_schema import FACTS, SUPERSEDED_AT, WAREHOUSE_TABLES
 
 Rows = list[dict[str, Any]]
 
@@ -113,4 +113,15 @@ def _check_schema(conn: psycopg.Connection[Any]) -> None:
         raise ConfigurationError(
             f"the warehouse has no {missing}: create it with `totesys-etl init-warehouse` "
             "(or run a load) before building the report"
+        )
+    old = conn.execute(  # the version marks the report filters on (migration 0004)
+        "SELECT name FROM unnest(%s::text[]) AS name WHERE NOT EXISTS (SELECT 1 FROM "
+        "pg_attribute WHERE attrelid = to_regclass(name) AND attname = %s AND NOT attisdropped)",
+        ([t.name for t in FACTS], SUPERSEDED_AT),
+    ).fetchall()
+    if old:
+        tables = ", ".join(r["name"] for r in old)
+        raise ConfigurationError(
+            f"the warehouse schema predates this report ({tables} have no {SUPERSEDED_AT}): "
+            "bring it up to date with `totesys-etl init-warehouse` (or run a load)"
         )

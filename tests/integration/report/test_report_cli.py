@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from pipeline.load.migrations import migrate
@@ -48,6 +49,21 @@ def test_a_warehouse_without_schema_is_named(
     args = ["report", "--warehouse-dsn", make_database("empty"), "--no-quarantine"]
     assert main([*args, "--out", str(tmp_path / "r.html")]) == 2
     assert "init-warehouse" in capsys.readouterr().err
+
+
+def test_a_warehouse_without_the_version_marks_is_named(
+    make_database: Callable[[str], str], tmp_path, capsys
+) -> None:
+    """A warehouse migrated by an older release (no `_superseded_at`): the report cannot tell
+    current versions apart, so it names the migration to run instead of counting wrong."""
+    dsn = make_database("old")
+    migrate(dsn)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("ALTER TABLE fact_payment DROP COLUMN _superseded_at")
+    args = ["report", "--warehouse-dsn", dsn, "--no-quarantine"]
+    assert main([*args, "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert "fact_payment have no _superseded_at" in err and "init-warehouse" in err
 
 
 def test_an_empty_warehouse_gives_a_report_that_says_so(make_database, tmp_path) -> None:
