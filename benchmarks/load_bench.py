@@ -16,6 +16,8 @@ temporary lake, then, each in a fresh database of the same server:
 - load_incremental (with `--incremental`): a second batch of as many new fact and
   dim_transaction rows into the now full tables, which adds the key lookups against
   existing rows (facts: natural key; the dimension: its primary key, then new keys COPYed).
+  With `--superseding N`, N of its fact rows are new versions of sales orders the first
+  batch loaded (the last N ids), so the load also marks the versions they replace.
 
 Each phase runs in its own process so its peak RSS is its own. Usage:
 
@@ -151,14 +153,22 @@ def _facts(n: int, seed: int = 7, first_id: int = 1) -> pa.Table:
     return pa.table(cols, schema=FACT.arrow_schema)
 
 
-def build_lake(path: str, rows: int, run_id: str = "bench", first_id: int = 1) -> None:
-    """A processed batch: dimensions and `rows` facts, parts of PART_ROWS rows."""
+def build_lake(
+    path: str, rows: int, run_id: str = "bench", first_id: int = 1, superseding: int = 0
+) -> None:
+    """A processed batch: dimensions and `rows` facts, parts of PART_ROWS rows; the facts'
+    source ids start `superseding` below `first_id` (new versions of those orders, other
+    random last_updated)."""
     lake = Lake(path)
     outputs: dict[str, Any] = {}
     tables = {
         **_dims(),
         "dim_transaction": _transactions(rows, first_id=first_id),
-        "fact_sales_order": _facts(rows, first_id=first_id),
+        "fact_sales_order": (
+            _facts(rows, seed=8, first_id=first_id - superseding)
+            if superseding
+            else _facts(rows, first_id=first_id)
+        ),
     }
     for name, table in tables.items():
         keys = []
@@ -250,13 +260,15 @@ def _timed_load(dsn: str, lake_path: str, rows: int) -> dict[str, float]:
     return {"seconds": seconds, "rows_per_s": total / seconds, "peak_rss_mb": _peak_rss_mb()}
 
 
-def _our_load(dsn: str, lake_path: str, rows: int, incremental: bool, queue: Any) -> None:
+def _our_load(
+    dsn: str, lake_path: str, rows: int, incremental: bool, superseding: int, queue: Any
+) -> None:
     """The first load into empty tables; with `incremental`, then a second batch of as
     many new fact rows into the now full table (the path that looks up existing keys)."""
     migrate(dsn)  # as `init-warehouse` would have, before the first load
     out = {"first": _timed_load(dsn, lake_path, rows)}
     if incremental:
-        build_lake(lake_path, rows, run_id="bench2", first_id=rows + 1)
+        build_lake(lake_path, rows, "bench2", first_id=rows + 1, superseding=superseding)
         out["incremental"] = _timed_load(dsn, lake_path, rows)
     queue.put(out)
 
@@ -271,15 +283,17 @@ def _phase(target: Any, *args: Any) -> dict[str, Any]:
     return out
 
 
-def run(rows: int, admin_dsn: str, fk_baseline: bool, incremental: bool) -> dict[str, Any]:
-    results: dict[str, Any] = {"rows": rows}
+def run(
+    rows: int, admin_dsn: str, fk_baseline: bool, incremental: bool, superseding: int = 0
+) -> dict[str, Any]:
+    results: dict[str, Any] = {"rows": rows, "superseding": superseding}
     with tempfile.TemporaryDirectory(prefix="load-bench-") as lake_path:
         started = time.perf_counter()
         build_lake(lake_path, rows)
         results["build_lake_s"] = round(time.perf_counter() - started, 2)
         for name, target, args in [
             ("raw_copy", _raw_copy, (rows, False)),
-            ("load", _our_load, (lake_path, rows, incremental)),
+            ("load", _our_load, (lake_path, rows, incremental, superseding)),
             *([("raw_copy_fk", _raw_copy, (rows, True))] if fk_baseline else []),
         ]:
             db = f"bench_{name}"
@@ -321,11 +335,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--incremental", action="store_true", help="also time a second batch into the full table"
     )
+    parser.add_argument(
+        "--superseding",
+        type=int,
+        default=0,
+        help="with --incremental: this many of the second batch's facts are new versions",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     with pgserver.throwaway_postgres(dsn=args.dsn) as server:
         print(f"benchmark server: {server.description}", file=sys.stderr)
-        results = run(args.rows, server.dsn, args.fk_baseline, args.incremental)
+        results = run(args.rows, server.dsn, args.fk_baseline, args.incremental, args.superseding)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
