@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +37,14 @@ class LoadedWarehouse:
     settings: Settings
 
 
-@pytest.fixture(scope="module")
-def loaded(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadedWarehouse]:
+@contextmanager
+def seeded_and_loaded(
+    pg_server: str, lake: Path, name: str, scale: float, seed_value: int
+) -> Iterator[LoadedWarehouse]:
+    """A seeded source and its warehouse after one full pipeline run (dropped after)."""
     suffix = uuid.uuid4().hex[:10]
-    names = [f"t_report_src_{suffix}", f"t_report_wh_{suffix}"]
+    names = [f"t_{name}_src_{suffix}", f"t_{name}_wh_{suffix}"]
     source, warehouse = (pgserver.create_database(pg_server, n, replace=False) for n in names)
-    lake = tmp_path_factory.mktemp("report-lake")
     settings = Settings(
         source_dsn=source,
         warehouse_dsn=warehouse,
@@ -49,8 +52,19 @@ def loaded(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         processed_url=str(lake / "processed"),
     )
     try:
-        seed(source, scale=0.03, seed=9)
+        seed(source, scale=scale, seed=seed_value)
         assert run_pipeline(settings).succeeded
+        yield LoadedWarehouse(source, warehouse, settings.processed_url, lake, settings)
+    finally:
+        for n in names:
+            pgserver.drop_database(pg_server, n)
+
+
+@pytest.fixture(scope="module")
+def loaded(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadedWarehouse]:
+    lake = tmp_path_factory.mktemp("report-lake")
+    with seeded_and_loaded(pg_server, lake, "report", 0.03, 9) as first:
+        source, settings = first.source, first.settings
         simulate(source, days=3, seed=4)
         with psycopg.connect(source) as conn:
             for order, change in ((EDITED_ORDER, "units_sold + 7"), (REJECTED_ORDER, "-1")):
@@ -70,7 +84,4 @@ def loaded(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         second = run_pipeline(settings)
         assert second.succeeded, second.to_dict()
         assert second.quarantined == 1, second.to_dict()
-        yield LoadedWarehouse(source, warehouse, settings.processed_url, lake, settings)
-    finally:
-        for name in names:
-            pgserver.drop_database(pg_server, name)
+        yield first

@@ -20,7 +20,6 @@ for every chart and per currency, and of a recomputation in Python from all rows
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,14 +37,13 @@ from pipeline.lake import Lake
 from pipeline.load import batches
 from pipeline.load.ddl import LEDGER_TABLE
 from pipeline.load.run import load, load_batch
-from pipeline.local import pgserver
 from pipeline.local.runner import run_pipeline
-from pipeline.local.simulator.seed import seed
 from pipeline.report import queries
 from pipeline.report.warehouse import WarehouseResults, gather
 from pipeline.report.window import ReportWindow
 from pipeline.settings import Settings
 from pipeline.warehouse_schema import DELETED_AT, FACTS, SUPERSEDED_AT, WAREHOUSE_TABLES
+from tests.integration.report.conftest import seeded_and_loaded
 
 pytestmark = pytest.mark.postgres
 
@@ -213,23 +211,9 @@ def _hand_made_batch(dsn: str, path: Path, late: int, twice: int) -> batches.Pro
 
 @pytest.fixture(scope="module")
 def history(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
-    suffix = uuid.uuid4().hex[:10]
-    names = [f"t_versions_src_{suffix}", f"t_versions_wh_{suffix}"]
-    source, warehouse = (pgserver.create_database(pg_server, n, replace=False) for n in names)
     lake = tmp_path_factory.mktemp("versions-lake")
-    settings = Settings(
-        source_dsn=source,
-        warehouse_dsn=warehouse,
-        ingest_url=str(lake / "ingestion"),
-        processed_url=str(lake / "processed"),
-    )
-    try:
-        seed(source, scale=0.02, seed=13)
-        assert run_pipeline(settings).succeeded
-        yield History(warehouse, settings, lake / "hand-made")
-    finally:
-        for name in names:
-            pgserver.drop_database(pg_server, name)
+    with seeded_and_loaded(pg_server, lake, "versions", 0.02, 13) as first:
+        yield History(first.warehouse, first.settings, lake / "hand-made")
 
 
 def test_marks_and_report_through_edits_deletes_restores_and_reloads(
