@@ -9,12 +9,14 @@ import psycopg
 import pytest
 
 from pipeline.errors import MigrationError
+from pipeline.load import ddl
 from pipeline.load.migrations import MIGRATIONS, migrate
 from pipeline.local.cli import main
 from pipeline.warehouse_schema import FACTS, HISTORIES, PROCESSED_TABLES, WAREHOUSE_TABLES
 
 pytestmark = pytest.mark.postgres
 ALL = [m.version for m in MIGRATIONS]
+MARKS = next(m.version for m in MIGRATIONS if m.statements is ddl.superseded_column_statements)
 
 
 def _one(conn: psycopg.Connection, query: str, *params: object) -> object:
@@ -81,13 +83,13 @@ def test_schema_has_the_design_types_keys_and_foreign_keys(pg_dsn: str) -> None:
     assert seq == "public.fact_payment_payment_record_id_seq"
     for table in WAREHOUSE_TABLES:  # migration 0003: deletes are marks, never DELETEs
         assert types[f"{table}._deleted_at"] == "timestamp(3) without time zone"
-    for fact in FACTS:  # migration 0004: which version of a source row is current
+    for fact in FACTS:  # the version marks: which version of a source row is current
         assert types[f"{fact.name}._superseded_at"] == "timestamp(3) without time zone"
 
 
 def test_the_version_marks_are_filled_for_the_versions_already_there(pg_dsn: str) -> None:
-    """Migration 0004 on a warehouse holding several versions per source id: every replaced
-    version gets the next version's last_updated, the newest none."""
+    """The version-marks migration on a warehouse holding several versions per source id:
+    every replaced version gets the next version's last_updated, the newest none."""
     migrate(pg_dsn)
     fact = WAREHOUSE_TABLES["fact_sales_order"]
     values = {"integer": "1", "date": "'2024-01-01'", "time(3)": "'12:00'"}
@@ -102,10 +104,10 @@ def test_the_version_marks_are_filled_for_the_versions_already_there(pg_dsn: str
             conn.execute(
                 f"INSERT INTO {fact.name} ({', '.join(row)}) VALUES ({', '.join(row.values())})"
             )
-        for t in FACTS:  # back to the schema before 0004, with the versions in place
+        for t in FACTS:  # back to the schema before the marks, with the versions in place
             conn.execute(f"ALTER TABLE {t.name} DROP COLUMN _superseded_at")
-        conn.execute("DELETE FROM schema_migrations WHERE version = '0004'")
-    assert migrate(pg_dsn) == ["0004"]
+        conn.execute("DELETE FROM schema_migrations WHERE version = %s", (MARKS,))
+    assert migrate(pg_dsn) == [MARKS]
     with psycopg.connect(pg_dsn) as conn:
         marks = conn.execute(
             f"SELECT {fact.natural_key[0]}, (last_updated_date + last_updated_time)::text, "
