@@ -114,7 +114,7 @@ def _check_schema(conn: psycopg.Connection[Any]) -> None:
             f"the warehouse has no {missing}: create it with `totesys-etl init-warehouse` "
             "(or run a load) before building the report"
         )
-    old = conn.execute(  # the version marks the report filters on (migration 0004)
+    old = conn.execute(  # the version marks the report filters on (migration 0005)
         "SELECT name FROM unnest(%s::text[]) AS name WHERE NOT EXISTS (SELECT 1 FROM "
         "pg_attribute WHERE attrelid = to_regclass(name) AND attname = %s AND NOT attisdropped)",
         ([t.name for t in FACTS], SUPERSEDED_AT),
