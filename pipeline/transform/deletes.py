@@ -17,6 +17,7 @@ deleted keys whose rows this run emits (a late older version is marked as well).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -66,12 +67,15 @@ def _tombstones(lake: Lake, table: str, batches: list[Batch]) -> pl.DataFrame:
 
 
 def _observations(
-    rows: dict[str, pl.LazyFrame], ordinals: dict[int, str], table: str, keys: pl.Series
+    rows: Callable[[str], pl.LazyFrame | None],
+    ordinals: dict[int, str],
+    table: str,
+    keys: pl.Series,
 ) -> pl.DataFrame:
     """Per key among `keys`: the latest snapshot start of this run's row batches holding it."""
     pk = TABLES[table].primary_key
-    lf = rows.get(table)
-    if lf is None or keys.len() == 0:
+    lf = rows(table) if keys.len() else None
+    if lf is None:
         return pl.DataFrame(schema={pk: pl.Int32, OBSERVED: pl.String})
     from pipeline.transform.inputs import BATCH_COLUMN
 
@@ -93,15 +97,17 @@ def resolve(
     lake: Lake,
     store: st.StateStore,
     tombstones: dict[str, list[Batch]],
-    rows: dict[str, pl.LazyFrame],
+    rows: Callable[[str], pl.LazyFrame | None],
     ordinals: dict[int, str],
     emitted: dict[str, pl.Series],
 ) -> Deletions:
     """Fold this run's tombstones and rows into the deleted state; the marks to load.
 
-    `rows`: this run's rows per source table (with the batch ordinal); `ordinals`: batch
-    ordinal -> its snapshot's start; `emitted`: warehouse table -> source keys of the rows
-    this run emits for it.
+    `rows(table)`: this run's rows of the table (with the batch ordinal), None if it has
+    none; called only for a table with deleted keys, so a round's rows are read again only
+    where a delete may be undone (not a second copy of every batch next to its outputs);
+    `ordinals`: batch ordinal -> its snapshot's start; `emitted`: warehouse table -> source
+    keys of the rows this run emits for it.
     """
     out = Deletions()
     for table in TABLES:

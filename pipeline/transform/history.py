@@ -25,6 +25,7 @@ dimension would quarantine (a missing lookup row, an unknown currency) are not v
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -152,7 +153,7 @@ class History:
     def deletions(
         self,
         marks: dict[str, pl.DataFrame],
-        rows: dict[str, pl.LazyFrame],
+        rows: Callable[[str], pl.LazyFrame | None],
         ordinals: dict[int, str],
     ) -> tuple[dict[str, pl.DataFrame], dict[str, pl.Series]]:
         """Fold this run's deletion marks (`pipeline.transform.deletes`: per dimension, the
@@ -190,7 +191,7 @@ class History:
         source: str,
         held: pl.DataFrame,
         keys: pl.Series,
-        rows: dict[str, pl.LazyFrame],
+        rows: Callable[[str], pl.LazyFrame | None],
         ordinals: dict[int, str],
     ) -> pl.DataFrame:
         """(key, `DELETED_TO`) for keys found again in this run."""

@@ -244,7 +244,12 @@ def execute_round(
     )
     if round_.migrated:
         store.replace(CONSUMED, pl.DataFrame())  # (an empty frame drops the kind)
-    rows = {t: scan_batches(ingest, t, pairs) for t, pairs in by_table.items()}
+
+    # A table's rows of this round are read again only where a delete may be undone (a
+    # table with deleted keys), not a second copy of every batch next to the outputs.
+    def rows(table: str) -> pl.LazyFrame | None:
+        return scan_batches(ingest, table, by_table[table]) if table in by_table else None
+
     ordinals = {o: b.observed[0] for pairs in by_table.values() for o, b in pairs}
     deletions = deletes.resolve(
         ingest, store, tombstones, rows, ordinals, deletes.emitted_keys(outputs)
@@ -363,7 +368,7 @@ class _Work:
                 seen = content.forget(seen)
             fact = transform_fact(
                 spec,
-                self.raw[source],
+                self.raw.pop(source),  # (released once built: the next fact's rows need room)
                 seen=seen,
                 pending=pending,
                 valid_keys=valid_keys,
