@@ -15,7 +15,11 @@ import pytest
 import pipeline
 from pipeline import errors
 from pipeline.catalog import TABLE_NAMES
+from pipeline.settings import Settings
 from tests.statemachine.harness import state_machine_definition
+
+# The stack's default bound is the setting's (stacks/config.py), which the local runner uses.
+DEFAULT_TRANSFORM_RUNS = Settings.__dataclass_fields__["transform_max_rounds"].default
 
 LAMBDA_SERVICE_ERRORS = {
     "Lambda.ServiceException",
@@ -179,7 +183,7 @@ def test_transform_loops_under_derived_run_ids_while_more_then_loads_once(asl):
     assert choice == {
         "And": [
             {"Variable": "$.transform.more", "BooleanEquals": True},
-            {"Variable": "$.transform_call.n", "NumericLessThan": 20},
+            {"Variable": "$.transform_call.n", "NumericLessThan": DEFAULT_TRANSFORM_RUNS},
         ],
         "Next": "NextTransform",
     }
