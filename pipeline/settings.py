@@ -242,18 +242,23 @@ class Settings:
         parse=_share,
     )
     # -- transform ---------------------------------------------------------------------
-    # The memory bound of one transform call. Measured: 8.58M rows in one call (the full
-    # history of 2M sales orders, all tables) peak at 1.1 GB RSS; 4M keeps a call under
-    # the 1 GB target (benchmarks.run); a larger backlog continues in `<run_id>.t<n>`.
+    # The memory bound of one transform call: its peak grows with the rows it takes, never
+    # with the table (a bigger batch is taken in slices; state is read by the slice's id
+    # buckets). Measured at 2M sales orders, every call in one process (benchmarks.
+    # memory_bench): 4M rows per call peak at 1.39 GB, 1M at 0.70-0.75 GB, 500k at 0.55
+    # GB; 1M costs the CPU time of 4M, 500k 17% more. A larger backlog continues in
+    # `<run_id>.t<n>`.
     transform_max_rows: int = _knob(
-        4_000_000,
+        1_000_000,
         "TRANSFORM_MAX_ROWS",
         "input rows one transform call takes at most (a bigger batch in slices); the rest waits",
         parse=_positive_int,
         flag="--transform-max-rows",
     )
+    # 50 calls of `transform_max_rows` cover a first run of 10M sales orders (8M: 34.3M
+    # source rows, about 40 calls); a bigger backlog continues in the next run.
     transform_max_rounds: int = _knob(
-        20,
+        50,
         "TRANSFORM_MAX_ROUNDS",
         "transform calls per run over a backlog before the run loads and fails",
         parse=_positive_int,

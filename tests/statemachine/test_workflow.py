@@ -22,6 +22,7 @@ from pipeline.errors import (
     TransformBusyError,
 )
 from pipeline.orchestration import BACKLOG_CAUSE
+from pipeline.settings import Settings
 from tests.statemachine.fakes import FakeSteps
 
 KIB = 1024
@@ -330,19 +331,20 @@ def test_a_transform_that_never_stops_reporting_more_fails_after_the_bound_with_
 
     assert execution.status == "FAILED"
     assert execution.error == "TransformBacklogLimit"
+    bound = Settings.__dataclass_fields__["transform_max_rounds"].default  # the stack's too
     assert [a["run_id"] for a in steps.transforms()] == ["runaway"] + [
-        f"runaway.t{n}" for n in range(2, 21)
+        f"runaway.t{n}" for n in range(2, bound + 1)
     ]
-    # What the 20 runs transformed is loaded once before the run fails.
-    assert [s for s, _ in steps.calls if s != "extract"] == ["transform"] * 20 + ["load"]
-    assert execution.cause == BACKLOG_CAUSE.format(20, "runaway.t20")
+    # What the runs up to the bound transformed is loaded once before the run fails.
+    assert [s for s, _ in steps.calls if s != "extract"] == ["transform"] * bound + ["load"]
+    assert execution.cause == BACKLOG_CAUSE.format(bound, f"runaway.t{bound}")
     [alert] = pipeline_aws.notifications()
     assert alert["subject"] == "totesys-etl: execution failed at TransformBacklogLimit"
     message = alert["message"]
     assert message["run_id"] == "runaway"
     assert message["execution_arn"].endswith(":runaway")
     assert message["error"] == "TransformBacklogLimit"
-    assert message["transform_run_id"] == "runaway.t20"
+    assert message["transform_run_id"] == f"runaway.t{bound}"
     assert message["rerun_input"] == {"tables": []}
     assert "Redrive would only fail again" in message["how_to_recover"]
     assert max(execution.payload_sizes()) < 10 * KIB
