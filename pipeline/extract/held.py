@@ -56,6 +56,7 @@ KEY_BUCKET_IDS = 65_536  # ids per key file
 COMPARE_BUCKET_IDS = 1_024  # ids per compared bucket: a differing one reads at most this many
 PER_KEY_BUCKET = KEY_BUCKET_IDS // COMPARE_BUCKET_IDS
 KEEP_HEADS = 5
+FOLD_CHUNK_KEYS = 1_000_000  # incoming keys folded at once (the fold's memory follows it)
 FOLD_FILES = 32  # fold record files a head lists before they are compacted into one
 FORMAT = 1
 _HEAD = re.compile(r"head-(\d{10})\.json$")
@@ -343,6 +344,11 @@ class HeldState:
         Per key, events are ordered by the batch's snapshot (then commit): the newest
         event decides. After a tombstone the key is gone until a later row event brings
         it back; otherwise the newest `last_updated` delivered is kept.
+
+        Keys never interact across key buckets, so the work goes in runs of consecutive
+        key buckets holding about `FOLD_CHUNK_KEYS` incoming keys each: the sort and its
+        temporaries (about 100 bytes a key) follow the chunk, not the table (a first pass
+        folds every key of the table at once).
         """
         if not batches:
             return
@@ -350,21 +356,41 @@ class HeldState:
         records = [fold_record(key, m, k) for key, m, k in batches]
         self.folded.extend(records)
         self._new_folds.extend(records)
-        all_keys = np.concatenate([k.key for _, _, k in ordered])
-        if len(all_keys) == 0:  # batches without rows change no key
-            return
-        touched = set(np.unique(all_keys // KEY_BUCKET_IDS).tolist())
+        incoming: dict[int, int] = {}
+        for _, _, k in ordered:
+            found, counts = np.unique(k.key // KEY_BUCKET_IDS, return_counts=True)
+            for bucket, count in zip(found.tolist(), counts.tolist(), strict=True):
+                incoming[bucket] = incoming.get(bucket, 0) + count
+        chunk: list[int] = []
+        size = 0
+        for bucket in sorted(incoming):  # (no incoming key: batches without rows)
+            chunk.append(bucket)
+            size += incoming[bucket]
+            if size >= FOLD_CHUNK_KEYS:
+                self._fold_chunk(ordered, chunk)
+                chunk, size = [], 0
+        if chunk:
+            self._fold_chunk(ordered, chunk)
+
+    def _fold_chunk(self, ordered: list[Folded], buckets: list[int]) -> None:
+        """Fold the keys of the given (sorted, consecutive in use) key buckets."""
+        lo, hi = buckets[0] * KEY_BUCKET_IDS, (buckets[-1] + 1) * KEY_BUCKET_IDS
+        touched = set(buckets)
         old = self.keys(touched)
-        parts = [old, *(k for _, _, k in ordered)]
+        parts, tombstone = [old], [False]
+        for _, m, k in ordered:
+            inside = (k.key >= lo) & (k.key < hi)
+            parts.append(k if inside.all() else k.take(inside))
+            tombstone.append(m["mode"] == layout.TOMBSTONE_MODE)
         key = np.concatenate([p.key for p in parts])
         stamp = np.concatenate([p.stamp for p in parts])
         order = np.concatenate([np.full(len(p), i, dtype=np.int64) for i, p in enumerate(parts)])
-        tomb = np.concatenate(
-            [np.zeros(len(old), dtype=bool)]
-            + [np.full(len(k), m["mode"] == layout.TOMBSTONE_MODE) for _, m, k in ordered]
-        )
+        tomb = np.concatenate([np.full(len(p), t) for p, t in zip(parts, tombstone, strict=True)])
+        del parts
         sort = np.lexsort((order, key))
+        del order
         key, stamp, tomb = key[sort], stamp[sort], tomb[sort]
+        del sort
         starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         ends = np.r_[starts[1:], len(key)].astype(np.int64)
         # A row event counts when no tombstone of its key follows it.
@@ -375,9 +401,9 @@ class HeldState:
         alive = ~tomb[ends - 1]
         merged = Keys(key[starts][alive], newest[alive])
         bucket_of = merged.key // KEY_BUCKET_IDS
-        for bucket in sorted(touched):
-            lo, hi = np.searchsorted(bucket_of, [bucket, bucket + 1])
-            self._keys[bucket] = merged.take(slice(int(lo), int(hi)))
+        for bucket in buckets:
+            first, last = np.searchsorted(bucket_of, [bucket, bucket + 1])
+            self._keys[bucket] = merged.take(slice(int(first), int(last)))
         self._dirty |= touched
         self._resummarise(touched, merged)
 

@@ -94,3 +94,32 @@ def test_a_losing_concurrent_save_reports_it(tmp_path: Path) -> None:
     two.fold([batch("b", "2024-01-01T00:00:00", {2: 10})])
     assert one.save(None) is True
     assert two.save(None) is False
+
+
+def test_folding_in_chunks_of_key_buckets_equals_folding_at_once(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The fold works in runs of key buckets to bound its memory: any chunk size gives the
+    same keys and summary (rows, re-deliveries, older versions and tombstones mixed over
+    several buckets and snapshots)."""
+    rng = np.random.default_rng(5)
+    width = held.KEY_BUCKET_IDS
+    batches = []
+    for i in range(6):
+        ids = rng.choice(4 * width, size=3_000, replace=False)
+        mode = layout.TOMBSTONE_MODE if i in (2, 4) else "incremental"
+        stamps = rng.integers(0, 1_000, size=ids.size)
+        at = f"2024-01-0{i + 1}T00:00:00"
+        batches.append(
+            batch(f"r{i}", at, dict(zip(ids.tolist(), stamps.tolist(), strict=True)), mode=mode)
+        )
+    results = []
+    for chunk in (10**9, 1, 2_500):
+        monkeypatch.setattr(held, "FOLD_CHUNK_KEYS", chunk)
+        state = HeldState.open(Lake(str(tmp_path / str(chunk))), SPEC)
+        state.fold(batches[:3])
+        state.fold(batches[3:])
+        s = state.summary
+        results.append((as_dict(state), s.bucket.tolist(), s.rows.tolist(), s.xor.tolist()))
+    assert len(results[0][0]) > 1_000  # (tombstones removed some keys, not all)
+    assert results[1] == results[0] and results[2] == results[0]
