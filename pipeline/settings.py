@@ -363,6 +363,16 @@ class Settings:
             origins[f.name] = name
         return cls(**values, origins=origins)
 
+    @classmethod
+    def in_folder(cls, folder: str | os.PathLike[str], **fields: Any) -> Settings:
+        """Both zones in one local folder, `<folder>/ingestion` and `<folder>/processed`
+        (the demo's lake, and the tests' and benchmarks')."""
+        return cls(
+            ingest_url=os.path.join(folder, "ingestion"),
+            processed_url=os.path.join(folder, "processed"),
+            **fields,
+        )
+
     def replace(self, **changes: Any) -> Settings:
         """A copy with `changes`; None values are ignored (an option that was not given)."""
         given = {k: v for k, v in changes.items() if v is not None}

@@ -121,12 +121,7 @@ def run_demo(*, keep: bool = False, days: int = 5, scale: float = 1.0) -> int:
     try:
         source = pgserver.create_database(admin_dsn, "totesys")
         warehouse = pgserver.create_database(admin_dsn, "warehouse")
-        settings = Settings(
-            source_dsn=source,
-            warehouse_dsn=warehouse,
-            ingest_url=str(workdir / "lake" / "ingestion"),
-            processed_url=str(workdir / "lake" / "processed"),
-        )
+        settings = Settings.in_folder(workdir / "lake", source_dsn=source, warehouse_dsn=warehouse)
         console.print(f"seeding a synthetic totesys database (scale {scale}) ...")
         counts = seed(source, scale=scale, seed=42)
         console.print(", ".join(f"{t} {n:,}" for t, n in counts.items()))

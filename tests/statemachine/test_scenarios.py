@@ -48,14 +48,7 @@ def clean_pass(source: str, make_database: Callable[[str], str], lake: Path) -> 
     from pipeline.settings import Settings
 
     warehouse = make_database("clean")
-    report = run_pipeline(
-        Settings(
-            source_dsn=source,
-            warehouse_dsn=warehouse,
-            ingest_url=str(lake / "ingestion"),
-            processed_url=str(lake / "processed"),
-        )
-    )
+    report = run_pipeline(Settings.in_folder(lake, source_dsn=source, warehouse_dsn=warehouse))
     assert report.succeeded, report.to_dict()
     return warehouse_contents(warehouse)
 

@@ -78,3 +78,10 @@ def test_reconcile_cadence_and_delete_share_parse_and_validate() -> None:
     assert (
         Settings.from_env({"RECONCILE_MAX_DELETE_SHARE": "0.2"}).reconcile_max_delete_share == 0.2
     )
+
+
+def test_a_folder_holds_both_zones_side_by_side(tmp_path: Path) -> None:
+    settings = Settings.in_folder(tmp_path / "lake", source_dsn="postgresql://h/db")
+    assert settings.ingest_url == str(tmp_path / "lake" / "ingestion")
+    assert settings.processed_url == str(tmp_path / "lake" / "processed")
+    assert settings.source_dsn == "postgresql://h/db"

@@ -28,12 +28,8 @@ def test_kill_9_during_transform_then_run_again_within_two_minutes(
 ) -> None:
     source, warehouse = make_database("source"), make_database("warehouse")
     seed(source, scale=0.2, seed=14)
-    settings = Settings(  # the default lease: this is the behaviour operators get
-        source_dsn=source,
-        warehouse_dsn=warehouse,
-        ingest_url=str(tmp_path / "ingestion"),
-        processed_url=str(tmp_path / "processed"),
-    )
+    # the default lease: this is the behaviour operators get
+    settings = Settings.in_folder(tmp_path, source_dsn=source, warehouse_dsn=warehouse)
     processed = Lake(settings.processed_url)
     env = {
         **os.environ,
@@ -69,10 +65,6 @@ def test_kill_9_during_transform_then_run_again_within_two_minutes(
     assert read_lease(processed) is None
 
     clean = make_database("clean")
-    clean_settings = settings.replace(
-        warehouse_dsn=clean,
-        ingest_url=str(tmp_path / "c" / "ingestion"),
-        processed_url=str(tmp_path / "c" / "processed"),
-    )
+    clean_settings = Settings.in_folder(tmp_path / "c", source_dsn=source, warehouse_dsn=clean)
     assert run_pipeline(clean_settings).succeeded
     assert_equivalent_to_clean_pass(warehouse_contents(warehouse), warehouse_contents(clean))

@@ -47,12 +47,7 @@ def failing(monkeypatch: pytest.MonkeyPatch, step: str) -> Iterator[None]:
 
 class Pipeline:
     def __init__(self, source: str, warehouse: str, lake: Path) -> None:
-        self.settings = Settings(
-            source_dsn=source,
-            warehouse_dsn=warehouse,
-            ingest_url=str(lake / "ingestion"),
-            processed_url=str(lake / "processed"),
-        )
+        self.settings = Settings.in_folder(lake, source_dsn=source, warehouse_dsn=warehouse)
         self.ingest, self.processed = (
             Lake(self.settings.ingest_url),
             Lake(self.settings.processed_url),

@@ -29,15 +29,6 @@ def dbs(make_database: Callable[[str], str]) -> tuple[str, str]:
     return source, warehouse
 
 
-def _settings(dbs: tuple[str, str], lake: Path) -> Settings:
-    return Settings(
-        source_dsn=dbs[0],
-        warehouse_dsn=dbs[1],
-        ingest_url=str(lake / "ingestion"),
-        processed_url=str(lake / "processed"),
-    )
-
-
 def _execute(dsn: str, *statements: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for statement in statements:
@@ -56,7 +47,7 @@ def test_prisma_migrations_and_unknown_tables_are_never_extracted_nor_warned(
     )
     with psycopg.connect(source) as conn:
         assert conn.execute("SELECT count(*) FROM _prisma_migrations").fetchone() == (1,)
-    report = run_pipeline(_settings(dbs, tmp_path))
+    report = run_pipeline(Settings.in_folder(tmp_path, source_dsn=dbs[0], warehouse_dsn=dbs[1]))
     assert report.succeeded, report.to_dict()
     assert list(report.tables) == list(TABLE_NAMES)
     assert report.warnings == {}
@@ -115,7 +106,7 @@ def test_a_new_enum_label_flows_as_text_and_is_quarantined_with_a_reason(
         "ALTER TYPE \"PaymentTypeName\" ADD VALUE 'CREDIT_NOTE'",
         "INSERT INTO payment_type (payment_type_name, last_updated) VALUES ('CREDIT_NOTE', now())",
     )
-    report = run_pipeline(_settings(dbs, tmp_path))
+    report = run_pipeline(Settings.in_folder(tmp_path, source_dsn=dbs[0], warehouse_dsn=dbs[1]))
     assert report.succeeded, report.to_dict()
     [warning] = report.warnings["payment_type"]
     assert "CREDIT_NOTE" in warning

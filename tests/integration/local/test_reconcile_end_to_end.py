@@ -46,15 +46,6 @@ def copy_first_order(stamp_sql: str) -> str:
     )
 
 
-def _settings(source: str, warehouse: str, lake: Path) -> Settings:
-    return Settings(
-        source_dsn=source,
-        warehouse_dsn=warehouse,
-        ingest_url=str(lake / "ingestion"),
-        processed_url=str(lake / "processed"),
-    )
-
-
 def _one(dsn: str, query: str, *params: Any) -> Any:
     with psycopg.connect(dsn) as conn:
         row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
@@ -94,7 +85,7 @@ def _current(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
 def pipeline_db(make_database: Callable[[str], str], tmp_path: Path) -> tuple[str, str, Settings]:
     source, warehouse = make_database("source"), make_database("warehouse")
     seed(source, scale=0.02, seed=21)
-    settings = _settings(source, warehouse, tmp_path / "lake")
+    settings = Settings.in_folder(tmp_path / "lake", source_dsn=source, warehouse_dsn=warehouse)
     first = run_pipeline(settings)
     assert first.succeeded, first.to_dict()
     passed = first.tables["sales_order"]["reconcile"]
@@ -289,7 +280,9 @@ def test_a_reconciliation_racing_an_extraction_loses_nothing_and_deletes_nothing
         _one(warehouse, "SELECT count(*) FROM fact_sales_order WHERE _deleted_at IS NOT NULL") == 0
     )
     clean = make_database("clean")
-    assert run_pipeline(_settings(source, clean, tmp_path / "clean")).succeeded
+    assert run_pipeline(
+        Settings.in_folder(tmp_path / "clean", source_dsn=source, warehouse_dsn=clean)
+    ).succeeded
     assert _current(warehouse)["dim_staff"] == _current(clean)["dim_staff"]
     ids = "SELECT array_agg(DISTINCT sales_order_id ORDER BY sales_order_id) FROM fact_sales_order"
     assert _one(warehouse, ids) == _one(clean, ids)

@@ -19,18 +19,9 @@ from tests.warehouse_compare import assert_equivalent_to_clean_pass, warehouse_c
 pytestmark = pytest.mark.postgres
 
 
-def _settings(source: str, warehouse: str, lake: Path) -> Settings:
-    return Settings(
-        source_dsn=source,
-        warehouse_dsn=warehouse,
-        ingest_url=str(lake / "ingestion"),
-        processed_url=str(lake / "processed"),
-    )
-
-
 def _clean_pass(source: str, make_database: Callable[[str], str], lake: Path) -> dict:
     warehouse = make_database("clean")
-    report = run_pipeline(_settings(source, warehouse, lake))
+    report = run_pipeline(Settings.in_folder(lake, source_dsn=source, warehouse_dsn=warehouse))
     assert report.succeeded, report.to_dict()
     return warehouse_contents(warehouse)
 
@@ -40,7 +31,7 @@ def test_seed_run_simulate_run_again_equals_clean_passes(
 ) -> None:
     source, warehouse = make_database("source"), make_database("warehouse")
     seed(source, scale=0.05, seed=3)
-    settings = _settings(source, warehouse, tmp_path / "lake")
+    settings = Settings.in_folder(tmp_path / "lake", source_dsn=source, warehouse_dsn=warehouse)
 
     first = run_pipeline(settings)
     assert first.succeeded, first.to_dict()
@@ -142,7 +133,7 @@ def test_run_failing_after_extract_is_caught_up_by_the_next_run(
 
     source, warehouse = make_database("source"), make_database("warehouse")
     seed(source, scale=0.02, seed=21)
-    settings = _settings(source, warehouse, tmp_path / "lake")
+    settings = Settings.in_folder(tmp_path / "lake", source_dsn=source, warehouse_dsn=warehouse)
 
     def broken(*args: object, **kwargs: object) -> None:
         raise TransientError("transform crashed (injected)")
@@ -170,14 +161,14 @@ def test_concurrent_runs_end_like_serial_runs(
     source, warehouse = make_database("source"), make_database("warehouse")
     seed(source, scale=0.02, seed=8)
     lake = tmp_path / "lake"
-    settings = _settings(source, warehouse, lake)
+    settings = Settings.in_folder(lake, source_dsn=source, warehouse_dsn=warehouse)
     with ThreadPoolExecutor(2) as pool:
         reports = list(pool.map(lambda i: run_pipeline(settings, run_id=f"concurrent-{i}"), (1, 2)))
     # A run may lose the transform lease or the load lock to the other (a typed, retryable
     # error); neither may fail an extract or lose data.
     for report in reports:
         assert not report.failed_tables, report.to_dict()
-    final = run_pipeline(_settings(source, warehouse, lake))
+    final = run_pipeline(Settings.in_folder(lake, source_dsn=source, warehouse_dsn=warehouse))
     assert final.succeeded, final.to_dict()
     assert_equivalent_to_clean_pass(
         warehouse_contents(warehouse), _clean_pass(source, make_database, tmp_path / "clean")
@@ -191,9 +182,9 @@ def test_a_backlog_over_the_bound_is_loaded_then_the_run_fails(
     the run reports the backlog; the next run takes the rest and equals a clean pass."""
     source, warehouse = make_database("source"), make_database("warehouse")
     seed(source, scale=0.01, seed=12)
-    bounded = _settings(source, warehouse, tmp_path / "lake").replace(
-        transform_max_rows=1, transform_max_rounds=2
-    )
+    bounded = Settings.in_folder(
+        tmp_path / "lake", source_dsn=source, warehouse_dsn=warehouse
+    ).replace(transform_max_rows=1, transform_max_rounds=2)
 
     first = run_pipeline(bounded, run_id="bounded")
     assert not first.succeeded and "TransformBacklogLimit" in (first.error or "")

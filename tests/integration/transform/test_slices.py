@@ -26,32 +26,25 @@ SLICE = 300  # rows per transform call: a few per batch
 BATCH = 1_000  # rows per extract call
 
 
-def _settings(source: str, warehouse: str, lake: Path, **knobs: int) -> Settings:
-    return Settings(
-        source_dsn=source,
-        warehouse_dsn=warehouse,
-        ingest_url=str(lake / "ingestion"),
-        processed_url=str(lake / "processed"),
-        **knobs,  # type: ignore[arg-type]
-    )
-
-
 def test_a_run_in_small_slices_loads_what_one_unsliced_call_loads(
     make_database: Callable[[str], str], tmp_path: Path
 ) -> None:
     source = make_database("source")
     seed(source, scale=0.1, seed=7)
-    sliced = _settings(
-        source,
-        make_database("sliced"),
+    sliced = Settings.in_folder(
         tmp_path / "sliced",
+        source_dsn=source,
+        warehouse_dsn=make_database("sliced"),
         extract_max_rows=BATCH,
         extract_max_calls=1_000,
         transform_max_rows=SLICE,
         transform_max_rounds=1_000,
     )
-    whole = _settings(
-        source, make_database("whole"), tmp_path / "whole", transform_max_rows=10_000_000
+    whole = Settings.in_folder(
+        tmp_path / "whole",
+        source_dsn=source,
+        warehouse_dsn=make_database("whole"),
+        transform_max_rows=10_000_000,
     )
 
     for step in ("first run", "a simulated day later"):
