@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -287,30 +289,46 @@ def change_rows(source: str, counts: dict[str, int]) -> int:
     return changed
 
 
-def measure(settings: Settings, source: str, repeat: int, label: str) -> dict[str, Any]:
-    """No-change runs, then small-delta runs, and status: their in-process seconds. (The
-    no-change runs go first: a run after a delta re-reads its overlap window, as every run
-    does at this cadence, so the delta runs each find 72 new rows and the 72 before.)"""
-    out: dict[str, list[float]] = {"no_change": [], "delta": [], "status": []}
-    rows = []
+def measure(
+    settings: Settings,
+    source: str,
+    repeat: int,
+    label: str,
+    result: dict[str, Any],
+    save: Callable[[dict[str, Any]], None],
+) -> None:
+    """No-change runs, then small-delta runs, and status: their in-process seconds, into
+    `result["local"]` (saved after each kind). (The no-change runs go first: a run after a
+    delta re-reads its overlap window, as every run does at this cadence, so the delta runs
+    each find 72 new rows and the 72 before.) The load average is taken before each kind."""
+    local = result["local"]
+
+    def summary(values: list[float]) -> dict[str, Any]:
+        return {"best": min(values), "median": statistics.median(values), "all": values}
+
+    idle, status = [], []
+    local["load_no_change"] = os.getloadavg()
     for i in range(repeat):
         report = run_pipeline(settings, run_id=f"{label}-idle-{i}")
         assert report.succeeded, report.to_dict()
-        out["no_change"].append(report.duration_s)
+        idle.append(report.duration_s)
         started = time.perf_counter()
         gather_status(settings)
-        out["status"].append(time.perf_counter() - started)
+        status.append(time.perf_counter() - started)
+    local.update(no_change=summary(idle), status=summary(status))
+    result.update(phase="local no-change and status done")
+    save(result)
+    delta, rows = [], []
+    local["load_delta"] = os.getloadavg()
     for i in range(repeat):
         change_rows(source, DELTA)
         report = run_pipeline(settings, run_id=f"{label}-delta-{i}")
         assert report.succeeded, report.to_dict()
-        out["delta"].append(report.duration_s)
+        delta.append(report.duration_s)
         rows.append(sum(t["rows"] for t in report.tables.values()))
-    summary: dict[str, Any] = {
-        k: {"best": min(v), "median": statistics.median(v), "all": v} for k, v in out.items()
-    }
-    summary["delta_rows"] = rows
-    return summary
+    local.update(delta=summary(delta), delta_rows=rows, load_after=os.getloadavg())
+    result.update(phase="local delta done")
+    save(result)
 
 
 def lake_objects(settings: Settings) -> dict[str, int]:
@@ -327,6 +345,8 @@ class CountingMotoServer:
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.paths: set[str] = set()
+        self.listed: set[str] = set()
         self._lock = threading.Lock()
 
     def start(self) -> str:
@@ -345,6 +365,11 @@ class CountingMotoServer:
             kind = "LIST" if method == "GET" and "list-type" in query else method
             with self._lock:
                 self.counts[kind] += 1
+                if kind == "LIST":  # what it lists: `/bucket/prefix`
+                    prefix = parse_qs(query).get("prefix", [""])[0]
+                    self.listed.add(f"{environ.get('PATH_INFO', '').rstrip('/')}/{prefix}")
+                elif method in {"GET", "HEAD"}:
+                    self.paths.add(environ.get("PATH_INFO", ""))
             return app(environ, start_response)
 
         self.server = make_server(
@@ -358,51 +383,141 @@ class CountingMotoServer:
     def counting(self) -> Iterator[Counter[str]]:
         with self._lock:
             self.counts.clear()
+            self.paths.clear()
+            self.listed.clear()
         seen: Counter[str] = Counter()
         yield seen
         with self._lock:
             seen.update(self.counts)
 
-    def upload(self, bucket: str, prefix: str, lake: Lake) -> int:
+    def touched(self, keys: list[str]) -> list[str]:
+        """Which of `keys` (`/bucket/key`) a GET or HEAD asked for, or a LIST covered, since
+        `counting` began."""
+        with self._lock:
+            paths, listed = set(self.paths), tuple(self.listed)
+        return sorted(k for k in keys if k in paths or k.startswith(listed))
+
+    @staticmethod
+    def _backend() -> Any:
         from moto.core.models import DEFAULT_ACCOUNT_ID
         from moto.s3.models import s3_backends
 
-        backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+        return s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+
+    def upload(
+        self, bucket: str, prefix: str, lake: Lake, skip: Callable[[str], bool]
+    ) -> tuple[int, list[str]]:
+        """Copy `lake` under `prefix`, except the keys `skip` selects: (copied, skipped)."""
+        backend = self._backend()
         if bucket not in backend.buckets:
             backend.create_bucket(bucket, "us-east-1")
-        keys = lake.list()
-        for key in keys:
+        copied, skipped = 0, []
+        for key in lake.list():
+            if skip(key):
+                skipped.append(f"/{bucket}/{prefix}/{key}")
+                continue
             backend.put_object(bucket, f"{prefix}/{key}", lake.read_bytes(key))
-        return len(keys)
+            copied += 1
+        return copied, skipped
+
+    def drop(self, bucket: str) -> None:
+        """Delete the bucket and every object in it (only one lake copy is held at a time)."""
+        backend = self._backend()
+        if bucket in backend.buckets:
+            for key in list(backend.buckets[bucket].keys.keys()):
+                backend.delete_object(bucket, key)
+            backend.delete_bucket(bucket)
+        gc.collect()
 
 
-def on_s3(settings: Settings, moto: CountingMotoServer, url: str, bucket: str) -> Settings:
-    """Both zones copied into a new bucket of the moto server; settings that use them."""
-    moto.upload(bucket, "ingestion", settings.ingest_lake())
-    moto.upload(bucket, "processed", settings.processed_lake())
-    return settings.replace(
+def forged_data_part(key: str) -> bool:
+    """A Parquet part a forged run wrote (ingestion `.../forged-N/part-*.parquet`, processed
+    `.../run=forged-N/part-*.parquet`). The measured runs never read one: each run reads
+    only the parts of batches after its cursors, and every forged batch is behind them. The
+    S3 copy leaves them out (a year of them is most of the bytes and objects; moto keeps
+    every object in memory) and `counted_run` checks that no request asked for one."""
+    return key.endswith(".parquet") and ("/forged-" in key or "/run=forged-" in key)
+
+
+def on_s3(
+    settings: Settings, moto: CountingMotoServer, url: str, bucket: str
+) -> tuple[Settings, dict[str, Any]]:
+    """Both zones copied into a new bucket of the moto server (without forged data parts);
+    settings that use them, and what was copied and left out."""
+    copied, skipped = {}, []
+    for zone, lake in (
+        ("ingestion", settings.ingest_lake()),
+        ("processed", settings.processed_lake()),
+    ):
+        copied[zone], left = moto.upload(bucket, zone, lake, forged_data_part)
+        skipped += left
+    s3 = settings.replace(
         ingest_url=f"s3://{bucket}/ingestion",
         processed_url=f"s3://{bucket}/processed",
         s3_endpoint=url,
         aws_region="us-east-1",
     )
+    return s3, {"copied": copied, "skipped_forged_parts": skipped}
 
 
-def counted_run(s3: Settings, moto: CountingMotoServer, run_id: str) -> dict[str, Any]:
+def counted_run(
+    moto: CountingMotoServer, s3: Settings, copy: dict[str, Any], run_id: str
+) -> dict[str, Any]:
+    """One run against the copy: its requests by method, and which of the parts the copy
+    left out it asked for or listed (none, or the copy was not a faithful stand-in)."""
     with moto.counting() as counts:
         report = run_pipeline(s3, run_id=run_id)
     assert report.succeeded, report.to_dict()
-    return {"requests": sum(counts.values()), "by_method": dict(sorted(counts.items()))}
+    # A run that read a left-out part would have failed (NoSuchKey); one that listed over
+    # them would have seen fewer keys than in the lake: both would show here.
+    touched = moto.touched(copy["skipped_forged_parts"])
+    return {
+        "requests": sum(counts.values()),
+        "by_method": dict(sorted(counts.items())),
+        "objects_copied": copy["copied"],
+        "forged_parts_left_out": len(copy["skipped_forged_parts"]),
+        "left_out_parts_requested": touched,
+        "duration_s": report.duration_s,
+    }
+
+
+def s3_phase(
+    moto: CountingMotoServer,
+    url: str,
+    settings: Settings,
+    bucket: str,
+    run_id: str,
+    before: Callable[[], Any] | None = None,
+) -> dict[str, Any]:
+    """Copy the lake into `bucket`, (`before`), one counted run, drop the bucket again. An
+    error is recorded, not raised: the local figures stay in the results."""
+    try:
+        s3, copy = on_s3(settings, moto, url, bucket)
+        if before is not None:
+            before()
+        return counted_run(moto, s3, copy, run_id)
+    except Exception as exc:  # recorded in the JSON next to the local figures
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        moto.drop(bucket)
 
 
 # -- the benchmark ----------------------------------------------------------------------
 def bench_one(
-    n: int, args: argparse.Namespace, admin: str, moto: CountingMotoServer, url: str
+    n: int,
+    args: argparse.Namespace,
+    admin: str,
+    moto: CountingMotoServer,
+    url: str,
+    save: Callable[[dict[str, Any]], None],
 ) -> dict[str, Any]:
+    """Build N runs of history, then measure; `save(result)` after each phase, so a run
+    stopped late still leaves the figures of the phases it finished."""
     from pipeline.load.migrations import migrate
     from pipeline.local.simulator.seed import seed
 
     tag = f"h{n}"
+    result: dict[str, Any] = {"runs": n, "phase": "building"}
     source = pgserver.create_database(admin, f"{tag}_totesys", replace=True)
     warehouse = pgserver.create_database(admin, f"{tag}_warehouse", replace=True)
     seed(source, scale=1, seed=1)
@@ -433,7 +548,9 @@ def bench_one(
                     )
                     collect_templates(probe)
             forger = Forger(settings, warehouse, keep_all=args.keep_all)
+            forge_started = time.perf_counter()
             forger.forge(n - 3, dt.datetime.now(dt.UTC) - 3 * CADENCE)
+            result["forge_seconds"] = time.perf_counter() - forge_started
             real_history_after_forged(settings, source)
             how = "forged" + (" (everything kept)" if args.keep_all else "")
         built = time.perf_counter() - started
@@ -441,19 +558,21 @@ def bench_one(
             settings = settings.replace(retention_days=36_500)
         objects = lake_objects(settings)
         print(f"N={n:,}: {how} history built in {built:.0f} s, objects {objects}", flush=True)
-        s3 = {"no_change": counted_run(on_s3(settings, moto, url, f"{tag}-a"), moto, f"{tag}-s3a")}
-        local = measure(settings, source, args.repeat, tag)
-        s3_delta = on_s3(settings, moto, url, f"{tag}-b")  # after the local deltas
-        change_rows(source, DELTA)
-        s3["delta"] = counted_run(s3_delta, moto, f"{tag}-s3b")
-    return {
-        "runs": n,
-        "history": how,
-        "build_seconds": built,
-        "objects": objects,
-        "local": local,
-        "s3": s3,
-    }
+        result.update(history=how, build_seconds=built, objects=objects, s3={}, local={})
+        result.update(phase="built", load_built=os.getloadavg())
+        save(result)
+        # One copy of the lake in the moto server at a time: a no-change run on a copy
+        # taken now, the local runs, then a copy of the lake as they left it for the delta.
+        result["s3"]["no_change"] = s3_phase(moto, url, settings, f"{tag}-s3", f"{tag}-s3a")
+        result.update(phase="s3 no-change done")
+        save(result)
+        measure(settings, source, args.repeat, tag, result, save)
+        result["s3"]["delta"] = s3_phase(
+            moto, url, settings, f"{tag}-s3", f"{tag}-s3b", lambda: change_rows(source, DELTA)
+        )
+        result.update(phase="done")
+        save(result)
+    return result
 
 
 def real_history_after_forged(settings: Settings, source: str) -> None:
@@ -478,9 +597,9 @@ def print_table(results: list[dict[str, Any]]) -> None:
         def cell(k: str, loc: dict[str, Any] = loc) -> str:
             return f"{loc[k]['best']:.3f} / {loc[k]['median']:.3f}"
 
+        idle, delta = (s3[k].get("requests", "error") for k in ("no_change", "delta"))
         print(f"{r['runs']:>8,} {r['history'].split()[0]:<10} {cell('no_change'):>16} "
-              f"{cell('delta'):>16} {cell('status'):>16} {s3['no_change']['requests']:>17} "
-              f"{s3['delta']['requests']:>13}")  # fmt: skip
+              f"{cell('delta'):>16} {cell('status'):>16} {idle:>17} {delta:>13}")  # fmt: skip
     base = results[0]["local"]
     for r in results[1:]:
         ratio = {k: r["local"][k]["median"] / base[k]["median"] for k in ("no_change", "delta")}
@@ -505,13 +624,17 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}.items():
         os.environ.setdefault(key, value)
     runs = [int(x) for x in args.runs.split(",")]
-    results = []
+    results: list[dict[str, Any]] = []
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+
+    def save(current: dict[str, Any]) -> None:
+        Path(args.json).write_text(json.dumps([*results, current], indent=1, default=str))
+
     with pgserver.throwaway_postgres(dsn=args.admin_dsn) as server:  # (a DSN: used as is)
         print(server.description, flush=True)
         for n in runs:
-            results.append(bench_one(n, args, server.dsn, moto, url))
+            results.append(bench_one(n, args, server.dsn, moto, url, save))
             print_table(results)  # (as each N is done: a year's history takes a while)
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     print(f"\nwritten {args.json}")
     return 0
