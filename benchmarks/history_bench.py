@@ -22,11 +22,23 @@ warehouse, then measures what an operator pays per run:
 
 Then, each `--repeat` times: a no-change run, a small-delta run (72 rows changed: 24 sales
 orders, 24 transactions, 24 payments) and `status`; per-run in-process time is the run's
-own duration (extract of every table, transform, load, run report, housekeeping). Last,
-both zones are copied into an in-process moto S3 server that counts every request, and a
-no-change run and a delta run are made against it: requests per run by method.
+own duration (extract of every table, transform, load, run report, housekeeping).
 
-The machine may be shared: medians over `--repeat` runs are printed next to the best.
+S3 requests: both zones are copied into an in-process moto S3 server that counts every
+request by method, and one run is made against the copy: a no-change run on a copy taken
+before the local runs, then (the bucket dropped, a new copy of the lake as the local runs
+left it, 72 rows changed) a delta run. moto keeps every object in memory, so only one copy
+exists at a time, and the copy leaves out the Parquet parts forged runs wrote (a year of
+them is most of the lake's objects and bytes): the measured runs read only the parts of
+batches after their cursors, which are all real. The server records every key a GET or
+HEAD asked for and every prefix a LIST covered, and each S3 result lists the left-out parts
+the run touched (`left_out_parts_requested`; a read of one would also have failed the run
+with NoSuchKey), so an empty list is the evidence that the copy stood in for the lake.
+
+Results are written to `--json` as each phase ends (history built, S3 no-change run, local
+no-change runs and status, local delta runs, S3 delta run), with the load average next to
+each, so a long run stopped late keeps the figures of the phases it finished. The machine
+may be shared: medians over `--repeat` runs are printed next to the best.
 """
 
 from __future__ import annotations
