@@ -358,7 +358,8 @@ class CountingMotoServer:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
         self.paths: set[str] = set()
-        self.listed: set[str] = set()
+        self.read_dirs: Counter[str] = Counter()  # GET/HEAD per folder (where a run reads)
+        self.listed: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     def start(self) -> str:
@@ -379,9 +380,10 @@ class CountingMotoServer:
                 self.counts[kind] += 1
                 if kind == "LIST":  # what it lists: `/bucket/prefix`
                     prefix = parse_qs(query).get("prefix", [""])[0]
-                    self.listed.add(f"{environ.get('PATH_INFO', '').rstrip('/')}/{prefix}")
+                    self.listed[f"{environ.get('PATH_INFO', '').rstrip('/')}/{prefix}"] += 1
                 elif method in {"GET", "HEAD"}:
-                    self.paths.add(environ.get("PATH_INFO", ""))
+                    self.paths.add(path := environ.get("PATH_INFO", ""))
+                    self.read_dirs[path.rsplit("/", 1)[0]] += 1
             return app(environ, start_response)
 
         self.server = make_server(
@@ -396,6 +398,7 @@ class CountingMotoServer:
         with self._lock:
             self.counts.clear()
             self.paths.clear()
+            self.read_dirs.clear()
             self.listed.clear()
         seen: Counter[str] = Counter()
         yield seen
@@ -489,6 +492,9 @@ def counted_run(
         "objects_copied": copy["copied"],
         "forged_parts_left_out": len(copy["skipped_forged_parts"]),
         "left_out_parts_requested": touched,
+        "rows": sum(t["rows"] for t in report.tables.values()),
+        "lists_by_prefix": dict(moto.listed.most_common(40)),
+        "reads_by_folder": dict(moto.read_dirs.most_common(40)),
         "duration_s": report.duration_s,
     }
 
@@ -522,9 +528,12 @@ def bench_one(
     moto: CountingMotoServer,
     url: str,
     save: Callable[[dict[str, Any]], None],
+    workdir: str,
 ) -> dict[str, Any]:
-    """Build N runs of history, then measure; `save(result)` after each phase, so a run
-    stopped late still leaves the figures of the phases it finished."""
+    """Build N runs of history in a folder of `workdir`, then measure; `save(result)` after
+    each phase, so a run stopped late still leaves the figures of the phases it finished.
+    The lake stays until `workdir` goes (deleting a year's files takes minutes here; the
+    next N's timed runs should not wait for it, nor share the disk with it)."""
     from pipeline.load.migrations import migrate
     from pipeline.local.simulator.seed import seed
 
@@ -534,56 +543,56 @@ def bench_one(
     warehouse = pgserver.create_database(admin, f"{tag}_warehouse", replace=True)
     seed(source, scale=1, seed=1)
     migrate(warehouse)
-    with tempfile.TemporaryDirectory(prefix=f"history-{n}-") as tmp:
-        settings = Settings(
-            ingest_url=f"{tmp}/ingestion",
-            processed_url=f"{tmp}/processed",
-            source_dsn=source,
-            warehouse_dsn=warehouse,
-            extract_workers=2,
-        )
-        started = time.perf_counter()
-        if n <= args.real_up_to:
-            real_history(settings, source, n)
-            how = "real"
-        else:
-            if not _TEMPLATES:  # the objects to copy come from real runs
-                with tempfile.TemporaryDirectory() as t2:
-                    probe = settings.replace(ingest_url=f"{t2}/i", processed_url=f"{t2}/p")
-                    probe_source = pgserver.create_database(admin, "probe_totesys", replace=True)
-                    probe_wh = pgserver.create_database(admin, "probe_warehouse", replace=True)
-                    seed(probe_source, scale=1, seed=1)
-                    real_history(
-                        probe.replace(source_dsn=probe_source, warehouse_dsn=probe_wh),
-                        probe_source,
-                        20,
-                    )
-                    collect_templates(probe)
-            forger = Forger(settings, warehouse, keep_all=args.keep_all)
-            forge_started = time.perf_counter()
-            forger.forge(n - 3, dt.datetime.now(dt.UTC) - 3 * CADENCE)
-            result["forge_seconds"] = time.perf_counter() - forge_started
-            real_history_after_forged(settings, source)
-            how = "forged" + (" (everything kept)" if args.keep_all else "")
-        built = time.perf_counter() - started
-        if args.keep_all:  # housekeeping off for the measured runs too
-            settings = settings.replace(retention_days=36_500)
-        objects = lake_objects(settings)
-        print(f"N={n:,}: {how} history built in {built:.0f} s, objects {objects}", flush=True)
-        result.update(history=how, build_seconds=built, objects=objects, s3={}, local={})
-        result.update(phase="built", load_built=os.getloadavg())
-        save(result)
-        # One copy of the lake in the moto server at a time: a no-change run on a copy
-        # taken now, the local runs, then a copy of the lake as they left it for the delta.
-        result["s3"]["no_change"] = s3_phase(moto, url, settings, f"{tag}-s3", f"{tag}-s3a")
-        result.update(phase="s3 no-change done")
-        save(result)
-        measure(settings, source, args.repeat, tag, result, save)
-        result["s3"]["delta"] = s3_phase(
-            moto, url, settings, f"{tag}-s3", f"{tag}-s3b", lambda: change_rows(source, DELTA)
-        )
-        result.update(phase="done")
-        save(result)
+    tmp = tempfile.mkdtemp(prefix=f"history-{n}-", dir=workdir)
+    settings = Settings(
+        ingest_url=f"{tmp}/ingestion",
+        processed_url=f"{tmp}/processed",
+        source_dsn=source,
+        warehouse_dsn=warehouse,
+        extract_workers=2,
+    )
+    started = time.perf_counter()
+    if n <= args.real_up_to:
+        real_history(settings, source, n)
+        how = "real"
+    else:
+        if not _TEMPLATES:  # the objects to copy come from real runs
+            with tempfile.TemporaryDirectory() as t2:
+                probe = settings.replace(ingest_url=f"{t2}/i", processed_url=f"{t2}/p")
+                probe_source = pgserver.create_database(admin, "probe_totesys", replace=True)
+                probe_wh = pgserver.create_database(admin, "probe_warehouse", replace=True)
+                seed(probe_source, scale=1, seed=1)
+                real_history(
+                    probe.replace(source_dsn=probe_source, warehouse_dsn=probe_wh),
+                    probe_source,
+                    20,
+                )
+                collect_templates(probe)
+        forger = Forger(settings, warehouse, keep_all=args.keep_all)
+        forge_started = time.perf_counter()
+        forger.forge(n - 3, dt.datetime.now(dt.UTC) - 3 * CADENCE)
+        result["forge_seconds"] = time.perf_counter() - forge_started
+        real_history_after_forged(settings, source)
+        how = "forged" + (" (everything kept)" if args.keep_all else "")
+    built = time.perf_counter() - started
+    if args.keep_all:  # housekeeping off for the measured runs too
+        settings = settings.replace(retention_days=36_500)
+    objects = lake_objects(settings)
+    print(f"N={n:,}: {how} history built in {built:.0f} s, objects {objects}", flush=True)
+    result.update(history=how, build_seconds=built, objects=objects, s3={}, local={})
+    result.update(phase="built", load_built=os.getloadavg())
+    save(result)
+    # One copy of the lake in the moto server at a time: a no-change run on a copy
+    # taken now, the local runs, then a copy of the lake as they left it for the delta.
+    result["s3"]["no_change"] = s3_phase(moto, url, settings, f"{tag}-s3", f"{tag}-s3a")
+    result.update(phase="s3 no-change done")
+    save(result)
+    measure(settings, source, args.repeat, tag, result, save)
+    result["s3"]["delta"] = s3_phase(
+        moto, url, settings, f"{tag}-s3", f"{tag}-s3b", lambda: change_rows(source, DELTA)
+    )
+    result.update(phase="done")
+    save(result)
     return result
 
 
@@ -612,10 +621,14 @@ def print_table(results: list[dict[str, Any]]) -> None:
         idle, delta = (s3[k].get("requests", "error") for k in ("no_change", "delta"))
         print(f"{r['runs']:>8,} {r['history'].split()[0]:<10} {cell('no_change'):>16} "
               f"{cell('delta'):>16} {cell('status'):>16} {idle:>17} {delta:>13}")  # fmt: skip
-    base = results[0]["local"]
-    for r in results[1:]:
-        ratio = {k: r["local"][k]["median"] / base[k]["median"] for k in ("no_change", "delta")}
-        print(f"N={r['runs']:,} vs N={results[0]['runs']:,}: no-change {ratio['no_change']:.2f}x, "
+    first = min(results, key=lambda r: int(r["runs"]))  # (ratios against the smallest N)
+    for r in results:
+        if r is first:
+            continue
+        ratio = {
+            k: r["local"][k]["median"] / first["local"][k]["median"] for k in ("no_change", "delta")
+        }
+        print(f"N={r['runs']:,} vs N={first['runs']:,}: no-change {ratio['no_change']:.2f}x, "
               f"delta {ratio['delta']:.2f}x (medians)")  # fmt: skip
 
 
@@ -642,10 +655,13 @@ def main(argv: list[str] | None = None) -> int:
     def save(current: dict[str, Any]) -> None:
         Path(args.json).write_text(json.dumps([*results, current], indent=1, default=str))
 
-    with pgserver.throwaway_postgres(dsn=args.admin_dsn) as server:  # (a DSN: used as is)
+    with (
+        pgserver.throwaway_postgres(dsn=args.admin_dsn) as server,  # (a DSN: used as is)
+        tempfile.TemporaryDirectory(prefix="history-bench-") as workdir,
+    ):
         print(server.description, flush=True)
         for n in runs:
-            results.append(bench_one(n, args, server.dsn, moto, url, save))
+            results.append(bench_one(n, args, server.dsn, moto, url, save, workdir))
             print_table(results)  # (as each N is done: a year's history takes a while)
             Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     print(f"\nwritten {args.json}")
