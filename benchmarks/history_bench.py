@@ -320,9 +320,10 @@ def measure(
 
     idle, status = [], []
     local["load_no_change"] = os.getloadavg()
+    local["breakdown"] = {"no_change": [], "delta": []}
     for i in range(repeat):
-        report = run_pipeline(settings, run_id=f"{label}-idle-{i}")
-        assert report.succeeded, report.to_dict()
+        report, parts = timed_run(settings, f"{label}-idle-{i}")
+        local["breakdown"]["no_change"].append(parts)
         idle.append(report.duration_s)
         started = time.perf_counter()
         gather_status(settings)
@@ -334,13 +335,38 @@ def measure(
     local["load_delta"] = os.getloadavg()
     for i in range(repeat):
         change_rows(source, DELTA)
-        report = run_pipeline(settings, run_id=f"{label}-delta-{i}")
-        assert report.succeeded, report.to_dict()
+        report, parts = timed_run(settings, f"{label}-delta-{i}")
+        local["breakdown"]["delta"].append(parts)
         delta.append(report.duration_s)
         rows.append(sum(t["rows"] for t in report.tables.values()))
     local.update(delta=summary(delta), delta_rows=rows, load_after=os.getloadavg())
     result.update(phase="local delta done")
     save(result)
+
+
+def timed_run(settings: Settings, run_id: str) -> tuple[Any, dict[str, float]]:
+    """One pipeline run, and where its time went: the extract of all tables (start to the
+    transform's start), the transform, the load (seconds, from the runner's progress
+    events) and the slowest table's extract."""
+    marks: dict[str, float] = {}
+    tables: list[float] = []
+
+    def progress(table: str, event: str, detail: dict[str, Any]) -> None:
+        marks[f"{table} {event}"] = time.perf_counter()
+        if table not in {"transform", "load"} and event != "started":
+            tables.append(float(detail.get("duration_s", 0.0)))
+
+    started = time.perf_counter()
+    report = run_pipeline(settings, run_id=run_id, progress=progress)
+    assert report.succeeded, report.to_dict()
+    ended = started + report.duration_s
+    return report, {
+        "extract": marks["transform started"] - started,
+        "slowest_table": max(tables, default=0.0),
+        "transform": marks["transform finished"] - marks["transform started"],
+        "load": marks["load finished"] - marks["load started"],
+        "rest": ended - marks["load finished"],
+    }
 
 
 def lake_objects(settings: Settings) -> dict[str, int]:
