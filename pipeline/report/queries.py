@@ -19,7 +19,7 @@ from __future__ import annotations
 from psycopg import sql
 
 from pipeline.load.ddl import LEDGER_TABLE, LINEAGE_COLUMN
-from pipeline.summary_schema import DIMENSION_ROWS, SUMMARIES
+from pipeline.summary_schema import DIMENSION_ROWS, FACT_NEWEST, SUMMARIES
 from pipeline.warehouse_schema import (
     DELETED_AT,
     DIMENSIONS,
@@ -43,7 +43,7 @@ LEDGER_COLUMNS = ("batch_run_id", "load_run_id", "committed_at", "loaded_at", "r
 
 def _identifiers() -> dict[str, sql.Identifier]:
     """Every warehouse table and column name, the ledger and the lineage column, quoted."""
-    names = {LEDGER_TABLE, LINEAGE_COLUMN, DIMENSION_ROWS, *LEDGER_COLUMNS}
+    names = {LEDGER_TABLE, LINEAGE_COLUMN, DIMENSION_ROWS, FACT_NEWEST, *LEDGER_COLUMNS}
     names |= {s.name for s in SUMMARIES}
     for table in WAREHOUSE_TABLES.values():
         names |= {table.name, table.primary_key, *table.column_names}
@@ -89,13 +89,33 @@ FACT = {t.name: t for t in FACTS}
 # Every business query returns rows of this shape; `part` names what the row feeds.
 RESULT_COLUMNS = ("part", "currency", "period", "label", "detail", "n", "units", "value", "newest")
 
-# Current rows by the load day of the batch that wrote them, and the newest source
-# `last_updated` among them (freshness): from the `agg` rows where `lineage` holds.
+# Current rows by the load day of the batch that wrote them (from the `agg` rows where
+# `lineage` holds), and freshness: the newest source `last_updated` of any row the fact
+# holds (`{freshness}`, a scalar query; a maximum the load can keep without a scan).
 # Neither depends on the report window.
 _LINEAGE = """
-SELECT 'lineage', NULL, l.{loaded_at}::date, NULL, NULL, sum(a.n), NULL, NULL, max(a.newest)
+SELECT 'lineage', NULL, l.{loaded_at}::date, NULL, NULL, sum(a.n), NULL, NULL, NULL::timestamp
 FROM agg a LEFT JOIN {etl_load_ledger} l ON l.{batch_run_id} = a.{_loaded_batch}
-WHERE {lineage} GROUP BY 3"""
+WHERE {lineage} GROUP BY 3
+UNION ALL
+SELECT 'freshness', NULL, NULL, NULL, NULL, NULL, NULL, NULL, ({freshness})"""
+
+
+def freshness(table: WarehouseTable, summarized: bool) -> sql.Composed:
+    """The newest `last_updated` of any row of `table`: the load's record of it, or a scan."""
+    if summarized:
+        return compose(
+            "SELECT newest FROM {report_fact_newest} WHERE table_name = {name}",
+            name=sql.Literal(table.name),
+        )
+    _, day, time = table.natural_key
+    return compose(
+        "SELECT max({d} + {t}) FROM {f}",
+        d=sql.Identifier(day),
+        t=sql.Identifier(time),
+        f=sql.Identifier(table.name),
+    )
+
 
 # Value by month and currency, and the window's total per currency, from `agg` rows
 # grouped by day (`{day}`) where `{by_day}` holds.
@@ -143,7 +163,7 @@ SELECT GROUPING({created_date}) = 0 AS by_day, GROUPING({design_id}) = 0 AS by_d
        in_window, {currency_id}, {created_date}, {_loaded_batch}, {design_id},
        {counterparty_id}, {agreed_delivery_location_id}, {sales_staff_id},
        count(*) AS n, sum({units_sold}) AS units, sum({units_sold} * {unit_price}) AS value,
-       max(updated) AS newest
+       NULL::timestamp AS newest
 FROM (SELECT cur.*, {window} AS in_window FROM cur) AS w
 GROUP BY GROUPING SETS (({currency_id}, {created_date}, {_loaded_batch}),
   ({currency_id}, {design_id}, in_window),
@@ -153,7 +173,7 @@ GROUP BY GROUPING SETS (({currency_id}, {created_date}, {_loaded_batch}),
 # The same rows from the load's summaries (`pipeline.load.summaries`): all dates only.
 _SALES_SUMMARY_AGG = """
 SELECT TRUE AS by_day, FALSE AS by_design, TRUE AS in_window, {currency_id}, {created_date},
-       {_loaded_batch}, n, units, value, newest
+       {_loaded_batch}, n, units, value, NULL::timestamp AS newest
 FROM {report_sales_by_day} WHERE n > 0"""
 
 # Sales current rows rolled up by counterparty, delivery city, staff and department.
@@ -294,6 +314,7 @@ UNION ALL"""
         day=IDENT["created_date"],
         by_day=sql.SQL("a.by_day"),
         lineage=sql.SQL("a.by_day"),
+        freshness=freshness(FACT["fact_sales_order"], summarized),
         top=sql.Literal(TOP),
         top_cities=sql.Literal(TOP_CITIES),
         top_staff=sql.Literal(TOP_STAFF),
@@ -315,7 +336,7 @@ WITH cur AS ({current})
 SELECT GROUPING({created_date}) = 0 AS by_day, in_window, {currency_id}, {created_date},
        {counterparty_id}, {_loaded_batch}, {item_code}, count(*) AS n,
        sum({item_quantity}) AS units, sum({item_quantity} * {item_unit_price}) AS value,
-       max(updated) AS newest
+       NULL::timestamp AS newest
 FROM (SELECT cur.*, {window} AS in_window FROM cur) AS w
 GROUP BY GROUPING SETS (({currency_id}, {created_date}, {counterparty_id}, {_loaded_batch}),
   ({currency_id}, {item_code}, in_window))"""
@@ -323,7 +344,7 @@ GROUP BY GROUPING SETS (({currency_id}, {created_date}, {counterparty_id}, {_loa
 # The by-day rows from the load's summaries (items are read from theirs by `_top`).
 _PURCHASES_SUMMARY_AGG = """
 SELECT TRUE AS by_day, TRUE AS in_window, {currency_id}, {created_date}, {counterparty_id},
-       {_loaded_batch}, NULL::text AS {item_code}, n, units, value, newest
+       {_loaded_batch}, NULL::text AS {item_code}, n, units, value, NULL::timestamp AS newest
 FROM {report_purchases_by_day} WHERE n > 0"""
 
 
@@ -378,6 +399,7 @@ WITH agg AS ({agg})"""
         day=IDENT["created_date"],
         by_day=sql.SQL("a.by_day"),
         lineage=sql.SQL("a.by_day"),
+        freshness=freshness(FACT["fact_purchase_order"], summarized),
     )
 
 
@@ -396,7 +418,7 @@ WITH cur AS ({current})
 SELECT GROUPING({payment_date}) = 0 AS by_day, GROUPING({counterparty_id}) = 0 AS by_party,
        in_window, overdue, {payment_type_id}, {payment_date}, {paid}, {counterparty_id},
        {currency_id}, {_loaded_batch}, count(*) AS n, NULL::numeric AS units,
-       sum({payment_amount}) AS value, max(updated) AS newest
+       sum({payment_amount}) AS value, NULL::timestamp AS newest
 FROM (SELECT cur.*, {window} AS in_window,
              NOT {paid} AND {payment_date} < %(today)s::date AS overdue FROM cur) AS w
 GROUP BY GROUPING SETS (({payment_type_id}, {payment_date}, {paid}),
@@ -407,17 +429,17 @@ _PAYMENTS_SUMMARY_AGG = """
 SELECT TRUE AS by_day, FALSE AS by_party, TRUE AS in_window, NULL::boolean AS overdue,
        {payment_type_id}, {payment_date}, {paid}, NULL::integer AS {counterparty_id},
        NULL::integer AS {currency_id}, NULL::text AS {_loaded_batch}, n,
-       NULL::numeric AS units, value, newest
+       NULL::numeric AS units, value, NULL::timestamp AS newest
 FROM {report_payments_by_day} WHERE n > 0
 UNION ALL
 SELECT FALSE, TRUE, TRUE, overdue, NULL, NULL, NULL, {counterparty_id}, {currency_id}, NULL,
-       sum(n), NULL, sum(value), max(newest)
+       sum(n), NULL, sum(value), NULL
 FROM (SELECT *, NOT {paid} AND {payment_date} < %(today)s::date AS overdue
       FROM {report_payments_by_party} WHERE n > 0) AS p
 GROUP BY {counterparty_id}, {currency_id}, overdue
 UNION ALL
 SELECT FALSE, FALSE, TRUE, NULL, NULL, NULL, NULL, NULL, NULL, {_loaded_batch}, n, NULL,
-       value, newest
+       value, NULL
 FROM {report_payments_by_batch} WHERE n > 0"""
 
 
@@ -468,6 +490,7 @@ UNION ALL"""
         agg=agg,
         window=window,
         lineage=sql.SQL("NOT a.by_day AND NOT a.by_party"),
+        freshness=freshness(FACT["fact_payment"], summarized),
     )
 
 

@@ -22,9 +22,9 @@ from psycopg.rows import dict_row
 from pipeline.credentials import connect, redact
 from pipeline.errors import ConfigurationError, SourceUnavailableError
 from pipeline.load.ddl import LEDGER_TABLE
-from pipeline.summary_schema import DIMENSION_ROWS, SUMMARIES
 from pipeline.report import queries
 from pipeline.report.window import ReportWindow
+from pipeline.summary_schema import DIMENSION_ROWS, SUMMARIES
 from pipeline.warehouse_schema import FACTS, SUPERSEDED_AT, WAREHOUSE_TABLES
 
 Rows = list[dict[str, Any]]
