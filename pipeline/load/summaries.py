@@ -4,7 +4,7 @@ A summary counts a fact's current rows (`_superseded_at IS NULL AND _deleted_at 
 What a batch changes, and how each change reaches the summaries:
 
 - **Appended rows** (the bulk: a first load, new orders): aggregated in the load's client
-  while the COPY streams (`Tally`: grouped with numpy per record batch, in the COPY's
+  while the COPY streams (`Tally`: Acero's hash aggregate per record batch, in the COPY's
   producer thread), and only the groups are upserted (CSV COPY of the groups into a
   temporary table, one `INSERT ... ON CONFLICT DO UPDATE` adding them per summary). Rows
   whose source id lies within the ids the fact held before the batch are left out: they
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow._acero as _acero
 import pyarrow.csv as pacsv
 from psycopg import sql
 
@@ -367,49 +367,25 @@ class Tally:
                 _upsert_groups(conn, s, _group(pa.concat_tables(parts), keys), self.batch)
 
 
-def _codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, int]:
-    """Dense int64 codes of a key column's values (equal values, equal codes) and how many
-    distinct values there are: numpy and pyarrow compute only (pyarrow's `group_by` goes
-    through Acero, which imports pandas: a second of every cold start)."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
-        encoded = pc.dictionary_encode(array, null_encoding="encode")
-        indices = pgbinary.raw_values(encoded.indices, "<i4").astype(np.int64)
-        return indices, max(len(encoded.dictionary), 1)
-    if pa.types.is_boolean(array.type):
-        array = pc.cast(array, pa.int8())
-    width = array.type.byte_width
-    values = pgbinary.raw_values(array, f"<i{width}").astype(np.int64)
-    valid = pgbinary.validity(array)
-    if valid is not None:  # NULL keys: one group of their own
-        values = np.where(valid, values, np.iinfo(np.int64).min)
-    distinct, inverse = np.unique(values, return_inverse=True)
-    return inverse.astype(np.int64), len(distinct)
-
-
 def _group(part: pa.Table, keys: list[str]) -> pa.Table:
     """The rows of `part` grouped by `keys`: `_n`, `_cents` and `_units` (int64) summed.
 
-    Each key becomes dense codes, combined key by key (and made dense again, so the
-    combined code stays below the row count); one stable sort by the combined code, then
-    `np.add.reduceat` sums each run exactly in int64 (`Tally` keeps the sums in range)."""
-    n = part.num_rows
-    code = np.zeros(n, dtype=np.int64)
-    for key in keys:
-        codes, distinct = _codes(part.column(key))
-        code = np.unique(code * distinct + codes, return_inverse=True)[1].astype(np.int64)
-    order = np.argsort(code, kind="stable")
-    ordered = code[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if n else order
-    firsts = _int64_array(order[starts])
-    out = {k: part.column(k).take(firsts) for k in keys}
+    Acero's aggregate node straight from `pyarrow._acero` (what `Table.group_by` runs):
+    the public `pyarrow.acero` module imports `pyarrow.dataset`, which imports pandas (a
+    second of every load's cold start)."""
+    function = "hash_sum" if keys else "sum"
     sums = [c for c in ("_n", "_cents", "_units") if c in part.column_names]
-    for name in sums:
-        values = pgbinary.raw_values(part.column(name).combine_chunks(), "<i8")[order]
-        out[name] = pa.chunked_array(
-            [_int64_array(np.add.reduceat(values, starts) if n else values)]
-        )
-    return pa.table(out)
+    aggregate = _acero.AggregateNodeOptions(
+        [(c, function, None, c) for c in sums], keys=keys or None
+    )
+    plan = _acero.Declaration.from_sequence(
+        [
+            _acero.Declaration("table_source", _acero.TableSourceNodeOptions(part)),
+            _acero.Declaration("aggregate", aggregate),
+        ]
+    )
+    grouped: pa.Table = plan.to_table(use_threads=False)
+    return grouped
 
 
 def _upsert_groups(conn: psycopg.Connection, s: Summary, groups: pa.Table, batch: str) -> None:
