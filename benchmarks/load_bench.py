@@ -19,6 +19,10 @@ temporary lake, then, each in a fresh database of the same server:
   With `--superseding N`, N of its fact rows are new versions of sales orders the first
   batch loaded (the last N ids), so the load also marks the versions they replace.
 
+The facts' references draw uniformly from DIM_ROWS rows each, but `currency_id` from
+CURRENCIES (3, as in the real snapshot): per-currency aggregates, like the report summaries
+the load keeps, then have as many groups as a real warehouse's, not one per few rows.
+
 Each phase runs in its own process so its peak RSS is its own. Usage:
 
     .venv/bin/python -m benchmarks.load_bench [--rows 2000000] [--dsn ADMIN_DSN] [--json]
@@ -52,6 +56,7 @@ from pipeline.warehouse_schema import HISTORIES, WAREHOUSE_TABLES, WarehouseTabl
 
 FACT = WAREHOUSE_TABLES["fact_sales_order"]
 DIM_ROWS = 1000
+CURRENCIES = 3  # the real shape: the 2024-11 snapshot's sales orders use 3 currencies
 FIRST_DAY = date(2019, 1, 1)
 DAYS = 2000
 PART_ROWS = 500_000
@@ -144,7 +149,7 @@ def _facts(n: int, seed: int = 7, first_id: int = 1) -> pa.Table:
         "counterparty_id": ref(),
         "units_sold": pa.array(rng.integers(1, 100_000, n, dtype=np.int32)),
         "unit_price": price,
-        "currency_id": ref(),
+        "currency_id": pa.array(rng.integers(1, CURRENCIES + 1, n, dtype=np.int32)),
         "design_id": ref(),
         "agreed_payment_date": day(),
         "agreed_delivery_date": day(),

@@ -319,6 +319,9 @@ DELETED_AT = "_deleted_at"
 # its validity), so the current versions are the rows `WHERE _superseded_at IS NULL`.
 SUPERSEDED_AT = "_superseded_at"
 
+# Lineage: every warehouse row names the processed batch that last wrote it.
+LINEAGE_COLUMN = "_loaded_batch"
+
 
 def source_key(table: WarehouseTable) -> str:
     """The column holding the source row's primary key (a fact's source id, a dimension's

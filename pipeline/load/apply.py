@@ -28,7 +28,7 @@ from psycopg import sql
 
 from pipeline.errors import DataQualityError
 from pipeline.lake import Lake
-from pipeline.load import batches, ddl, pgbinary
+from pipeline.load import batches, ddl, pgbinary, summaries
 from pipeline.warehouse_schema import WarehouseTable, WColumn
 
 _I = sql.Identifier
@@ -207,9 +207,11 @@ def copy_rows(
             yield pgbinary.encode_batch(columns, with_lineage)
 
     expected = out.rows if mask is None else int(mask.sum())
-    return copy_checked(
+    written = copy_checked(
         conn, copy_sql, batches.prefetch(encoded()), table, batch, expected, "copied"
     )
+    summaries.record_dimension_rows(conn, table, batch, written)
+    return written
 
 
 def copy_checked(
@@ -296,6 +298,23 @@ def upsert_dimension(
             old=_cols(values, "t"),
             ledger=_I(ddl.LEDGER_TABLE),
         )
-    with conn.cursor() as cur:
-        cur.execute(head + tail, {"batch": batch, "committed_at": committed_at})
-        return cur.rowcount
+    # One statement, so `old` reads the rows as they were before the upsert (one snapshot):
+    # each written row counts +1 for this batch and -1 for the batch that wrote it before
+    # (the report's dimension rows per load day, `pipeline.load.summaries`).
+    pk, lin = _I(table.primary_key), _I(ddl.LINEAGE_COLUMN)
+    statement = sql.SQL(
+        "WITH old AS (SELECT t.{pk}, t.{lin} FROM {t} t JOIN {s} USING ({pk})), "
+        "up AS ({upsert} RETURNING t.{pk}), "
+        "counts AS (SELECT %(batch)s::text AS batch, 1 AS n FROM up "
+        "UNION ALL SELECT o.{lin}, -1 FROM up JOIN old o USING ({pk})), "
+        "tally AS ({tally}) SELECT count(*) FROM up"
+    ).format(
+        pk=pk,
+        lin=lin,
+        t=_I(table.name),
+        s=stage_name(table),
+        upsert=head + tail,
+        tally=summaries.add_dimension_rows(table, _I("counts")),
+    )
+    row = conn.execute(statement, {"batch": batch, "committed_at": committed_at}).fetchone()
+    return int(row[0]) if row else 0

@@ -22,8 +22,10 @@ from pipeline.warehouse_schema import (
     WAREHOUSE_TABLES,
     WarehouseTable,
 )
+from pipeline.warehouse_schema import (
+    LINEAGE_COLUMN as LINEAGE_COLUMN,  # re-exported: the load's modules import it from here
+)
 
-LINEAGE_COLUMN = "_loaded_batch"
 DELETED_COLUMN = DELETED_AT  # when the source row was found deleted; NULL while it exists
 LEDGER_TABLE = "etl_load_ledger"
 

@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from pipeline.lake import Lake
-from pipeline.load import apply, batches, pgbinary
+from pipeline.load import apply, batches, pgbinary, summaries
 from pipeline.warehouse_schema import DELETED_AT, deletion_marks
 
 _I = sql.Identifier
@@ -36,13 +36,14 @@ def apply_marks(
     chunks = (pgbinary.encode_batch(columns, rb) for rb in batches.stream(lake, marks))
     apply.copy_checked(conn, copy_sql, chunks, table, batch, marks.rows, "staged deletion marks")
     key = _I(columns[0].name)
-    with conn.cursor() as cur:
-        cur.execute(
-            sql.SQL(
-                "UPDATE {t} AS t SET {d} = m.{d} FROM {m} AS m "
-                "WHERE t.{k} = m.{k} AND t.{d} IS DISTINCT FROM m.{d}"
-            ).format(t=_I(table.name), d=_I(DELETED_AT), m=stage, k=key)
-        )
-        changed = cur.rowcount
+    # A fact row whose mark moves leaves (or rejoins) the report summaries.
+    changed = summaries.update_counted(
+        conn,
+        table,
+        sql.SQL(
+            "UPDATE {t} AS f SET {d} = m.{d} FROM {m} AS m, {t} AS o "
+            "WHERE f.{k} = m.{k} AND o.{rid} = f.{rid} AND f.{d} IS DISTINCT FROM m.{d}"
+        ).format(t=_I(table.name), d=_I(DELETED_AT), m=stage, k=key, rid=_I(table.primary_key)),
+    )
     conn.execute(sql.SQL("DROP TABLE {}").format(stage))
     return changed

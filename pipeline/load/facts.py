@@ -42,7 +42,7 @@ from psycopg import sql
 
 from pipeline.errors import DataQualityError, LoadConflictError, ReferentialIntegrityError
 from pipeline.lake import Lake
-from pipeline.load import apply, batches, ddl, pgbinary, versions
+from pipeline.load import apply, batches, ddl, pgbinary, summaries, versions
 from pipeline.warehouse_schema import WAREHOUSE_TABLES, WarehouseTable, WColumn
 
 log = logging.getLogger(__name__)
@@ -263,19 +263,19 @@ def append(conn: psycopg.Connection, lake: Lake, out: batches.TableOutput, batch
     rid, t = _I(table.primary_key), _I(table.name)
     (base,) = conn.execute(sql.SQL("SELECT coalesce(max({}), 0) FROM {}").format(rid, t)).fetchone()  # type: ignore[misc]
     try:
-        keys, ids = _copy(conn, lake, out, batch, mask, base + 1)
+        keys, ids, tally = _copy(conn, lake, out, batch, mask, base + 1, held)
     except psycopg.errors.UniqueViolation:
         mask = keep_mask(conn, lake, out)  # versions repeated inside the batch
         rows = int(mask.sum())
         try:
-            keys, ids = _copy(conn, lake, out, batch, mask, base + 1)
+            keys, ids, tally = _copy(conn, lake, out, batch, mask, base + 1, held)
         except psycopg.errors.UniqueViolation as exc:
             raise LoadConflictError(
                 f"{table.name}: a row with the same natural key was written by someone else "
                 f"during load of batch {batch} ({exc.diag.message_detail}); retry the load"
             ) from None
     check_references(conn, lake, out, keys, batch)
-    versions.mark(conn, table, versions.touched_ids(ids, held))
+    _mark_and_summarize(conn, table, versions.touched_ids(ids, held), tally, base + 1, held)
     if bypass:
         conn.execute("SET LOCAL session_replication_role = origin")
     conn.execute(  # keep the serial default usable for anyone inserting by hand
@@ -283,6 +283,39 @@ def append(conn: psycopg.Connection, lake: Lake, out: batches.TableOutput, batch
         (table.name, table.primary_key, base + 1 + rows),
     )
     return rows + corrected
+
+
+def _mark_and_summarize(
+    conn: psycopg.Connection,
+    table: WarehouseTable,
+    touched: np.ndarray,
+    tally: summaries.Tally,
+    first_id: int,
+    held: versions.SourceRange | None,
+) -> None:
+    """Re-mark the versions of the `touched` source ids and bring the summaries up to date.
+
+    The tally holds the appended rows outside `held` (each current: a new source id, one
+    version). Until the marks move, the summaries count, of the touched ids, their current
+    rows from before the batch and the appended rows outside `held` (the tally's, or the
+    fallback's when it is inexact): that is subtracted, the marks are set, and the touched
+    ids' current rows are added again.
+    """
+    if not tally.exact:
+        summaries.add_current(conn, table, 1, summaries.tally_rows(first_id, held, table))
+    if len(touched):
+        with versions.staged_ids(conn, table, touched) as tmp:
+            source_id = table.natural_key[0]
+            named = summaries.ids_in(table, tmp, source_id)
+            counted = sql.SQL("f.{rid} < {first} OR ({fresh})").format(
+                rid=_I(table.primary_key),
+                first=sql.Literal(first_id),
+                fresh=summaries.tally_rows(first_id, held, table),
+            )
+            summaries.add_current(conn, table, -1, sql.SQL("{} AND ({})").format(named, counted))
+            versions.mark_staged(conn, table, tmp)
+            summaries.add_current(conn, table, 1, named)
+    tally.apply(conn)
 
 
 def correct(
@@ -308,10 +341,11 @@ def correct(
         )
     values = [c for c in table.column_names if c not in nk]
     statement = sql.SQL(
-        "UPDATE {t} AS f SET ({cols}, {lin}) = ROW({new}, %(batch)s) FROM {s} AS s "
-        "WHERE {match} AND ROW({old}) IS DISTINCT FROM ROW({new})"
+        "UPDATE {t} AS f SET ({cols}, {lin}) = ROW({new}, %(batch)s) FROM {s} AS s, {t} AS o "
+        "WHERE {match} AND o.{rid} = f.{rid} AND ROW({old}) IS DISTINCT FROM ROW({new})"
     ).format(
         t=_I(table.name),
+        rid=_I(table.primary_key),
         cols=sql.SQL(", ").join(map(_I, values)),
         lin=_I(ddl.LINEAGE_COLUMN),
         new=sql.SQL(", ").join(_I("s", c) for c in values),
@@ -319,10 +353,8 @@ def correct(
         s=stage,
         match=sql.SQL(" AND ").join(sql.SQL("f.{c} = s.{c}").format(c=_I(c)) for c in nk),
     )
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement, {"batch": batch})
-            changed = cur.rowcount
+    try:  # the summaries lose each changed row's old values and gain its new ones
+        changed = summaries.update_counted(conn, table, statement, {"batch": batch})
     except psycopg.errors.ForeignKeyViolation as exc:
         raise _trigger_fk_error(exc, lake, out, batch) from None
     apply.drop_stage(conn, table)
@@ -343,17 +375,20 @@ def _copy(
     batch: str,
     mask: np.ndarray | None,
     first_id: int,
-) -> tuple[dict[str, KeySet], np.ndarray]:
-    """One COPY attempt in a savepoint; return the distinct referencing values copied and
-    the source ids copied (in batch order)."""
+    held: versions.SourceRange | None,
+) -> tuple[dict[str, KeySet], np.ndarray, summaries.Tally]:
+    """One COPY attempt in a savepoint; return the distinct referencing values copied, the
+    source ids copied (in batch order) and the summary groups of the rows copied outside
+    `held`."""
     table = out.table
     columns = _copy_columns(table)
     seen = {c.name: KeySet() for c in table.columns if c.references}
     source_ids: list[np.ndarray] = []
+    tally = summaries.Tally(table, batch, held)
     copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         _I(table.name), sql.SQL(", ").join(_I(c.name) for c in columns)
     )
-    encoded = _encode(lake, out, batch, mask, first_id, seen, source_ids)
+    encoded = _encode(lake, out, batch, mask, first_id, seen, source_ids, tally)
     try:
         with conn.transaction(), conn.cursor() as cur, cur.copy(copy_sql) as copy:
             copy.write(pgbinary.HEADER)
@@ -366,7 +401,8 @@ def _copy(
         raise
     except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
         raise apply.copy_error(exc, table, batch) from None
-    return seen, np.concatenate(source_ids) if source_ids else np.zeros(0, dtype=np.int32)
+    ids = np.concatenate(source_ids) if source_ids else np.zeros(0, dtype=np.int32)
+    return seen, ids, tally
 
 
 def _encode(
@@ -377,10 +413,12 @@ def _encode(
     first_id: int,
     seen: dict[str, KeySet],
     source_ids: list[np.ndarray],
+    tally: summaries.Tally,
 ) -> Iterator[bytes]:
     """COPY data of the rows to keep, with record ids from `first_id` and the lineage;
     the distinct values of each referencing column are collected into `seen`, the source
-    ids into `source_ids`."""
+    ids into `source_ids`, the summary groups into `tally` (in the COPY's producer thread,
+    while the server writes the previous chunk)."""
     table, offset, next_id = out.table, 0, first_id
     source_id = table.natural_key[0]
     columns = _copy_columns(table)
@@ -396,6 +434,7 @@ def _encode(
         for name, keyset in seen.items():
             keyset.add(rb.column(name))
         source_ids.append(pgbinary.raw_values(rb.column(source_id), "<i4").copy())
+        tally.add(rb)
         next_id += n
 
 

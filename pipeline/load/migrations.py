@@ -19,12 +19,13 @@ import psycopg
 from psycopg import sql
 
 from pipeline.errors import MigrationError
-from pipeline.load import ddl
+from pipeline.load import ddl, summaries
 
 if TYPE_CHECKING:
     from pipeline.credentials import Database
 
 MIGRATIONS_TABLE = "schema_migrations"
+
 MIGRATION_LOCK = 0x70E5_0001  # pg_advisory_xact_lock key, one per database
 
 
@@ -49,6 +50,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0003", "_deleted_at on every dimension and fact", ddl.deleted_column_statements),
     Migration("0004", "dimension history tables", ddl.history_statements),
     Migration("0005", "_superseded_at on every fact", ddl.superseded_column_statements),
+    Migration("0006", "report summaries of the facts' current rows", summaries.summary_statements),
 )
 
 

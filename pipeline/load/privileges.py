@@ -16,8 +16,9 @@ replaced versions, `_deleted_at` of deleted source rows, corrected values) and k
 serial sequences in step (`UPDATE`, for `setval`), to replace a key's versions in the
 history tables (`SELECT, INSERT, UPDATE, DELETE`: a late version can merge two into one,
 docs/HISTORY.md; their version ids are identity columns, which need no sequence
-privilege), and to write its ledger (`SELECT, INSERT`). Nothing else: no `DELETE`
-elsewhere, no `TRUNCATE`, no `CREATE` (the owner creates and migrates the schema).
+privilege), to keep the report summaries (`SELECT, INSERT, UPDATE`: each batch adds its
+groups, `pipeline.load.summaries`), and to write its ledger (`SELECT, INSERT`). Nothing
+else: no `DELETE` elsewhere, no `TRUNCATE`, no `CREATE` (the owner creates and migrates the schema).
 
 All lookups go through the system catalogs by OID, so a user without `USAGE` on the
 schema still gets a message naming that privilege rather than an error of its own.
@@ -34,6 +35,7 @@ from psycopg import sql
 from pipeline.errors import ConfigurationError, InsufficientPrivilegeError
 from pipeline.load import ddl
 from pipeline.load.migrations import MIGRATIONS_TABLE, pending_versions
+from pipeline.summary_schema import SUMMARY_TABLES
 from pipeline.warehouse_schema import DIMENSIONS, FACTS, HISTORIES
 
 HOW_TO_GRANT = (
@@ -70,6 +72,7 @@ LOADER_GRANTS: tuple[Grant, ...] = (
     *(Grant("TABLE", t.name, ("SELECT", "INSERT", "UPDATE")) for t in FACTS),
     *(Grant("TABLE", t.name, ("SELECT", "INSERT", "UPDATE", "DELETE")) for t in HISTORIES),
     *(Grant("SEQUENCE", serial_sequence(t.name, t.primary_key), ("UPDATE",)) for t in FACTS),
+    *(Grant("TABLE", name, ("SELECT", "INSERT", "UPDATE")) for name in SUMMARY_TABLES),
 )
 
 

@@ -20,6 +20,9 @@ orthogonal (`_deleted_at`, `pipeline.load.deletes`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import psycopg
 import pyarrow as pa
@@ -80,13 +83,22 @@ def touched_ids(ids: np.ndarray, held: SourceRange | None) -> np.ndarray:
 
 
 def mark(conn: psycopg.Connection, table: WarehouseTable, ids: np.ndarray) -> int:
-    """Re-mark every version of the source ids `ids` (distinct); return the rows changed.
-
-    The ids go to a temporary table by binary COPY (a batch can supersede many rows) and
-    are analyzed, so few ids are index probes of the natural key, not a scan of the fact.
-    """
+    """Re-mark every version of the source ids `ids` (distinct); return the rows changed."""
     if len(ids) == 0:
         return 0
+    with staged_ids(conn, table, ids) as tmp:
+        return mark_staged(conn, table, tmp)
+
+
+@contextmanager
+def staged_ids(
+    conn: psycopg.Connection, table: WarehouseTable, ids: np.ndarray
+) -> Iterator[sql.Identifier]:
+    """The source ids `ids` (distinct) in a temporary table, named by the identifier yielded.
+
+    Binary COPY (a batch can supersede many rows), then ANALYZE, so few ids are index
+    probes of the natural key, not a scan of the fact.
+    """
     column = WColumn(table.natural_key[0], "integer")
     tmp = _I(f"_versions_{table.name}")
     conn.execute(
@@ -100,7 +112,12 @@ def mark(conn: psycopg.Connection, table: WarehouseTable, ids: np.ndarray) -> in
             copy.write(pgbinary.HEADER + pgbinary.encode_batch([column], batch))
             copy.write(pgbinary.TRAILER)
         cur.execute(sql.SQL("ANALYZE {}").format(tmp))
-        cur.execute(mark_statement(table, tmp))
-        changed = cur.rowcount
+    yield tmp
     conn.execute(sql.SQL("DROP TABLE {}").format(tmp))
-    return changed
+
+
+def mark_staged(conn: psycopg.Connection, table: WarehouseTable, tmp: sql.Identifier) -> int:
+    """Re-mark every version of the source ids staged in `tmp`; return the rows changed."""
+    with conn.cursor() as cur:
+        cur.execute(mark_statement(table, tmp))
+        return cur.rowcount

@@ -306,9 +306,9 @@ def _sections(
             charts.Chart(
                 "pipeline-freshness",
                 "Freshness",
-                "Newest source last_updated among each fact table's current rows, and the "
-                "last load (ledger), measured against the time the report was built; all "
-                "dates.",
+                "Newest source last_updated the warehouse has seen in each fact table (any "
+                "version it holds), and the last load (ledger), measured against the time "
+                "the report was built; all dates.",
                 charts.freshness(_ages(r, now)),
             ),
         ],
@@ -330,7 +330,7 @@ def _lineage_rows(r: WarehouseResults) -> list[dict[str, Any]]:
 def _newest(r: WarehouseResults) -> dict[str, datetime | None]:
     newest: dict[str, datetime | None] = {}
     for star, table in FACT_STARS.items():
-        stamps = [x["newest"] for x in r.part(star, "lineage") if x["newest"]]
+        stamps = [x["newest"] for x in r.part(star, "freshness") if x["newest"]]
         newest[table] = max(stamps) if stamps else None
     return newest
 

@@ -24,6 +24,7 @@ from pipeline.errors import ConfigurationError, SourceUnavailableError
 from pipeline.load.ddl import LEDGER_TABLE
 from pipeline.report import queries
 from pipeline.report.window import ReportWindow
+from pipeline.summary_schema import DIMENSION_ROWS, SUMMARIES
 from pipeline.warehouse_schema import FACTS, SUPERSEDED_AT, WAREHOUSE_TABLES
 
 Rows = list[dict[str, Any]]
@@ -59,17 +60,27 @@ class WarehouseResults:
         return [r for r in getattr(self, star) if r["part"] == name]
 
 
-def gather(dsn: str, window: ReportWindow, today: date) -> WarehouseResults:
-    """Every chart's grouped numbers, from one consistent snapshot of the warehouse."""
+def gather(
+    dsn: str, window: ReportWindow, today: date, *, summaries: bool = True
+) -> WarehouseResults:
+    """Every chart's grouped numbers, from one consistent snapshot of the warehouse.
+
+    Over all dates (no window) and with `summaries`, the charts read the summaries the load
+    keeps (`pipeline.load.summaries`: thousands of rows); a window needs the facts' own
+    dates, so it reads the facts, as does a warehouse not migrated to the summaries yet.
+    Both give the same numbers (tests/integration/report/test_report_numbers.py).
+    """
     params = {**window.params(), "today": today}
     try:
         with _session(dsn) as leader:
-            _check_schema(leader)
+            absent = _check_schema(leader)
+            summarized = summaries and window.since is None and window.until is None
+            summarized = summarized and not absent
             exported = leader.execute("SELECT pg_export_snapshot() AS id").fetchone()
             snapshot = str(exported["id"]) if exported else ""
             with ThreadPoolExecutor(max_workers=len(HEAVY_QUERIES)) as pool:
                 futures = {
-                    name: pool.submit(_run_in_snapshot, dsn, snapshot, build(), params)
+                    name: pool.submit(_run_in_snapshot, dsn, snapshot, build(summarized), params)
                     for name, build in HEAVY_QUERIES.items()
                 }
                 ledger = leader.execute(queries.ledger_query(), params).fetchall()
@@ -102,14 +113,21 @@ def _run_in_snapshot(dsn: str, snapshot: str, query: sql.Composed, params: dict[
         return rows
 
 
-def _check_schema(conn: psycopg.Connection[Any]) -> None:
-    """The star schema and the ledger must exist: a clear error instead of a SQL one."""
-    names = [*WAREHOUSE_TABLES, LEDGER_TABLE]
-    rows = conn.execute(
-        "SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NULL", (names,)
-    ).fetchall()
+def _check_schema(conn: psycopg.Connection[Any]) -> bool:
+    """The star schema and the ledger must exist: a clear error instead of a SQL one.
+    True when the summaries are absent (a warehouse the load has not migrated yet)."""
+    summary_names = [*(s.name for s in SUMMARIES), DIMENSION_ROWS]
+    names = [*WAREHOUSE_TABLES, LEDGER_TABLE, *summary_names]
+    absent = {
+        r["name"]
+        for r in conn.execute(
+            "SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NULL",
+            (names,),
+        ).fetchall()
+    }
+    rows = [name for name in names if name in absent and name not in summary_names]
     if rows:
-        missing = ", ".join(r["name"] for r in rows)
+        missing = ", ".join(rows)
         raise ConfigurationError(
             f"the warehouse has no {missing}: create it with `totesys-etl init-warehouse` "
             "(or run a load) before building the report"
@@ -125,3 +143,4 @@ def _check_schema(conn: psycopg.Connection[Any]) -> None:
             f"the warehouse schema predates this report ({tables} have no {SUPERSEDED_AT}): "
             "bring it up to date with `totesys-etl init-warehouse` (or run a load)"
         )
+    return bool(absent)

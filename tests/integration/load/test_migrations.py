@@ -12,6 +12,7 @@ from pipeline.errors import MigrationError
 from pipeline.load import ddl
 from pipeline.load.migrations import MIGRATIONS, migrate
 from pipeline.local.cli import main
+from pipeline.summary_schema import SUMMARY_TABLES
 from pipeline.warehouse_schema import FACTS, HISTORIES, PROCESSED_TABLES, WAREHOUSE_TABLES
 
 pytestmark = pytest.mark.postgres
@@ -32,7 +33,8 @@ def test_migrate_creates_the_schema_once_and_is_idempotent(pg_dsn: str) -> None:
         tables = {
             r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname='public'")
         }
-        assert set(PROCESSED_TABLES) | {"etl_load_ledger", "schema_migrations"} == tables
+        owned = {"etl_load_ledger", "schema_migrations", *SUMMARY_TABLES}
+        assert set(PROCESSED_TABLES) | owned == tables
         assert _one(conn, "SELECT count(*) FROM schema_migrations") == len(ALL)
         for table in PROCESSED_TABLES:  # unqualified names resolve (BI queries)
             conn.execute(f"SELECT * FROM {table} LIMIT 0")

@@ -8,11 +8,14 @@ by the real pipeline on real PostgreSQL:
 - run 3: the deleted rows restored as they were (`_deleted_at` cleared), the edited order
   edited again (a third version);
 - a hand-made batch loaded by `load_batch`: two versions of one order in the same batch,
-  and a late version of another order that is older than its current one (it arrives
-  superseded and must not displace the current one);
+  a late version of another order that is older than its current one (it arrives
+  superseded and must not displace the current one), and a correction (a version the
+  warehouse holds, re-delivered with another value: updated in place);
 - then the ledger is emptied and everything re-loaded: nothing may count twice.
 
-After each stage the marks must equal the versions' order recomputed over the whole fact
+After each stage the report summaries the load keeps must equal hand-written SQL over the
+current rows, group by group (`summary_check`), the report must read the same numbers from
+them as from the facts, and the marks must equal the versions' order recomputed over the whole fact
 (`lead` per source id, SQL written here), and the report's numbers must equal those of
 the plain query (newest version per source id by `DISTINCT ON`, `_deleted_at IS NULL`),
 for every chart and per currency, and of a recomputation in Python from all rows.
@@ -36,18 +39,24 @@ from psycopg import sql
 from pipeline.lake import Lake
 from pipeline.load import batches
 from pipeline.load.ddl import LEDGER_TABLE
+from pipeline.load.migrations import MIGRATIONS, migrate
 from pipeline.load.run import load, load_batch
+from pipeline.load.summaries import summary_statements
 from pipeline.local.runner import run_pipeline
 from pipeline.report import queries
 from pipeline.report.warehouse import WarehouseResults, gather
 from pipeline.report.window import ReportWindow
 from pipeline.settings import Settings
+from pipeline.summary_schema import SUMMARY_TABLES
 from pipeline.warehouse_schema import DELETED_AT, FACTS, SUPERSEDED_AT, WAREHOUSE_TABLES
+from tests.integration.report import summary_check
 from tests.integration.report.conftest import seeded_and_loaded
+from tests.integration.report.summary_check import assert_summaries_exact
 
 pytestmark = pytest.mark.postgres
 
 TODAY = date(2024, 11, 1)
+SUMMARIES_VERSION = next(m.version for m in MIGRATIONS if m.statements is summary_statements)
 SALES = WAREHOUSE_TABLES["fact_sales_order"]
 
 
@@ -74,11 +83,13 @@ def _plain_current_rows(table: Any, columns: tuple[str, ...]) -> sql.Composed:
     )
 
 
-def _report(dsn: str, monkeypatch: pytest.MonkeyPatch, plain: bool) -> WarehouseResults:
+def _report(
+    dsn: str, monkeypatch: pytest.MonkeyPatch, plain: bool, summaries: bool = False
+) -> WarehouseResults:
     with monkeypatch.context() as m:
         if plain:
             m.setattr(queries, "current_rows", _plain_current_rows)
-        return gather(dsn, ReportWindow(), TODAY)
+        return gather(dsn, ReportWindow(), TODAY, summaries=summaries)
 
 
 def _marks_wrong(conn: psycopg.Connection) -> dict[str, int]:
@@ -129,6 +140,8 @@ def check(history: History, monkeypatch: pytest.MonkeyPatch) -> WarehouseResults
         python = _python_totals(conn)
     marked = _report(history.warehouse, monkeypatch, plain=False)
     assert marked == _report(history.warehouse, monkeypatch, plain=True)
+    assert_summaries_exact(history.warehouse)  # every group, against hand-written SQL
+    assert _report(history.warehouse, monkeypatch, plain=False, summaries=True) == marked
     for star in ("sales", "purchases"):
         totals = {r["currency"]: (r["n"], r["value"]) for r in marked.part(star, "total")}
         assert totals == python[star], star
@@ -167,9 +180,12 @@ def _edit(conn: psycopg.Connection, order: int, seconds: int) -> None:
     )
 
 
-def _hand_made_batch(dsn: str, path: Path, late: int, twice: int) -> batches.ProcessedBatch:
-    """Two new versions of `twice` (1 and 2 ms after its newest) and one of `late` older than
-    its only one (midnight of the same day: dim_date holds that day)."""
+def _hand_made_batch(
+    dsn: str, path: Path, late: int, twice: int, fixed: int
+) -> batches.ProcessedBatch:
+    """Two new versions of `twice` (1 and 2 ms after its newest), one of `late` older than
+    its only one (midnight of the same day: dim_date holds that day), and `fixed`'s current
+    version again with other units (a correction)."""
     columns = SALES.column_names
     with psycopg.connect(dsn) as conn:
         rows = {
@@ -185,7 +201,7 @@ def _hand_made_batch(dsn: str, path: Path, late: int, twice: int) -> batches.Pro
                     strict=True,
                 )
             )
-            for order in (late, twice)
+            for order in (late, twice, fixed)
         }  # fmt: skip
     made = []
     for order, shift, units in ((late, None, 3), (twice, 1, 5), (twice, 2, 7)):
@@ -200,6 +216,7 @@ def _hand_made_batch(dsn: str, path: Path, late: int, twice: int) -> batches.Pro
         assert stamp.date() == day and stamp.time() != row["last_updated_time"]
         row["last_updated_time"] = stamp.time()
         made.append(row)
+    made.append(dict(rows[fixed], units_sold=rows[fixed]["units_sold"] + 11))
     key = "fact_sales_order/run=hand-made/part-00000.parquet"
     lake = Lake(str(path))
     lake.write_parquet(key, pa.Table.from_pylist(made, schema=SALES.arrow_schema))
@@ -228,11 +245,11 @@ def test_marks_and_report_through_edits_deletes_restores_and_reloads(
             "JOIN payment p USING (transaction_id) WHERE t.sales_order_id IS NOT NULL "
             "ORDER BY 1 LIMIT 1"
         ).fetchone()  # type: ignore[misc]
-        edited, late, twice = (
+        edited, late, twice, fixed = (
             r[0]
             for r in conn.execute(
                 "SELECT sales_order_id FROM sales_order WHERE sales_order_id <> %s "
-                "ORDER BY sales_order_id DESC LIMIT 3",
+                "ORDER BY sales_order_id DESC LIMIT 4",
                 (restored,),
             )
         )
@@ -277,10 +294,16 @@ def test_marks_and_report_through_edits_deletes_restores_and_reloads(
         r["n"] for r in with_deletes.part("sales", "total")
     )  # the restored order counts again
 
-    batch = _hand_made_batch(warehouse, history.extra, late, twice)
+    batch = _hand_made_batch(warehouse, history.extra, late, twice, fixed)
+    fixed_before = _order_versions(warehouse, fixed)
     with psycopg.connect(warehouse) as conn:
         written = load_batch(conn, Lake(str(history.extra)), batch, "hand-made-load")
-    assert written[SALES.name] == 3
+    assert written[SALES.name] == 4  # three versions appended, one corrected
+    assert _order_versions(warehouse, fixed) == fixed_before  # in place: no new version
+    with psycopg.connect(warehouse) as conn:
+        assert conn.execute(
+            "SELECT _loaded_batch FROM fact_sales_order WHERE sales_order_id = %s", (fixed,)
+        ).fetchone() == ("hand-made",)
     late_versions = _order_versions(warehouse, late)
     assert len(late_versions) == 2 and late_versions[0][1] == late_versions[1][0]
     assert late_versions[1][1] is None  # the late older version did not displace it
@@ -294,11 +317,20 @@ def test_marks_and_report_through_edits_deletes_restores_and_reloads(
     again = load("reload", history.settings)
     assert len(again.batches) == 3  # re-applied in order: run 2's delete, run 3's restore
     assert _fact_rows(warehouse) == counts  # every version was already there
-    with psycopg.connect(warehouse) as conn:
-        assert (
-            load_batch(conn, Lake(str(history.extra)), batch, "hand-made-again").get(SALES.name, 0)
-            == 0
-        )
+    check(history, monkeypatch)  # the replayed batch re-delivered `fixed` as it first was
+    with psycopg.connect(warehouse) as conn:  # so only the correction is applied again
+        assert load_batch(conn, Lake(str(history.extra)), batch, "hand-made-again") == {
+            SALES.name: 1
+        }
     reloaded = check(history, monkeypatch)
     for star in ("sales", "purchases", "payments"):  # the ledger itself was rewritten
         assert _business(reloaded, star) == _business(loaded, star), star
+
+    kept = summary_check.snapshot(warehouse)  # the migration's backfill gives the same
+    with psycopg.connect(warehouse) as conn:
+        for name in SUMMARY_TABLES:
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+        conn.execute("DELETE FROM schema_migrations WHERE version = %s", (SUMMARIES_VERSION,))
+    assert migrate(warehouse) == [SUMMARIES_VERSION]
+    assert summary_check.snapshot(warehouse) == kept
+    summary_check.assert_summaries_exact(warehouse)
