@@ -13,10 +13,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import tuple_row
 
 from pipeline.errors import MigrationError
 from pipeline.load import ddl, summaries
@@ -73,19 +74,26 @@ def record_statement(migration: Migration) -> sql.Composed:
     )
 
 
-def pending_versions(conn: psycopg.Connection) -> list[str]:
+def pending_versions(conn: psycopg.Connection[Any]) -> list[str]:
     """Versions not applied yet (all of them in an empty schema)."""
     recorded = _applied(conn)
     return [m.version for m in MIGRATIONS if m.version not in recorded]
 
 
-def _applied(conn: psycopg.Connection) -> dict[str, str]:
+def version_of(statements: Callable[[], list[sql.Composed]]) -> Migration:
+    """The migration made of `statements`: a reader names the migration it needs by what
+    it does, so no caller spells a version number."""
+    return next(m for m in MIGRATIONS if m.statements is statements)
+
+
+def _applied(conn: psycopg.Connection[Any]) -> dict[str, str]:
     """version -> checksum of what is recorded (empty before the first migration)."""
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (MIGRATIONS_TABLE,)).fetchone()
-    if not (exists and exists[0]):
-        return {}
-    query = sql.SQL("SELECT version, checksum FROM {}").format(sql.Identifier(MIGRATIONS_TABLE))
-    return dict(conn.execute(query).fetchall())
+    with conn.cursor(row_factory=tuple_row) as cur:  # whatever the connection's row factory
+        exists = cur.execute("SELECT to_regclass(%s) IS NOT NULL", (MIGRATIONS_TABLE,)).fetchone()
+        if not (exists and exists[0]):
+            return {}
+        query = sql.SQL("SELECT version, checksum FROM {}").format(sql.Identifier(MIGRATIONS_TABLE))
+        return {str(v): str(c) for v, c in cur.execute(query).fetchall()}
 
 
 def _check(migration: Migration, recorded: str, conn: psycopg.Connection) -> None:

@@ -21,13 +21,16 @@ from psycopg.rows import dict_row
 
 from pipeline.credentials import connect, redact
 from pipeline.errors import ConfigurationError, SourceUnavailableError
-from pipeline.load.ddl import LEDGER_TABLE
+from pipeline.load import ddl
+from pipeline.load.migrations import MIGRATIONS, pending_versions, version_of
+from pipeline.load.summaries import summary_statements
 from pipeline.report import queries
 from pipeline.report.window import ReportWindow
-from pipeline.summary_schema import DIMENSION_ROWS, SUMMARIES
-from pipeline.warehouse_schema import FACTS, SUPERSEDED_AT, WAREHOUSE_TABLES
 
 Rows = list[dict[str, Any]]
+
+STAR_SCHEMA = version_of(ddl.star_schema_statements)
+SUMMARIES_MIGRATION = version_of(summary_statements)  # optional: without it, the facts
 
 # Per report session: UTC dates; the grouping hashes held in memory (a few hundred MB at
 # millions of distinct items, far less usually); no JIT compile (it costs more than it
@@ -114,33 +117,21 @@ def _run_in_snapshot(dsn: str, snapshot: str, query: sql.Composed, params: dict[
 
 
 def _check_schema(conn: psycopg.Connection[Any]) -> bool:
-    """The star schema and the ledger must exist: a clear error instead of a SQL one.
-    True when the summaries are absent (a warehouse the load has not migrated yet)."""
-    summary_names = [*(s.name for s in SUMMARIES), DIMENSION_ROWS]
-    names = [*WAREHOUSE_TABLES, LEDGER_TABLE, *summary_names]
-    absent = {
-        r["name"]
-        for r in conn.execute(
-            "SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NULL",
-            (names,),
-        ).fetchall()
-    }
-    rows = [name for name in names if name in absent and name not in summary_names]
-    if rows:
-        missing = ", ".join(rows)
+    """Every migration the report reads must be applied (the migration ledger says which
+    are): a clear error naming them instead of a SQL one, or numbers counted without the
+    version marks. The summaries may be missing (a warehouse a load has not migrated yet):
+    True then, and the report reads the facts."""
+    pending = pending_versions(conn)
+    if STAR_SCHEMA.version in pending:
         raise ConfigurationError(
-            f"the warehouse has no {missing}: create it with `totesys-etl init-warehouse` "
+            "the warehouse has no star schema: create it with `totesys-etl init-warehouse` "
             "(or run a load) before building the report"
         )
-    old = conn.execute(  # the version marks the report filters on (migration 0005)
-        "SELECT name FROM unnest(%s::text[]) AS name WHERE NOT EXISTS (SELECT 1 FROM "
-        "pg_attribute WHERE attrelid = to_regclass(name) AND attname = %s AND NOT attisdropped)",
-        ([t.name for t in FACTS], SUPERSEDED_AT),
-    ).fetchall()
-    if old:
-        tables = ", ".join(r["name"] for r in old)
+    needed = [m for m in MIGRATIONS if m.version in pending and m is not SUMMARIES_MIGRATION]
+    if needed:
+        names = ", ".join(f"{m.version} ({m.description})" for m in needed)
         raise ConfigurationError(
-            f"the warehouse schema predates this report ({tables} have no {SUPERSEDED_AT}): "
+            f"the warehouse schema predates this report: migration {names} is not applied: "
             "bring it up to date with `totesys-etl init-warehouse` (or run a load)"
         )
-    return bool(absent)
+    return SUMMARIES_MIGRATION.version in pending

@@ -39,7 +39,7 @@ from psycopg import sql
 from pipeline.lake import Lake
 from pipeline.load import batches
 from pipeline.load.ddl import LEDGER_TABLE
-from pipeline.load.migrations import MIGRATIONS, migrate
+from pipeline.load.migrations import migrate, version_of
 from pipeline.load.run import load, load_batch
 from pipeline.load.summaries import summary_statements
 from pipeline.local.runner import run_pipeline
@@ -56,7 +56,7 @@ from tests.integration.report.summary_check import assert_summaries_exact
 pytestmark = pytest.mark.postgres
 
 TODAY = date(2024, 11, 1)
-SUMMARIES_VERSION = next(m.version for m in MIGRATIONS if m.statements is summary_statements)
+SUMMARIES_VERSION = version_of(summary_statements).version
 SALES = WAREHOUSE_TABLES["fact_sales_order"]
 
 
