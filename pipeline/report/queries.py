@@ -101,6 +101,21 @@ UNION ALL
 SELECT 'freshness', NULL, NULL, NULL, NULL, NULL, NULL, NULL, ({freshness})"""
 
 
+def _grouped(
+    summarized: bool,
+    summary: str,
+    facts: str,
+    table: WarehouseTable,
+    columns: tuple[str, ...],
+    window: sql.Composed,
+) -> sql.Composed:
+    """A star's `agg` rows: from the load's summaries (`summary`, all dates), or grouped in
+    one pass over the fact's current rows (`facts`, with the window)."""
+    if summarized:
+        return compose(summary)
+    return compose(facts, current=current_rows(table, columns), window=window)
+
+
 def freshness(table: WarehouseTable, summarized: bool) -> sql.Composed:
     """The newest `last_updated` of any row of `table`: the load's record of it, or a scan."""
     if summarized:
@@ -297,14 +312,8 @@ UNION ALL"""
         + "\nORDER BY 1, 2, 3, 8 DESC, 4"
     )
     window = in_window("created_date")
-    agg = (
-        compose(_SALES_SUMMARY_AGG)
-        if summarized
-        else compose(
-            _SALES_AGG,
-            current=current_rows(FACT["fact_sales_order"], SALES_COLUMNS),
-            window=window,
-        )
+    agg = _grouped(
+        summarized, _SALES_SUMMARY_AGG, _SALES_AGG, FACT["fact_sales_order"], SALES_COLUMNS, window
     )
     return compose(
         template,
@@ -383,14 +392,13 @@ WITH agg AS ({agg})"""
         + "\nORDER BY 1, 2, 3, 8 DESC, 4"
     )
     window = in_window("created_date")
-    agg = (
-        compose(_PURCHASES_SUMMARY_AGG)
-        if summarized
-        else compose(
-            _PURCHASES_AGG,
-            current=current_rows(FACT["fact_purchase_order"], PURCHASE_COLUMNS),
-            window=window,
-        )
+    agg = _grouped(
+        summarized,
+        _PURCHASES_SUMMARY_AGG,
+        _PURCHASES_AGG,
+        FACT["fact_purchase_order"],
+        PURCHASE_COLUMNS,
+        window,
     )
     return compose(
         template,
@@ -476,14 +484,13 @@ UNION ALL"""
         + "\nORDER BY 1, 2, 3, 4, 5"
     )
     window = in_window("payment_date")
-    agg = (
-        compose(_PAYMENTS_SUMMARY_AGG)
-        if summarized
-        else compose(
-            _PAYMENTS_AGG,
-            current=current_rows(FACT["fact_payment"], PAYMENT_COLUMNS),
-            window=window,
-        )
+    agg = _grouped(
+        summarized,
+        _PAYMENTS_SUMMARY_AGG,
+        _PAYMENTS_AGG,
+        FACT["fact_payment"],
+        PAYMENT_COLUMNS,
+        window,
     )
     return compose(
         template,
