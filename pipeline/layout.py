@@ -234,7 +234,7 @@ def reconcile_summary(table: str, token: str) -> str:
 
 
 def reconcile_folded(table: str, token: str) -> str:
-    return f"_reconcile/{table}/folded/{token}.parquet"
+    return f"_reconcile/{table}/folded/{token}.json"
 
 
 def reconcile_record(table: str, run_id: str) -> str:

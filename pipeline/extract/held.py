@@ -22,7 +22,11 @@ Numpy and Arrow only (the extract step never imports Polars or pandas). State of
 - the fold record: one entry per batch folded (manifest key, mode, source snapshot, window,
   key range), so a batch found broken later can be re-extracted (`pipeline.extract.repair`),
   appended as one small JSON file per pass; the head records how far the ingestion batch
-  log (`pipeline.ingest_log`) is folded, so a pass reads only the entries after it;
+  log (`pipeline.ingest_log`) is folded, so a pass reads only the entries after it. A pass
+  needs the entries of recent batches only (those a concurrent extraction may have
+  committed: `FOLD_RECENT`); older ones move to the archive, which only
+  `reconcile --repair` reads (it checks every batch), so what a pass reads of the record
+  stays the same after a year of runs;
 - `head-<seq>.json`, created with compare-and-swap like the watermark: the newest wins, a
   pass that loses the race leaves its files unreferenced (the next pass folds again).
 
@@ -58,6 +62,10 @@ PER_KEY_BUCKET = KEY_BUCKET_IDS // COMPARE_BUCKET_IDS
 KEEP_HEADS = 5
 FOLD_CHUNK_KEYS = 1_000_000  # incoming keys folded at once (the fold's memory follows it)
 FOLD_FILES = 32  # fold record files a head lists before they are compacted into one
+# Fold entries of batches observed this long before the newest one go to the archive: far
+# longer than any pass runs (a Lambda stops at 15 minutes), so no pass still running took
+# its snapshot before them (`reconcile._not_deleted_elsewhere` reads the recent entries).
+FOLD_RECENT = dt.timedelta(days=1)
 FORMAT = 1
 _HEAD = re.compile(r"head-(\d{10})\.json$")
 _NEVER = np.iinfo(np.int64).min
@@ -138,6 +146,7 @@ class Head:
     keys: dict[int, str] = field(default_factory=dict)  # key bucket -> key file
     summary: str | None = None
     folded: list[str] = field(default_factory=list)  # fold record files, appended, compacted
+    archived: list[str] = field(default_factory=list)  # the archive's files, compacted too
     held: int = 0  # keys held
     last_pass: dict[str, Any] | None = None  # the last reconciliation's counts and time
     # the ingestion batch log is folded up to this entry (None: a state from before the log)
@@ -154,6 +163,7 @@ class Head:
             "keys": {str(b): k for b, k in sorted(self.keys.items())},
             "summary": self.summary,
             "folded": self.folded,
+            "archived": self.archived,
             "held": self.held,
             "last_pass": self.last_pass,
             "log_through": self.log_through,
@@ -173,6 +183,7 @@ class Head:
             keys={int(b): str(k) for b, k in obj["keys"].items()},
             summary=obj.get("summary"),
             folded=list(obj.get("folded") or []),
+            archived=list(obj.get("archived") or []),
             held=int(obj.get("held", 0)),
             last_pass=obj.get("last_pass"),
             log_through=None if obj.get("log_through") is None else int(obj["log_through"]),
@@ -271,6 +282,33 @@ def fold_record(key: str, manifest: dict[str, Any], keys: Keys) -> dict[str, Any
 Folded = tuple[str, dict[str, Any], Keys]  # (manifest key, manifest, its keys)
 
 
+def _new_token() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _entries(lake: Lake, files: list[str]) -> list[dict[str, Any]]:
+    """The fold entries the given record files hold, in order."""
+    return [r for key in files for r in lake.read_json(key)]
+
+
+def _observed(record: dict[str, Any]) -> dt.datetime | None:
+    try:
+        at = dt.datetime.fromisoformat(str(record.get("observed_to") or ""))
+    except ValueError:
+        return None
+    return at if at.tzinfo is None else at.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def _aged(records: list[dict[str, Any]], among: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The `records` observed more than `FOLD_RECENT` before the newest of `among` (on the
+    source's clock, like the snapshots compared with them), or never recorded when."""
+    newest = max((at for r in among if (at := _observed(r)) is not None), default=None)
+    if newest is None:
+        return []
+    cutoff = newest - FOLD_RECENT
+    return [r for r in records if (at := _observed(r)) is None or at < cutoff]
+
+
 def _event_order(batch: Folded) -> tuple[str, str, str]:
     """Batches apply in the order of their snapshots, then of their commits."""
     key, manifest, _ = batch
@@ -284,25 +322,30 @@ class HeldState:
     lake: Lake
     spec: Table
     head: Head
-    token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    token: str = field(default_factory=lambda: _new_token())
     summary: Summary = field(default_factory=Summary)
-    folded: list[dict[str, Any]] = field(default_factory=list)
+    folded: list[dict[str, Any]] = field(default_factory=list)  # recent fold entries
+    archive: list[dict[str, Any]] | None = None  # the archived ones (None: not read)
     _keys: dict[int, Keys] = field(default_factory=dict)  # loaded key buckets
     _dirty: set[int] = field(default_factory=set)
     _new_folds: list[dict[str, Any]] = field(default_factory=list)
     log_through: int | None = None  # how far the batch log is folded (saved with the head)
 
     @classmethod
-    def open(cls, lake: Lake, spec: Table) -> HeldState:
+    def open(cls, lake: Lake, spec: Table, *, archive: bool = False) -> HeldState:
         """The committed state (empty if none); unreadable parts of it make it empty, so
-        the caller's fold rebuilds it from the batch log."""
+        the caller's fold rebuilds it from the batch log. `archive`: read the archived fold
+        entries too (a state from before the batch log always does: it lists manifests)."""
         head = load_head(lake, spec.name)
         state = cls(lake, spec, Head(spec.name, seq=head.seq if head else 0))
         if head is None:
             return state
         try:
             summary = Summary.of(_read(lake, head.summary)) if head.summary else Summary()
-            folded = [r for key in head.folded for r in lake.read_json(key)]
+            folded = _entries(lake, head.folded)
+            archived = (
+                _entries(lake, head.archived) if archive or head.log_through is None else None
+            )
             for key in head.keys.values():
                 if not lake.exists(key):
                     raise CorruptBatchError(f"held-state file {lake.uri(key)} is missing")
@@ -312,7 +355,7 @@ class HeldState:
                 extra={"table": spec.name, "error": str(exc)},
             )
             return state
-        state.head, state.summary, state.folded = head, summary, folded
+        state.head, state.summary, state.folded, state.archive = head, summary, folded, archived
         state.log_through = head.log_through
         return state
 
@@ -329,8 +372,12 @@ class HeldState:
             parts.append(self._keys[bucket])
         return Keys.concat(parts)
 
+    def records(self) -> list[dict[str, Any]]:
+        """The fold entries read: the recent ones, after the archived ones if read."""
+        return [*(self.archive or []), *self.folded]
+
     def folded_keys(self) -> set[str]:
-        return {r["key"] for r in self.folded}
+        return {r["key"] for r in self.records()}
 
     @property
     def held_count(self) -> int:
@@ -427,8 +474,7 @@ class HeldState:
         """Write the changed files and the next head; False if another pass saved first.
 
         Only what changed is written: the key files of the touched buckets, the summary if
-        any was, and this pass's fold records as one more small file (the head's list of
-        them is compacted into one file every `FOLD_FILES`)."""
+        any was, and this pass's fold records (`_save_folds`)."""
         table, lake = self.spec.name, self.lake
         head = Head(
             table,
@@ -436,6 +482,7 @@ class HeldState:
             keys=dict(self.head.keys),
             summary=self.head.summary,
             folded=list(self.head.folded),
+            archived=list(self.head.archived),
             log_through=self.log_through,
         )
         for bucket in sorted(self._dirty):
@@ -449,20 +496,46 @@ class HeldState:
         if self._dirty or head.summary is None:
             head.summary = layout.reconcile_summary(table, self.token)
             lake.write_parquet(head.summary, self.summary.to_arrow(), use_dictionary=False)
-        if self._new_folds:
-            records = self._new_folds
-            if len(head.folded) >= FOLD_FILES:
-                records, head.folded = self.folded, []
-            key = layout.reconcile_folded(table, f"{self.token}-{len(head.folded)}")
-            lake.write_json(key, records)
-            head.folded.append(key)
+        folded, archive = self._save_folds(head) if self._new_folds else (self.folded, None)
         head.held = self.held_count
         head.last_pass = last_pass if last_pass is not None else self.head.last_pass
         saved = save_head(lake, head)
         if saved:
             self._prune(head)
             self.head, self._dirty, self._new_folds = head, set(), []
+            self.token = _new_token()  # (files are never rewritten: a next save names its own)
+            self.folded = folded
+            if self.archive is not None and archive:
+                self.archive.extend(archive)
         return saved
+
+    def _save_folds(self, head: Head) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Write this pass's fold entries into `head`: the recent ones as one more file (the
+        head's files are rewritten as one every `FOLD_FILES`), those older than
+        `FOLD_RECENT` (a backlog, or entries that aged since) as one more archive file (the
+        archive compacts the same way; only its compaction reads it). Returns the recent
+        entries and the newly archived ones."""
+        table, lake = self.spec.name, self.lake
+        records = self._new_folds
+        if len(head.folded) >= FOLD_FILES:
+            records, head.folded = self.folded, []
+        old = _aged(records, self.folded)
+        moved = {id(r) for r in old}
+        if old:
+            write = old
+            if len(head.archived) >= FOLD_FILES:
+                kept = self.archive if self.archive is not None else _entries(lake, head.archived)
+                write = [*kept, *old]
+                head.archived = []
+            key = layout.reconcile_folded(table, f"{self.token}-archive-{len(head.archived)}")
+            lake.write_json(key, write)
+            head.archived.append(key)
+        recent = [r for r in records if id(r) not in moved]
+        if recent:
+            key = layout.reconcile_folded(table, f"{self.token}-{len(head.folded)}")
+            lake.write_json(key, recent)
+            head.folded.append(key)
+        return [r for r in self.folded if id(r) not in moved], old
 
     def _prune(self, head: Head) -> None:
         """Delete this table's state files that no kept head refers to (older than an hour:
@@ -474,7 +547,7 @@ class HeldState:
                 kept = Head.from_json(lake.read_json(layout.reconcile_head(table, seq)))
             except (CorruptBatchError, KeyError, TypeError, ValueError, AttributeError):
                 continue
-            referenced |= {*kept.keys.values(), kept.summary or "", *kept.folded}
+            referenced |= {*kept.keys.values(), kept.summary or "", *kept.folded, *kept.archived}
         stale_before = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
         for kind in ("keys", "summary", "folded"):
             for key in lake.list(layout.reconcile_files(table, kind)):

@@ -179,7 +179,7 @@ def reconcile_in(
     keyhash.check_source_hash(int(source.scalar(keyhash.probe_sql())))
     snapshot = {"from": iso_us(source.now), "to": iso_us(source.snapshot_to)}
     result = ReconcileResult(spec.name, run_id, "ok", reconciled_at=snapshot["from"])
-    state = held_state.HeldState.open(lake, spec)
+    state = held_state.HeldState.open(lake, spec, archive=repair_all)
     writer = _Writer(source, lake, spec, run_id, drift, snapshot, settings)
 
     # 1. Fold what was committed since the last pass; re-extract what is broken.
@@ -340,7 +340,8 @@ def _not_deleted_elsewhere(
 ) -> held_state.Keys:
     """Drop candidate deletions that a batch from a snapshot not before ours delivered: a
     concurrent extraction saw those rows after our snapshot was taken (inserted since, or
-    restored), so their absence here is not a delete. Such batches are few (concurrent)."""
+    restored), so their absence here is not a delete. Such batches are few (concurrent), and
+    among the state's recent fold entries (`held.FOLD_RECENT`)."""
     if len(candidates) == 0:
         return candidates
     for record in state.folded:

@@ -18,8 +18,8 @@ reconciliation of the table (every run by default)
 A batch broken after it was folded (a file deleted later) is only noticed by a reader: the
 transform's `CorruptBatchError` names `totesys-etl reconcile --tables <t> --repair`, which
 checks every committed batch of the table whose manifest is still there (`check_all`: one
-listing) and repairs the broken ones. A lost manifest alone loses nothing: readers find a
-batch by its log entry, which lists its files.
+listing, and the held state's archived fold entries) and repairs the broken ones. A lost
+manifest alone loses nothing: readers find a batch by its log entry, which lists its files.
 """
 
 from __future__ import annotations
@@ -108,7 +108,10 @@ def pending(
     New batches are the table's batch log entries after the state's position (the whole
     log for a new or rebuilt state); a state from before the log also lists the manifests
     once, for the batches committed before it. A batch taken back (`retract`) is skipped:
-    its window was extracted again into another batch. Sets `state.log_through`."""
+    its window was extracted again into another batch. Sets `state.log_through`.
+    `check_all` needs the state opened with its archive (`HeldState.open(archive=True)`)."""
+    if check_all and state.archive is None:
+        raise ValueError("checking every batch needs the held state's archive read")
     done = state.folded_keys()
     entries, through = _entries(lake, spec, state.log_through or 0)
     candidates: list[tuple[str, dict[str, Any] | None]] = [
@@ -137,7 +140,7 @@ def pending(
             keys = held_state.batch_keys(lake, spec, manifest)
         except (CorruptBatchError, KeyError, TypeError, ValueError) as exc:
             usable = manifest if isinstance(manifest, dict) and manifest.get("window") else None
-            folded = [r for r in state.folded if r["key"] == key]
+            folded = [r for r in state.records() if r["key"] == key]
             window = _from_fold(folded) if folded else _window(usable or {}, None)
             damaged.append(Damage(key, run_id, _reason(exc), window, usable))
             continue

@@ -8,6 +8,7 @@ source state.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import shlex
 from collections.abc import Callable, Iterator
@@ -20,7 +21,9 @@ import pytest
 import pipeline.load as load_module
 import pipeline.transform as transform_module
 from pipeline import layout
+from pipeline.catalog import TABLES
 from pipeline.errors import TransientError
+from pipeline.extract import held
 from pipeline.lake import Lake
 from pipeline.local.cli import main
 from pipeline.local.runner import RunReport, run_pipeline
@@ -103,11 +106,18 @@ def _truncate(lake: Lake, key: str) -> None:
     lake.write_bytes(key, data[: len(data) // 2])
 
 
-@pytest.mark.parametrize("damage", ["delete", "truncate"])
+@pytest.mark.parametrize(
+    ("damage", "archived"), [("delete", False), ("truncate", False), ("delete", True)]
+)
 def test_a_broken_ingestion_part_is_repaired_by_the_command_its_error_names(
-    world, monkeypatch, damage
+    world, monkeypatch, damage, archived
 ) -> None:
+    """`archived`: the batch's fold entry is in the held state's archive by the time the
+    part breaks (as a batch folded more than a day ago would be), which only the repair
+    command reads."""
     pipe = world["pipe"]
+    if archived:
+        monkeypatch.setattr(held, "FOLD_RECENT", -dt.timedelta(days=1))  # archive at once
     with failing(monkeypatch, "transform"):
         stopped = pipe.run()
     assert not stopped.succeeded
@@ -116,6 +126,10 @@ def test_a_broken_ingestion_part_is_repaired_by_the_command_its_error_names(
 
     broken = pipe.run()
     assert not broken.succeeded and "CorruptBatchError" in (broken.error or ""), broken.error
+    if archived:
+        state = held.HeldState.open(pipe.ingest, TABLES["sales_order"])
+        batch = layout.ingestion_manifest("sales_order", stopped.run_id)
+        assert batch not in state.folded_keys() and state.head.archived
     pipe.follow(broken.error or "")
     assert pipe.ingest.exists(layout.retraction("sales_order", stopped.run_id))
     fixed = pipe.run()

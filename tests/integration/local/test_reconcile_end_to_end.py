@@ -246,11 +246,11 @@ def test_a_reconciliation_racing_an_extraction_loses_nothing_and_deletes_nothing
     paused, resume = threading.Event(), threading.Event()
     real_open = held_module.HeldState.open
 
-    def slow_open(lake, spec):
+    def slow_open(lake, spec, **options):
         if threading.current_thread().name == "racing-reconcile":
             paused.set()
             assert resume.wait(120)
-        return real_open(lake, spec)
+        return real_open(lake, spec, **options)
 
     monkeypatch.setattr(held_module.HeldState, "open", slow_open)
     results: dict[str, Any] = {}

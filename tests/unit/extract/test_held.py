@@ -3,6 +3,7 @@ it is the same; a damaged state reads as empty (to be rebuilt)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,7 @@ def test_saved_state_reopens_equal_and_fold_records_are_compacted(
         assert state.save({"run_id": f"r{i}"})
     again = HeldState.open(lake, SPEC)
     assert as_dict(again) == as_dict(state)
-    assert len(again.head.folded) <= 2 and [r["run_id"] for r in again.folded] == [
+    assert len(again.head.folded) <= 2 and [r["run_id"] for r in again.records()] == [
         f"r{i}" for i in range(5)
     ]
     assert (again.summary.xor == state.summary.xor).all()
@@ -123,3 +124,52 @@ def test_folding_in_chunks_of_key_buckets_equals_folding_at_once(
         results.append((as_dict(state), s.bucket.tolist(), s.rows.tolist(), s.xor.tolist()))
     assert len(results[0][0]) > 1_000  # (tombstones removed some keys, not all)
     assert results[1] == results[0] and results[2] == results[0]
+
+
+def test_entries_older_than_a_day_move_to_an_archive_a_pass_does_not_read(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A backlog folded at once, and entries that age while runs go on, leave the recent
+    record; a plain open reads only the recent entries, `archive=True` every entry, and the
+    archive's files are compacted like the recent ones (nothing lost on the way)."""
+    monkeypatch.setattr(held, "FOLD_FILES", 3)
+    lake = Lake(str(tmp_path))
+    state = HeldState.open(lake, SPEC)
+    state.log_through = 1  # (a state that folds the batch log: only the repair reads more)
+    backlog = [batch(f"old{i}", f"2024-01-01T0{i}:00:00", {i: i}) for i in range(5)]
+    state.fold([*backlog, batch("new", "2024-01-03T00:00:00", {10: 1})])
+    assert state.save(None)
+    opened = HeldState.open(lake, SPEC)
+    assert [r["run_id"] for r in opened.folded] == ["new"] and opened.archive is None
+    assert opened.folded_keys() == {layout.ingestion_manifest("currency", "new")}
+    # Runs an hour apart: each entry moves to the archive once a day has passed since it.
+    names = ["new"] + [f"h{i}" for i in range(60)]
+    for i in range(60):
+        at = (dt.datetime(2024, 1, 3) + dt.timedelta(hours=i + 1)).isoformat()
+        opened.fold([batch(f"h{i}", at, {100 + i: i})])
+        assert opened.save(None)
+        opened = HeldState.open(lake, SPEC)
+        recent = [r["run_id"] for r in opened.folded]
+        assert len(recent) <= 25 + 3  # a day's entries, plus those since the last compaction
+        assert recent == names[names.index(recent[0]) : i + 2]  # the newest, in order
+    assert len(opened.head.folded) <= 3 and len(opened.head.archived) <= 3
+    every = HeldState.open(lake, SPEC, archive=True)
+    assert sorted(r["run_id"] for r in every.records()) == sorted(
+        [f"old{i}" for i in range(5)] + names
+    )
+    files = {*opened.head.folded, *opened.head.archived}
+    assert set(lake.list(layout.reconcile_files("currency", "folded"))) >= files
+
+
+def test_a_missing_archive_file_rebuilds_the_state_when_the_archive_is_read(
+    tmp_path: Path,
+) -> None:
+    lake = Lake(str(tmp_path))
+    state = HeldState.open(lake, SPEC)
+    state.log_through = 1
+    state.fold([batch("old", "2024-01-01T00:00:00", {1: 1}), batch("new", "2024-01-05", {2: 2})])
+    assert state.save(None)
+    [archived] = state.head.archived
+    lake.delete(archived)
+    assert HeldState.open(lake, SPEC).held_count == 2  # a pass does not read the archive
+    assert HeldState.open(lake, SPEC, archive=True).held_count == 0  # repair: rebuilt
