@@ -12,6 +12,12 @@ too), and the load. The claim it checks: the transform's peak depends on the sli
 the table, so it stays flat when the data grows (the last line prints the ratio of the
 largest size's transform peak to the smallest's).
 
+Throughput: each step's source rows per second of its own process time, next to the raw
+PostgreSQL limits measured on the same data in the same run (binary `COPY ... TO STDOUT`
+of every source table, binary `COPY FROM` of the loaded warehouse rows into empty tables
+with the same indexes, `benchmarks.run`), and the largest size's figures over the
+smallest's: the raw limits say how much of a change with size is PostgreSQL's own.
+
 Unless `--no-compare`, each size is also transformed unsliced (one call takes everything)
 into a second processed zone and loaded into a second warehouse, and the two warehouses
 are compared table by table by a multiset fingerprint of their business columns (row
@@ -37,7 +43,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from benchmarks.run import SNAPSHOT_SALES_ORDERS, run_step
+from benchmarks.run import SNAPSHOT_SALES_ORDERS, raw_copy_in, raw_copy_out, run_step
 from pipeline.local import pgserver
 from pipeline.warehouse_schema import WAREHOUSE_TABLES
 
@@ -98,6 +104,8 @@ def measure_size(
         "source": counts,
         "steps": _steps(env, sliced, ("extract", "transform", "load")),
     }
+    print("  raw COPY out and in ...", file=sys.stderr, flush=True)
+    result["raw"] = {"copy_out": raw_copy_out(source), "copy_in": raw_copy_in(env["WAREHOUSE_DSN"])}
     if args.compare:
         whole = {**sliced, "processed": str(lake / "processed-unsliced")}
         env_whole = {
@@ -141,6 +149,32 @@ def print_table(results: list[dict[str, Any]], slice_rows: int) -> None:
         print(f"data x{growth:.1f}: transform peak x{ratio:.2f}")
 
 
+def _throughput(r: dict[str, Any]) -> dict[str, float]:
+    """Rows per second: each step and all three over the source rows, raw COPY over its own."""
+    rows, steps = r["source_rows"], r["steps"]
+    out = {step: rows / steps[step]["seconds"] for step in ("extract", "transform", "load")}
+    out["all three"] = rows / sum(
+        steps[step]["seconds"] for step in ("extract", "transform", "load")
+    )
+    for name, raw in r["raw"].items():
+        out[f"raw {name.replace('_', ' ')}"] = raw["rows"] / raw["seconds"]
+    return out
+
+
+def print_throughput(results: list[dict[str, Any]]) -> None:
+    print("\n== throughput: rows per second (steps: source rows; raw COPY: the rows it moved)")
+    rates = [_throughput(r) for r in results]
+    names = list(rates[0])
+    print(f"{'sales orders':>13}" + "".join(f"{n:>14}" for n in names))
+    for r, rate in zip(results, rates, strict=True):
+        print(f"{r['sales_orders']:>13,}" + "".join(f"{rate[n]:>14,.0f}" for n in names))
+    if len(results) > 1:
+        label = (
+            f"{results[-1]['sales_orders'] // 1000:,}k / {results[0]['sales_orders'] // 1000:,}k"
+        )
+        print(f"{label:>13}" + "".join(f"{rates[-1][n] / rates[0][n]:>14.2f}" for n in names))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -161,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         for orders in sizes:
             results.append(measure_size(server.dsn, orders, args, Path(tmp)))
     print_table(results, args.slice)
+    print_throughput(results)
     out = {"slice": args.slice, "server": server.description, "sizes": results}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1, default=str))
