@@ -337,7 +337,8 @@ class HeldState:
         the caller's fold rebuilds it from the batch log. `archive`: read the archived fold
         entries too (a state from before the batch log always does: it lists manifests)."""
         head = load_head(lake, spec.name)
-        state = cls(lake, spec, Head(spec.name, seq=head.seq if head else 0))
+        # (empty: nothing is archived either)
+        state = cls(lake, spec, Head(spec.name, seq=head.seq if head else 0), archive=[])
         if head is None:
             return state
         try:

@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline import layout
 from pipeline.catalog import TABLES
-from pipeline.extract import held
+from pipeline.extract import held, repair
 from pipeline.extract.held import HeldState, Keys
 from pipeline.lake import Lake
 
@@ -173,3 +173,11 @@ def test_a_missing_archive_file_rebuilds_the_state_when_the_archive_is_read(
     lake.delete(archived)
     assert HeldState.open(lake, SPEC).held_count == 2  # a pass does not read the archive
     assert HeldState.open(lake, SPEC, archive=True).held_count == 0  # repair: rebuilt
+
+
+def test_checking_every_batch_of_a_table_without_state_finds_nothing_to_repair(
+    tmp_path: Path,
+) -> None:
+    lake = Lake(str(tmp_path))
+    state = HeldState.open(lake, SPEC, archive=True)
+    assert state.archive == [] and repair.pending(lake, SPEC, state, check_all=True) == ([], [])
