@@ -440,6 +440,8 @@ class SourceSnapshot:
             "s.null_frac, s.histogram_bounds::text::timestamp[], "
             "s.most_common_vals::text::timestamp[], s.most_common_freqs "
             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 "
+            "AND a.atttypid = 'timestamp'::regtype "  # what the casts read (drift: no stats)
             "JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname "
             "AND s.attname = $2 AND NOT s.inherited "
             "WHERE c.oid = to_regclass($1)",
