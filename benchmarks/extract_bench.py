@@ -1,6 +1,6 @@
 """Extract benchmark: `extract_table` against the raw COPY limit of the same server, same run.
 
-    python -m benchmarks.extract_bench [--rows 2000000] [--dsn DSN] [--json]
+    python -m benchmarks.extract_bench [--rows 2000000] [--max-rows N] [--dsn DSN] [--json]
     python -m benchmarks.extract_bench --all-tables [--rows 2000000] [--workers 2]
         [--cursor-indexes]
     python -m benchmarks.extract_bench --window-scan [--rows 2000000]
@@ -11,9 +11,12 @@ superuser DSN; a fresh database is created and dropped there), then measures:
 1. raw: `COPY (SELECT <catalog columns> FROM sales_order ORDER BY last_updated,
    sales_order_id) TO STDOUT`, text and binary, consumed and discarded (psycopg);
 2. adbc fetch: the same query through ADBC into Arrow batches, discarded (the decode cost);
-3. extract: `pipeline.extract.extract_table` (full extract into a temporary local lake),
-   in a child process so its peak RSS (`ru_maxrss`, imports included, as in a Lambda)
-   is its own.
+3. extract: `pipeline.extract.extract_table` (full extract into a temporary local lake,
+   with its continuations when `--max-rows` (`EXTRACT_MAX_ROWS`, default 2,000,000) cuts
+   it into several calls), in a child process so its peak RSS (`ru_maxrss`, imports
+   included, as in a Lambda) is its own. The table is analysed after it is built, as
+   autovacuum would have done on a production source, so several calls show what
+   `pipeline.extract.slices` saves on a source without a cursor index.
 
 Targets: extract >= 0.5x the raw rows/s, peak RSS < 600 MB. The machine may be shared:
 each measurement is the best of `--repeat` runs.
@@ -99,11 +102,13 @@ def _warm_up(dsn: str) -> None:
         cur.fetchall()
 
 
-def extract_in_child(dsn: str) -> dict[str, Any]:
-    """Run one full extract in a fresh interpreter; returns its seconds, rows and peak RSS."""
+def extract_in_child(dsn: str, max_rows: int | None = None) -> dict[str, Any]:
+    """Run one full extract (all its calls) in a fresh interpreter; returns its seconds,
+    rows, calls and peak RSS."""
+    cap = ["--max-rows", str(max_rows)] if max_rows else []
     with tempfile.TemporaryDirectory(prefix="extract-bench-") as lake:
         out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.extract_bench", "--child", lake],
+            [sys.executable, "-m", "benchmarks.extract_bench", "--child", lake, *cap],
             input=dsn,
             capture_output=True,
             text=True,
@@ -112,15 +117,23 @@ def extract_in_child(dsn: str) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _child(lake: str) -> None:
+def _child(lake: str, max_rows: int | None) -> None:
     from pipeline.extract import extract_table
 
     dsn = sys.stdin.read()
+    settings = Settings(ingest_url=lake, source_dsn=dsn)
+    if max_rows:
+        settings = settings.replace(extract_max_rows=max_rows)
+    rows = files = calls = 0
+    call: str | None = "bench"
     with timed() as t:
-        result = extract_table(TABLE.name, "bench", Settings(ingest_url=lake, source_dsn=dsn))
+        while call:
+            result = extract_table(TABLE.name, call, settings)
+            rows, files, calls = rows + result.rows, files + len(result.files), calls + 1
+            call = result.next_run_id if result.more else None
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"seconds": t.seconds, "rows": result.rows, "peak_rss_mb": peak_mb,
-                      "files": len(result.files)}))  # fmt: skip
+    print(json.dumps({"seconds": t.seconds, "rows": rows, "peak_rss_mb": peak_mb,
+                      "files": files, "calls": calls}))  # fmt: skip
 
 
 def _child_all(lake: str, run_id: str, workers: int) -> None:
@@ -313,7 +326,7 @@ def _database(dsn: str | None) -> Iterator[str]:
         yield db
 
 
-def measure(rows: int, dsn: str | None, repeat: int) -> dict[str, Any]:
+def measure(rows: int, dsn: str | None, repeat: int, max_rows: int | None = None) -> dict[str, Any]:
     with _database(dsn) as db:
         with timed() as build:
             create_sales_orders(db, rows)
@@ -321,7 +334,7 @@ def measure(rows: int, dsn: str | None, repeat: int) -> dict[str, Any]:
         raw_text = best_of(repeat, lambda: raw_copy(db, binary=False))
         raw_binary = best_of(repeat, lambda: raw_copy(db, binary=True))
         adbc = best_of(repeat, lambda: adbc_fetch(db))
-        runs = [extract_in_child(db) for _ in range(repeat)]
+        runs = [extract_in_child(db, max_rows) for _ in range(repeat)]
     extract = min(runs, key=lambda r: r["seconds"])
     assert extract["rows"] == rows, extract
     raw = min(raw_text, raw_binary)
@@ -338,6 +351,8 @@ def measure(rows: int, dsn: str | None, repeat: int) -> dict[str, Any]:
         "ratio_to_raw": round(raw / extract["seconds"], 3),
         "extract_peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs), 1),
         "extract_files": extract["files"],
+        "extract_calls": extract["calls"],
+        "max_rows": max_rows,
         "targets": {"ratio_to_raw": TARGET_RATIO, "peak_rss_mb": TARGET_RSS_MB},
         "ok": raw / extract["seconds"] >= TARGET_RATIO
         and max(r["peak_rss_mb"] for r in runs) < TARGET_RSS_MB,
@@ -346,7 +361,8 @@ def measure(rows: int, dsn: str | None, repeat: int) -> dict[str, Any]:
 
 def _print_table(r: dict[str, Any]) -> None:
     n = r["rows"]
-    print(f"extract benchmark: {n:,} sales_order rows (built in {r['build_s']} s)")
+    cap = f", {r['extract_calls']} extract calls" if r.get("extract_calls", 1) > 1 else ""
+    print(f"extract benchmark: {n:,} sales_order rows (built in {r['build_s']} s{cap})")
     print(f"{'path':<34}{'seconds':>9}{'rows/s':>12}{'x raw':>8}")
     raw = min(r["raw_copy_text_s"], r["raw_copy_binary_s"])
     for label, seconds in (
@@ -366,6 +382,9 @@ def _print_table(r: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument(
+        "--max-rows", type=int, help="rows per extract call (default: EXTRACT_MAX_ROWS's default)"
+    )
     parser.add_argument("--dsn", help="superuser DSN of a server to use (default: throwaway)")
     parser.add_argument("--repeat", type=int, default=2, help="best of N for every path")
     parser.add_argument("--json", action="store_true", help="also print the result as JSON")
@@ -383,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-id", default="bench", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        _child(args.child)
+        _child(args.child, args.max_rows)
         return 0
     if args.child_all:
         _child_all(args.child_all, args.run_id, args.workers)
@@ -404,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         result["total_s"] = round(time.perf_counter() - started, 1)
         _print_all(result)
     else:
-        result = measure(args.rows, args.dsn, args.repeat)
+        result = measure(args.rows, args.dsn, args.repeat, args.max_rows)
         result["total_s"] = round(time.perf_counter() - started, 1)
         _print_table(result)
     if args.json:

@@ -10,7 +10,8 @@ reconciliation of the table (every run by default)
    transform and the fold skip an entry with a retraction record, so the transform stops
    failing on it and nothing half-read is ever consumed);
 2. extracts the batch's window again from the source as a new batch of mode `repair`:
-   the rows whose `last_updated` lies in the window (`since`, `after_key`, `until`) or,
+   the rows whose `last_updated` lies in the window (`since`, `after_key`, `until`, or
+   `bound` when the batch stopped there: `pipeline.extract.slices`) or,
    for a batch without a time window (a reconciliation's), whose key lies in the batch's
    key range. Rows updated since have left the window and were delivered by later
    batches; a re-delivery of a row the transform already has changes nothing.
@@ -63,7 +64,7 @@ class Damage:
 
 def _window(manifest: dict[str, Any], keys: Keys | None) -> dict[str, Any]:
     window = dict(manifest.get("window") or {})
-    out = {k: window.get(k) for k in ("since", "until", "after_key")}
+    out = {k: window.get(k) for k in ("since", "until", "after_key", "bound")}
     out["mode"] = manifest.get("mode")
     if keys is not None and len(keys):
         out["min_key"], out["max_key"] = int(keys.key.min()), int(keys.key.max())
@@ -184,9 +185,10 @@ def rows(
     w = damage.window
     timed = w.get("mode") not in (layout.RECONCILE_MODE, layout.REPAIR_MODE) and w.get("until")
     if timed:
+        ends = [datetime.fromisoformat(w[k]) for k in ("until", "bound") if w.get(k)]
         window = Window(
             since=datetime.fromisoformat(w["since"]) if w.get("since") else None,
-            until=min(datetime.fromisoformat(w["until"]), source.now),
+            until=min(*ends, source.now),
             after_key=w.get("after_key"),
         )
         return source.batches(window, None, added), None

@@ -26,7 +26,10 @@ Which rows (the window, `plan`):
   the same way when it says so (the Lambda handler: its remaining time runs low), so a
   slow source hands over to the next invocation instead of hitting the function timeout.
   A resume record keyed by `next_run_id` carries the window, so continuations need no
-  arguments but the table and that run id.
+  arguments but the table and that run id. A capped call also ends with `more` at a cursor
+  bound estimated from the source's statistics once it has at least half its cap
+  (`pipeline.extract.slices`: each call then sorts about its own rows, not the whole rest
+  of an unindexed table); `window.bound` records that bound.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from pipeline.extract.parts import (
     write_parts,
 )
 from pipeline.extract.reconcile import due, reconcile_in, reconcile_table
+from pipeline.extract.slices import SlicedRead
 from pipeline.extract.source import SourceSnapshot, Window
 from pipeline.extract.watermark import Watermark, iso_ms
 from pipeline.lake import Lake, empty_table
@@ -335,14 +339,16 @@ def extract_table(
         )
         cap = _Cap(max_rows)
         keys = RunDay(lake, spec.name, run_id).keys()  # (after the drift check, lazily)
-        with contextlib.closing(source.batches(todo.window, max_rows, drift.added)) as stream:
+        read = SlicedRead(source, todo.window, max_rows, drift.added)
+        with contextlib.closing(read.batches()) as stream:
             rows = cap.apply(stream)
             written = write_parts(lake, keys, schema, spec, rows, settings.extract_part_rows, stop)
             # `stop` ended the stream early: the rest is `more` if the stream has another row
-            more = cap.more or (written.stopped and next(rows, None) is not None)
+            stopped_early = written.stopped and next(rows, None) is not None
+        more = cap.more or read.bound is not None or stopped_early
         snapshot = {"from": iso_us(source.now), "to": iso_us(source.snapshot_to)}
         manifest = _manifest(
-            spec, run_id, todo, written, schema, drift, warnings, more, state, snapshot
+            spec, run_id, todo, written, schema, drift, warnings, more, state, snapshot, read.bound
         )
         manifest["log_from"] = ingest_log.head(lake)
         if not lake.create_json(key, manifest):  # a concurrent attempt committed first
@@ -389,6 +395,7 @@ def _manifest(
     more: bool,
     state: Watermark | None,
     snapshot: dict[str, str],
+    bound: datetime | None = None,
 ) -> IngestionManifest:
     """The commit record of this batch (docs/CONTRACTS.md), with what its follow-ups need."""
     next_run_id = f"{todo.root}.{todo.segment + 1}" if more else None
@@ -430,6 +437,7 @@ def _manifest(
             "since": iso_us(window.since) if window.since else None,
             "until": iso_us(window.until),
             "after_key": window.after_key,
+            "bound": iso_us(bound) if bound else None,
         },
         "mode": todo.mode,
         "segment": todo.segment,

@@ -39,8 +39,10 @@ matters, and `to_catalog` casts the exact decimal text to Arrow's decimal (check
 Source columns the catalog lacks are selected after the catalog's, as
 `pipeline.extract.pgtypes` says (natively or as text), so the raw zone keeps them.
 
-One scan per table per call: `batches` reads one row past `limit`, so whether a cut-off
-window has more rows is known without a second query.
+One scan per table per query: `batches` reads one row past `limit`, so whether a cut-off
+window has more rows is known without a second query. A capped call cuts its window into
+slices by an estimate from the planner's statistics (`cursor_stats`, see
+`pipeline.extract.slices`), so each query sorts about its own rows, not the rest of the table.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ from pipeline.errors import (
 )
 from pipeline.extract import pgtypes
 from pipeline.extract.drift import SourceColumn, expected
+from pipeline.extract.slices import CursorStats
 
 CONNECT_TIMEOUT_S = 10
 BATCH_BYTES = 16 << 20  # ADBC's batch size hint: bounds the memory one batch takes
@@ -346,11 +349,26 @@ class SourceSnapshot:
         ]
 
     # -- rows ----------------------------------------------------------------------
-    def _where(self, window: Window, values: dict[str, str]) -> sql.Composable:
-        """The window's condition; the values it reads are added to `values` (see `_set`)."""
+    def _where(
+        self,
+        window: Window,
+        values: dict[str, str],
+        slice_from: datetime | None = None,
+        slice_to: datetime | None = None,
+    ) -> sql.Composable:
+        """The window's condition, narrowed to `slice_from <= cursor < slice_to` when given
+        (`pipeline.extract.slices`); the values it reads are added to `values` (see `_set`)."""
         cursor, key = sql.Identifier(self.table.cursor), sql.Identifier(self.table.primary_key)
         values["until"] = _iso(window.until)
         parts = [sql.SQL("{} < {}").format(cursor, self._setting("until", "timestamp"))]
+        if slice_to is not None:
+            values["slice_to"] = _iso(slice_to)
+            parts.append(sql.SQL("{} < {}").format(cursor, self._setting("slice_to", "timestamp")))
+        if slice_from is not None:
+            values["slice_from"] = _iso(slice_from)
+            parts.append(
+                sql.SQL("{} >= {}").format(cursor, self._setting("slice_from", "timestamp"))
+            )
         if window.since is not None:
             values["since"] = _iso(window.since)
             since = self._setting("since", "timestamp")
@@ -383,9 +401,16 @@ class SourceSnapshot:
         return sql.SQL(", ").join(items)
 
     def batches(
-        self, window: Window, limit: int | None = None, added: tuple[SourceColumn, ...] = ()
+        self,
+        window: Window,
+        limit: int | None = None,
+        added: tuple[SourceColumn, ...] = (),
+        *,
+        slice_from: datetime | None = None,
+        slice_to: datetime | None = None,
     ) -> Generator[pa.RecordBatch, None, None]:
-        """The window's rows in (cursor, key) order as raw ADBC record batches (streamed).
+        """The window's rows in (cursor, key) order as raw ADBC record batches (streamed),
+        only those with `slice_from <= cursor < slice_to` when given.
 
         With `limit`, one row more than `limit` is read (when the window has it), so the
         caller learns whether rows are left without scanning the table again.
@@ -394,7 +419,7 @@ class SourceSnapshot:
         query = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}, {}").format(
             self._select_list(added),
             sql.Identifier(self.table.name),
-            self._where(window, values),
+            self._where(window, values, slice_from, slice_to),
             sql.Identifier(self.table.cursor),
             sql.Identifier(self.table.primary_key),
         )
@@ -403,6 +428,37 @@ class SourceSnapshot:
             query = sql.SQL("{} LIMIT {}").format(query, self._setting("limit", "bigint"))
         self._set(values)
         yield from self._stream(query)
+
+    def cursor_stats(self) -> CursorStats | None:
+        """The planner's statistics of the cursor column (`pipeline.extract.slices`), or
+        None when the table has none (never analysed) or none that a bound can use. The
+        row count is scaled from the pages `ANALYZE` saw to the pages there are now, as the
+        planner does."""
+        rows = self._session.rows(
+            "SELECT c.reltuples, c.relpages, "
+            "pg_relation_size(c.oid) / current_setting('block_size')::bigint, "
+            "s.null_frac, s.histogram_bounds::text::timestamp[], "
+            "s.most_common_vals::text::timestamp[], s.most_common_freqs "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 "
+            "AND a.atttypid = 'timestamp'::regtype "  # what the casts read (drift: no stats)
+            "JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname "
+            "AND s.attname = $2 AND NOT s.inherited "
+            "WHERE c.oid = to_regclass($1)",
+            (sql.Identifier(self.table.name).as_string(None), self.table.cursor),
+        )
+        if not rows:
+            return None
+        tuples, pages, pages_now, null_frac, bounds, common, freqs = rows[0]
+        if tuples is None or tuples < 0 or (not bounds and not common):
+            return None
+        scale = pages_now / pages if pages and pages_now else 1.0
+        return CursorStats(
+            rows=float(tuples) * scale,
+            null_frac=float(null_frac or 0.0),
+            bounds=tuple(bounds or ()),
+            common=tuple(zip(common or (), map(float, freqs or ()), strict=True)),
+        )
 
     # -- reconciliation: keys and cursors only --------------------------------------------
     def key_fingerprints(self, shift: int, hash_sql: sql.Composable, future: datetime) -> pa.Table:
