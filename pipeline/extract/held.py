@@ -322,7 +322,7 @@ class HeldState:
     lake: Lake
     spec: Table
     head: Head
-    token: str = field(default_factory=lambda: _new_token())
+    token: str = field(default_factory=_new_token)
     summary: Summary = field(default_factory=Summary)
     folded: list[dict[str, Any]] = field(default_factory=list)  # recent fold entries
     archive: list[dict[str, Any]] | None = None  # the archived ones (None: not read)
