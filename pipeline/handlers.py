@@ -28,14 +28,16 @@ Events:
 from __future__ import annotations
 
 import functools
+import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from pipeline import layout
 from pipeline.errors import InvalidInputError
@@ -128,15 +130,16 @@ RECONCILE_METRICS = {
 
 
 def _emit(name: str, unit: MetricUnit, value: float, **dimensions: str) -> None:
-    """One EMF metric line (thread-safe: no shared Metrics object between invocations)."""
-    with single_metric(
-        name=name,
-        unit=unit,
-        value=value,
-        namespace=NAMESPACE,
-        default_dimensions={"service": SERVICE, **dimensions},
-    ):
-        pass
+    """One EMF metric line, written by one `write` call: powertools' `single_metric`
+    prints the document and its newline as two writes, and invocations running side by
+    side in one process (the moto harness's Map) then join documents on one line, which
+    CloudWatch cannot parse. No Metrics object is shared between invocations."""
+    metrics = EphemeralMetrics(namespace=NAMESPACE)
+    metrics.add_metric(name=name, unit=unit, value=value)
+    for key, label in {"service": SERVICE, **dimensions}.items():
+        metrics.add_dimension(name=key, value=label)
+    line = json.dumps(metrics.serialize_metric_set(), separators=(",", ":"))
+    sys.stdout.write(line + "\n")
 
 
 def _counts_only(result: dict[str, Any], *keys: str) -> dict[str, Any]:

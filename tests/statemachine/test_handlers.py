@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 
 import pytest
 
@@ -126,3 +127,21 @@ def test_the_steps_ask_the_lambda_context_for_the_time_left(steps):
     assert extract_call["stop"]() is False and transform_call["time_left"]() == 120.001
     ctx.remaining_ms = handlers.EXTRACT_RESERVE_MS - 1
     assert extract_call["stop"]() is True
+
+
+def test_metric_lines_stay_whole_when_invocations_emit_side_by_side(capfd):
+    """A Map runs extractions side by side; each EMF document must be its own line."""
+    from aws_lambda_powertools.metrics import MetricUnit
+
+    def emit_many() -> None:
+        for i in range(200):
+            handlers._emit("RowsExtracted", MetricUnit.Count, i, table="staff")
+
+    threads = [threading.Thread(target=emit_many) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    lines = [json.loads(line) for line in capfd.readouterr().out.splitlines()]
+    assert len(lines) == 1600
+    assert {line["table"] for line in lines} == {"staff"}
