@@ -135,12 +135,18 @@ class Forger:
                     layout.attempt_record(table, run_id),
                     {"run_id": run_id, "first_attempt_at": at.isoformat(), "day": f"{at:%Y-%m-%d}"},
                 )
+        # The snapshot is taken at the run's own time, as a real run's is: the held state
+        # archives fold entries by it, so a year of template snapshots from today would
+        # all stay recent and every pass would read a year of entries.
+        observed = at.replace(tzinfo=None).isoformat(timespec="microseconds")
         manifest.update(
             run_id=run_id,
             files=files,
             rows=rows,
             committed_at=at.isoformat(timespec="microseconds"),
             log_from=ingest_log.head(self.ingest),
+            snapshot={"from": observed, "to": observed},
+            window={**(manifest.get("window") or {}), "until": observed},
         )
         if not old:
             self.ingest.write_json(key, manifest)
