@@ -33,6 +33,7 @@ from pipeline.warehouse_schema import WarehouseTable, WColumn
 
 _I = sql.Identifier
 SPLIT_ROWS = 10_000  # from this many rows, a non-empty dimension's new keys are COPYed in
+_INT4_KEYS = (pa.int32(), pa.date32(), pa.time32("ms"))  # what `rows_present` sorts by
 
 
 def _cols(names: tuple[str, ...], prefix: str | None = None) -> sql.Composable:
@@ -99,14 +100,29 @@ def rows_present(
 ) -> np.ndarray:
     """Positions (in batch order) of the batch rows whose `key` the table already holds.
 
-    The batch's keys go to a temporary table by binary COPY and only the matching
-    positions come back (binary COPY, parsed with numpy): memory stays flat even when a
-    large batch is loaded twice.
+    Each row is one probe of the index that leads with `key` (a lookup per batch row,
+    never a scan or hash of the whole table): a first load of many batches into a growing
+    table would otherwise cost batches x table, quadratic in its size. Rows whose first key
+    column lies outside the [min, max] the table holds (two index endpoint reads) cannot be
+    there and are not probed, so a batch of new keys, the usual case, costs nothing more.
+    The probed keys go to a temporary table in key order (binary COPY), so the probes walk
+    the index in order, and only the matching positions come back (binary COPY, parsed with
+    numpy): memory stays flat even when a large batch is loaded twice.
     """
     spec = {c.name: c for c in table.columns}
     columns = [WColumn("_row", "integer"), *(spec[n] for n in key)]
-    keys = keys.select(list(key))
-    keys = keys.add_column(0, "_row", pgbinary.int32_array(np.arange(keys.num_rows)))
+    held = _held_range(conn, table, spec[key[0]])
+    if held is None:
+        return np.zeros(0, dtype=np.int64)
+    keys = keys.select(list(key)).combine_chunks()
+    values = [_int4_values(keys.column(n)) for n in key]
+    inside = np.flatnonzero((values[0] >= held[0]) & (values[0] <= held[1]))
+    if not len(inside):
+        return np.zeros(0, dtype=np.int64)
+    order = pgbinary.int32_array(inside[np.lexsort([v[inside] for v in reversed(values)])])
+    probe = pa.Table.from_arrays(
+        [order, *(keys.column(n).take(order) for n in key)], names=["_row", *key]
+    )
     tmp = _I(f"_keys_{table.name}")
     conn.execute(
         sql.SQL("CREATE TEMPORARY TABLE {} ({}) ON COMMIT DROP").format(
@@ -119,18 +135,42 @@ def rows_present(
     with conn.cursor() as cur:
         with cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(tmp)) as copy:
             copy.write(pgbinary.HEADER)
-            for rb in keys.to_batches(max_chunksize=batches.READ_BATCH_ROWS):
+            for rb in probe.to_batches(max_chunksize=batches.READ_BATCH_ROWS):
                 copy.write(pgbinary.encode_batch(columns, rb))
             copy.write(pgbinary.TRAILER)
-        cur.execute(sql.SQL("ANALYZE {}").format(tmp))  # few keys: index probes, not a scan
+        # LATERAL ... LIMIT 1 cannot be flattened into a join: a nested loop of index probes
         match = sql.SQL(" AND ").join(sql.SQL("f.{c} = k.{c}").format(c=_I(n)) for n in key)
         query = sql.SQL(
-            "COPY (SELECT k._row FROM {tmp} k JOIN {t} f ON {match}) TO STDOUT (FORMAT BINARY)"
+            "COPY (SELECT k._row FROM {tmp} k CROSS JOIN LATERAL "
+            "(SELECT 1 FROM {t} f WHERE {match} LIMIT 1) AS hit) TO STDOUT (FORMAT BINARY)"
         ).format(tmp=tmp, t=_I(table.name), match=match)
         with cur.copy(query) as copy:
             data = b"".join(bytes(block) for block in copy)
     conn.execute(sql.SQL("DROP TABLE {}").format(tmp))
     return pgbinary.decode_int_column(data)
+
+
+def _int4_values(array: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A key column (integer, date as days, time as ms: 4 bytes each) as int64, for the
+    range filter and the sort; keys are NOT NULL."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if array.type not in _INT4_KEYS:
+        raise TypeError(f"key columns must be 4-byte integers, dates or times, got {array.type}")
+    return pgbinary.raw_values(array, "<i4").astype(np.int64)
+
+
+def _held_range(
+    conn: psycopg.Connection, table: WarehouseTable, column: WColumn
+) -> tuple[int, int] | None:
+    """The smallest and largest value of `column` the table holds (dates as days since
+    1970, as Arrow holds them), or None when it is empty."""
+    days = sql.SQL(" - DATE '1970-01-01'" if column.pg_type == "date" else "")
+    c = _I(column.name)
+    row = conn.execute(  # min/max of the bare column: index endpoint reads
+        sql.SQL("SELECT min({c}){d}, max({c}){d} FROM {t}").format(c=c, d=days, t=_I(table.name))
+    ).fetchone()
+    return None if row is None or row[0] is None else (int(row[0]), int(row[1]))
 
 
 def apply_dimension(

@@ -13,6 +13,7 @@ import numpy as np
 import psycopg
 import pyarrow as pa
 import pytest
+from psycopg import sql
 
 from pipeline.lake import Lake
 from pipeline.load import apply, facts, load
@@ -191,6 +192,56 @@ def test_missing_keys_are_found_by_ranges_and_by_probes(
         assert missing("payment_date", [first, first + dt.timedelta(days=9)]) is None
         assert missing("payment_date", [*days, dt.date(2026, 1, 5)]) == "2026-01-05"
         assert missing("payment_date", []) is None
+
+
+def _scans(conn: psycopg.Connection, table: str) -> tuple[int, int]:
+    """Sequential and index scans of `table` so far in this transaction."""
+    row = conn.execute(
+        "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables WHERE relname = %s",
+        (table,),
+    ).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+@pytest.mark.parametrize("table", ["dim_transaction", "dim_date"])
+def test_keys_present_are_found_by_index_probes_never_a_scan_of_the_table(
+    pg_dsn: str, table: str
+) -> None:
+    """The batch positions whose key the table holds, for keys in any order, partly outside
+    the table's range, with gaps: found by probes of the key's index. A join that scans or
+    hashes the whole table for each batch made a first load of many batches quadratic."""
+    migrate(pg_dsn)
+    spec = WAREHOUSE_TABLES[table]
+    ids = np.random.default_rng(1).permutation(np.arange(1, 30_001)).astype(np.int32)
+    held = (ids >= 1_000) & (ids <= 20_000) & (ids % 7 != 0)
+    epoch = dt.date(1970, 1, 1)
+    with psycopg.connect(pg_dsn) as conn:
+        if table == "dim_date":
+            conn.execute(
+                "INSERT INTO dim_date (date_id, year, month, day, day_of_week, day_name, "
+                "month_name, quarter) SELECT %s::date + i, 2026, 1, 1, 1, 'x', 'y', 1 "
+                "FROM generate_series(1000, 20000) i WHERE i %% 7 <> 0",
+                (epoch,),
+            )
+            column = pa.array(ids).view(pa.date32())
+        else:
+            conn.execute(
+                "INSERT INTO dim_transaction (transaction_id, transaction_type) "
+                "SELECT i, 'SALE' FROM generate_series(1000, 20000) i WHERE i % 7 <> 0"
+            )
+            column = pa.array(ids)
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+        seq_before, idx_before = _scans(conn, table)
+        found = apply.rows_present(
+            conn, spec, (spec.primary_key,), pa.table({spec.primary_key: column})
+        )
+        seq_after, idx_after = _scans(conn, table)
+        assert sorted(found.tolist()) == np.flatnonzero(held).tolist()
+        assert seq_after == seq_before  # no scan of the table
+        assert idx_after > idx_before
+        outside = pa.table({spec.primary_key: column.filter(pa.array(ids > 20_000))})
+        assert apply.rows_present(conn, spec, (spec.primary_key,), outside).tolist() == []
+        assert _scans(conn, table) == (seq_after, idx_after + 2)  # min and max only
 
 
 def test_a_load_does_not_import_pandas(lake: Lake, pg_dsn: str) -> None:
