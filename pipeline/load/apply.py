@@ -7,13 +7,13 @@ with one set-based statement (SCD type 1), written only when a value changed.
 speculative index checks, per-row WAL), so rows whose key the table does not hold yet are
 COPYed straight into it with their lineage instead: all of them into an empty dimension
 (a first load), and for batches of at least `SPLIT_ROWS` rows the keys already present
-are looked up first (one join of the batch's keys) and only those rows take the general
-path. The table is locked against other writers (SHARE ROW EXCLUSIVE; readers are not
-blocked) before that, so the lookup stays true until commit; the whole thing runs in a
-savepoint: a key repeated in the batch rolls it back and the batch takes the general
-path, which names the key (or, for `dim_date`, skips the repeat). Facts take their own
-path (`pipeline.load.facts`). Identifiers come from `pipeline.warehouse_schema` only
-and are quoted; values are always parameters.
+are looked up first (`rows_present`: index probes of the batch's keys within the table's
+key range) and only those rows take the general path. The table is locked against other
+writers (SHARE ROW EXCLUSIVE; readers are not blocked) before that, so the lookup stays
+true until commit; the whole thing runs in a savepoint: a key repeated in the batch rolls
+it back and the batch takes the general path, which names the key (or, for `dim_date`,
+skips the repeat). Facts take their own path (`pipeline.load.facts`). Identifiers come
+from `pipeline.warehouse_schema` only and are quoted; values are always parameters.
 """
 
 from __future__ import annotations

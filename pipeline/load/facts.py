@@ -3,14 +3,15 @@
 `INSERT ... SELECT ... ON CONFLICT` from a staging table costs about as much as the raw
 COPY again (row-at-a-time inserts) on top of the staging COPY itself. Since loads are
 serialized by the load lock, the rows to skip can be known up front instead: versions
-already in the table (one indexed lookup of the batch's natural keys, skipped when the
-table is empty) and versions repeated inside the batch (the first one wins, as ON CONFLICT
-DO NOTHING would keep). Repeats are rare (the transform de-duplicates), so the COPY is
-tried first and the natural-key constraint reports them, in which case the in-batch mask
-is computed and the COPY redone. The rows are COPYed into the table itself, with record
-ids numbered here (max + 1, in batch order) so a re-run after a crash numbers exactly like
-one clean pass; the sequence does not roll back and is only moved forward afterwards. The
-natural-key UNIQUE constraint still guards against any other writer.
+already in the table (index probes of the batch's natural keys, `apply.rows_present`,
+skipped when the table is empty) and versions repeated inside the batch (the first one
+wins, as ON CONFLICT DO NOTHING would keep). Repeats are rare (the transform
+de-duplicates), so the COPY is tried first and the natural-key constraint reports them, in
+which case the in-batch mask is computed and the COPY redone. The rows are COPYed into the
+table itself, with record ids numbered here (max + 1, in batch order) so a re-run after a
+crash numbers exactly like one clean pass; the sequence does not roll back and is only
+moved forward afterwards. The natural-key UNIQUE constraint still guards against any other
+writer.
 
 Foreign keys: PostgreSQL checks them with one trigger query per row and column, about
 ten times the cost of the insert. Each referenced dimension is checked set-based instead
